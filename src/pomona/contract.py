@@ -1,0 +1,225 @@
+"""The contract between ingestion and featurization: S3 key layout, rejection reasons, the queue message.
+
+Both the Lambda (`pomona.ingest`) and the Spark job (`pomona.featurize`) import this module, so a change
+to the contract is a change in one place. The README's "S3 layout" and "Queue message" sections describe it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+import unicodedata
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, Self
+from urllib.parse import quote
+
+from pomona.errors import BadKeyError, ContractError
+
+SCHEMA_VERSION = 1
+MAX_LABEL_CHARS = 64
+MAX_KEY_BYTES = 1024  # S3's own limit
+IMAGE_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "GIF", "TIFF", "BMP"})
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+class Reason(StrEnum):
+    """Why an upload was quarantined or a queued image was not featurized (the `quarantine/<reason>/` folder)."""
+
+    EMPTY = "empty"
+    TOO_LARGE_BYTES = "too_large_bytes"
+    NOT_AN_IMAGE = "not_an_image"
+    UNSUPPORTED_FORMAT = "unsupported_format"
+    FORMAT_MISMATCH = "format_mismatch"
+    TRUNCATED = "truncated"
+    CORRUPT = "corrupt"
+    TOO_MANY_PIXELS = "too_many_pixels"
+    TOO_SMALL = "too_small"
+    ANIMATED = "animated"
+    BAD_KEY = "bad_key"
+    # Found by the featurization job, after the image was queued.
+    OBJECT_GONE = "object_gone"
+    OBJECT_CHANGED = "object_changed"
+    DECODE_FAILED = "decode_failed"
+
+
+# -- keys ------------------------------------------------------------------------------------------------------
+
+
+def sanitize_label(raw: str) -> str:
+    """A label safe to use as a folder and a class name: NFKC-normalised, trimmed, bounded, no path tricks."""
+    label = unicodedata.normalize("NFKC", raw).strip()
+    if not label:
+        raise BadKeyError(f"expected a non-empty label, got {raw!r}")
+    if _CONTROL.search(label):
+        raise BadKeyError(f"expected a label without control characters, got {raw!r}")
+    if "/" in label or "\\" in label or label in {".", ".."} or ".." in label:
+        raise BadKeyError(f"expected a label without '/', '\\' or '..', got {raw!r}")
+    if len(label) > MAX_LABEL_CHARS:
+        raise BadKeyError(f"expected a label of at most {MAX_LABEL_CHARS} characters, got {len(label)}")
+    return label
+
+
+def label_from_key(key: str, *, uploads_prefix: str, override: str | None = None) -> str:
+    """The label of `uploads/<label>/<file>`, or the `x-amz-meta-label` override; `BadKeyError` if unsafe."""
+    check_upload_key(key, uploads_prefix=uploads_prefix)
+    if override is not None and override.strip():
+        return sanitize_label(override)
+    return sanitize_label(key[len(uploads_prefix) :].split("/", 1)[0])
+
+
+def check_upload_key(key: str, *, uploads_prefix: str) -> None:
+    """Raise `BadKeyError` unless `key` is `<uploads_prefix><label>/<file>` with no unsafe segment."""
+    if len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
+        raise BadKeyError(f"expected a key of at most {MAX_KEY_BYTES} bytes, got {len(key.encode())}")
+    if not key.startswith(uploads_prefix):
+        raise BadKeyError(f"expected a key under {uploads_prefix!r}, got {key!r}")
+    if _CONTROL.search(key):
+        raise BadKeyError(f"expected a key without control characters, got {key!r}")
+    segments = key[len(uploads_prefix) :].split("/")
+    if len(segments) < 2 or not all(segments):
+        raise BadKeyError(f"expected {uploads_prefix}<label>/<file>, got {key!r}")
+    if any(s in {".", ".."} for s in segments):
+        raise BadKeyError(f"expected no '.' or '..' path segment, got {key!r}")
+
+
+def quarantine_key(reason: Reason, key: str, *, quarantine_prefix: str) -> str:
+    """`quarantine/<reason>/<original key>`, with every unsafe segment percent-encoded so it stays inside."""
+    safe = "/".join(_safe_segment(s) for s in key.split("/"))
+    if len(safe.encode()) > MAX_KEY_BYTES - 100:
+        digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+        safe = f"{safe[:400]}…{digest}"
+    return f"{quarantine_prefix}{reason.value}/{safe}"
+
+
+def sidecar_key(quarantined_key: str) -> str:
+    """The JSON sidecar beside a quarantined object."""
+    return f"{quarantined_key}.reason.json"
+
+
+def _safe_segment(segment: str) -> str:
+    if segment in {"", ".", ".."}:
+        return quote(segment, safe="").replace(".", "%2E") or "%00"
+    return quote(segment, safe=" !$&'()*+,;=:@-._~")
+
+
+# Outputs of the featurization job, under `Settings.output_prefix`. Readers trust only committed batches.
+
+
+def new_batch_id(now: datetime | None = None, *, entropy: bytes | None = None) -> str:
+    """Sortable and unique: `20261125T054000Z-1a2b3c4d`."""
+    now = now or datetime.now(UTC)
+    suffix = hashlib.sha256(entropy if entropy is not None else now.isoformat().encode()).hexdigest()[:8]
+    return f"{now.strftime('%Y%m%dT%H%M%SZ')}-{suffix}"
+
+
+def features_key(prefix: str, batch_id: str, part: int) -> str:
+    return f"{prefix}features/batch_id={batch_id}/part-{part:05d}.parquet"
+
+
+def projections_key(prefix: str, batch_id: str, part: int) -> str:
+    return f"{prefix}projections/batch_id={batch_id}/part-{part:05d}.parquet"
+
+
+def manifest_key(prefix: str, batch_id: str) -> str:
+    return f"{prefix}batches/{batch_id}/manifest.json"
+
+
+def pca_prefix(prefix: str, version: int) -> str:
+    return f"{prefix}models/pca/v{version}/"
+
+
+def pca_latest_key(prefix: str) -> str:
+    return f"{prefix}models/pca/LATEST"
+
+
+# -- the queue message -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImageMessage:
+    """One accepted upload, as queued by ingestion for featurization (schema version 1)."""
+
+    bucket: str
+    key: str
+    version_id: str
+    etag: str
+    sha256: str
+    size: int
+    format: str
+    width: int
+    height: int
+    mode: str
+    label: str
+    uploaded_at: str
+    validated_at: str
+    orientation: int = 1
+    schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        _check_message(self)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True, ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, body: str | bytes) -> Self:
+        """Parse and validate a message body; `ContractError` says what was expected and what was found."""
+        try:
+            data = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as err:
+            raise ContractError(f"expected a JSON object, got {_preview(body)}") from err
+        if not isinstance(data, dict):
+            raise ContractError(f"expected a JSON object, got {type(data).__name__}")
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise ContractError(f"expected schema_version {SCHEMA_VERSION}, got {version!r}")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        missing = sorted(name for name, f in fields.items() if _required(f) and name not in data)
+        if missing:
+            raise ContractError(f"expected fields {missing}, got none for them")
+        # Unknown fields are ignored: a newer producer may add optional fields within one schema version.
+        return cls(**{name: data[name] for name in fields if name in data})
+
+
+_INT_FIELDS = ("size", "width", "height", "orientation", "schema_version")
+
+
+def _check_message(message: ImageMessage) -> None:
+    for f in dataclasses.fields(message):
+        value = getattr(message, f.name)
+        expected = int if f.name in _INT_FIELDS else str
+        if not isinstance(value, expected) or isinstance(value, bool):
+            raise ContractError(f"{f.name}: expected {expected.__name__}, got {value!r}")
+    if not _SHA256.fullmatch(message.sha256):
+        raise ContractError(f"sha256: expected 64 lowercase hex digits, got {message.sha256!r}")
+    if message.size <= 0 or message.width <= 0 or message.height <= 0:
+        raise ContractError(
+            f"expected positive size, width and height, got {message.size}, {message.width}, {message.height}"
+        )
+    if message.format not in IMAGE_FORMATS:
+        raise ContractError(f"format: expected one of {sorted(IMAGE_FORMATS)}, got {message.format!r}")
+    if not message.bucket or not message.key or not message.version_id:
+        raise ContractError("expected non-empty bucket, key and version_id")
+
+
+def _required(f: dataclasses.Field[Any]) -> bool:
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+
+
+def _preview(body: str | bytes) -> str:
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    return repr(text[:60] + ("…" if len(text) > 60 else ""))
+
+
+def utc_now() -> str:
+    """An ISO 8601 UTC timestamp with milliseconds, as every timestamp in the contract is written."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def as_dict(message: ImageMessage) -> dict[str, Any]:
+    return dataclasses.asdict(message)

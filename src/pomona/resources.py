@@ -1,0 +1,62 @@
+"""The AWS resources Pomona runs on, described once.
+
+The embedded stack (`pomona.local.stack`) provisions exactly these on the moto server, and a test checks that
+the CloudFormation template in `deploy/` declares the same names and settings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Queue names are suffixes of the stack's name prefix, e.g. pomona-images, pomona-images-dlq.
+DEFAULT_NAME = "pomona"
+
+
+@dataclass(frozen=True, kw_only=True)
+class QueueSpec:
+    name: str
+    visibility_timeout_s: int
+    retention_s: int = 14 * 24 * 3600
+    dlq_name: str | None = None
+    max_receive_count: int = 5
+
+
+@dataclass(frozen=True, kw_only=True)
+class TableSpec:
+    name: str
+    hash_key: str = "id"  # powertools Idempotency's default key attribute
+    ttl_attribute: str = "expiration"  # powertools Idempotency's default expiry attribute
+
+
+@dataclass(frozen=True, kw_only=True)
+class Resources:
+    bucket: str
+    uploads_prefix: str
+    quarantine_prefix: str
+    # S3 ObjectCreated events for `uploads_prefix` land here (locally; on AWS they invoke the Lambda directly).
+    events: QueueSpec
+    # Accepted images, one message each, drained by the featurization job.
+    images: QueueSpec
+    idempotency: TableSpec
+    # Quarantined objects expire after this many days (their versions are kept by the bucket until then).
+    quarantine_expiry_days: int = 30
+    # Old object versions (replaced or deleted uploads) expire after this many days.
+    noncurrent_expiry_days: int = 90
+
+
+def describe(name: str = DEFAULT_NAME) -> Resources:
+    """The resources of one Pomona deployment called `name`."""
+    return Resources(
+        bucket=f"{name}-images",
+        uploads_prefix="uploads/",
+        quarantine_prefix="quarantine/",
+        # Lambda's SQS integration wants the visibility timeout ≥ 6× the function timeout (30 s).
+        events=QueueSpec(
+            name=f"{name}-events", visibility_timeout_s=180, dlq_name=f"{name}-events-dlq", max_receive_count=3
+        ),
+        # The job keeps its messages invisible by heartbeat; this is the first lease, before the heartbeat starts.
+        images=QueueSpec(
+            name=f"{name}-images", visibility_timeout_s=300, dlq_name=f"{name}-images-dlq", max_receive_count=5
+        ),
+        idempotency=TableSpec(name=f"{name}-idempotency"),
+    )

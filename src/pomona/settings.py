@@ -1,0 +1,116 @@
+"""Settings shared by every unit, read once from the environment.
+
+All environment variable names live in this module. The same names configure the Lambda, the Spark job and the
+CLI, on AWS and on the embedded stack: only `AWS_ENDPOINT_URL` (read by boto3 itself) and the queue URLs differ.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pomona.errors import SettingsError
+
+MIB = 1024 * 1024
+
+# Environment variable → Settings field. The README's configuration table is this mapping.
+ENV_VARS: dict[str, str] = {
+    "POMONA_BUCKET": "bucket",
+    "POMONA_UPLOADS_PREFIX": "uploads_prefix",
+    "POMONA_QUARANTINE_PREFIX": "quarantine_prefix",
+    "POMONA_OUTPUT_PREFIX": "output_prefix",
+    "POMONA_EVENTS_QUEUE_URL": "events_queue_url",
+    "POMONA_IMAGES_QUEUE_URL": "images_queue_url",
+    "POMONA_IMAGES_DLQ_URL": "images_dlq_url",
+    "POMONA_IDEMPOTENCY_TABLE": "idempotency_table",
+    "AWS_ENDPOINT_URL": "endpoint_url",
+    "AWS_DEFAULT_REGION": "region",
+    "POMONA_MAX_BYTES": "max_bytes",
+    "POMONA_MAX_PIXELS": "max_pixels",
+    "POMONA_MIN_SIDE": "min_side",
+    "POMONA_ALLOWED_FORMATS": "allowed_formats",
+    "POMONA_MAX_IMAGES": "max_images",
+    "POMONA_VARIANCE_TARGET": "variance_target",
+    "POMONA_MAX_COMPONENTS": "max_components",
+    "POMONA_N_COMPONENTS": "n_components",
+    "POMONA_WEIGHTS": "weights",
+    "POMONA_BACKEND": "backend",
+    "POMONA_GAIN": "gain",
+    "POMONA_LOSS": "loss",
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Where things are and how far the platform may go; `Settings.from_env()` builds it."""
+
+    # -- where
+    bucket: str = "pomona-images"
+    uploads_prefix: str = "uploads/"
+    quarantine_prefix: str = "quarantine/"
+    # Outputs (features/, projections/, models/, batches/) live under this prefix; "" is the bucket root.
+    output_prefix: str = ""
+    events_queue_url: str = ""
+    images_queue_url: str = ""
+    images_dlq_url: str = ""
+    idempotency_table: str = "pomona-idempotency"
+    endpoint_url: str | None = None
+    region: str = "us-east-1"
+    # -- ingestion limits
+    max_bytes: int = 20 * MIB
+    max_pixels: int = 40_000_000
+    min_side: int = 32
+    allowed_formats: frozenset[str] = field(default_factory=lambda: frozenset({"JPEG", "PNG", "WEBP"}))
+    # -- featurization
+    max_images: int = 50_000
+    variance_target: float = 0.95
+    max_components: int = 256
+    n_components: int | None = None
+    weights: str = "imagenet"
+    backend: str = "litert"
+    # -- the business metric: what a right answer earns and a wrong one costs
+    gain: float = 1.0
+    loss: float = 5.0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Settings from `environ` (default: the process environment), then `overrides`."""
+        env = os.environ if environ is None else environ
+        types = {f.name: f.type for f in dataclasses.fields(cls)}
+        values: dict[str, Any] = {}
+        for var, name in ENV_VARS.items():
+            raw = env.get(var)
+            if raw is None or raw == "":
+                continue
+            values[name] = _parse(var, raw, str(types[name]))
+        values.update(overrides)
+        return cls(**values)
+
+    def to_env(self) -> dict[str, str]:
+        """The environment that rebuilds these settings: for Spark executors, subprocesses and `local up`."""
+        env: dict[str, str] = {}
+        for var, name in ENV_VARS.items():
+            value = getattr(self, name)
+            if value is None:
+                continue
+            env[var] = ",".join(sorted(value)) if isinstance(value, frozenset) else str(value)
+        return env
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+def _parse(var: str, raw: str, type_name: str) -> Any:
+    try:
+        if type_name.startswith("int"):
+            return int(raw)
+        if type_name.startswith("float"):
+            return float(raw)
+        if type_name.startswith("frozenset"):
+            return frozenset(part.strip().upper() for part in raw.split(",") if part.strip())
+    except ValueError as err:
+        raise SettingsError(f"{var}: expected a {type_name.split(' ')[0]}, got {raw!r}") from err
+    return raw
