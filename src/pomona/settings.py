@@ -104,13 +104,12 @@ class Settings:
 
 
 def _parse(var: str, raw: str, type_name: str) -> Any:
+    if type_name.startswith("frozenset"):
+        return frozenset(part.strip().upper() for part in raw.split(",") if part.strip())
+    kind, convert = ("an integer", int) if type_name.startswith("int") else ("a number", float)
+    if not type_name.startswith(("int", "float")):
+        return raw
     try:
-        if type_name.startswith("int"):
-            return int(raw)
-        if type_name.startswith("float"):
-            return float(raw)
-        if type_name.startswith("frozenset"):
-            return frozenset(part.strip().upper() for part in raw.split(",") if part.strip())
+        return convert(raw)
     except ValueError as err:
-        raise SettingsError(f"{var}: expected a {type_name.split(' ')[0]}, got {raw!r}") from err
-    return raw
+        raise SettingsError(f"{var}: expected {kind}, got {raw!r}") from err

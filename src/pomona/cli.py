@@ -1,0 +1,85 @@
+"""The `pomona` command line. Thin: parse, call a module, print. Heavy imports happen inside commands."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from pomona.errors import PomonaError
+
+app = typer.Typer(help="Pomona: fruit photos in S3 → validated, queued, featurized, PCA.", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks; each prints one JSON object.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+console = Console(stderr=True)
+
+
+@contextmanager
+def _one_line_errors() -> Iterator[None]:
+    """Errors Pomona raises on purpose become one clear line and exit code 1, not a traceback."""
+    try:
+        yield
+    except PomonaError as err:
+        console.print(f"[bold red]error:[/] {err}")
+        raise typer.Exit(1) from err
+
+
+@app.callback()
+def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at INFO level.")] = False) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+@app.command()
+def validate(
+    files: Annotated[list[Path], typer.Argument(help="Image files to check.", exists=True, dir_okay=False)],
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """Run the ingestion Lambda's validation core on local files. Exits 0 whatever the verdicts."""
+    from rich.table import Table
+
+    from pomona.ingest.checks import Limits, validate_image
+    from pomona.settings import Settings
+
+    limits = Limits.from_settings(Settings.from_env())
+    table = Table("file", "verdict", "reason", "format", "size", "detail")
+    for path in files:
+        verdict = validate_image(path.read_bytes(), limits=limits, filename=path.name)
+        if as_json:
+            row = {"file": str(path), **verdict.to_dict()}
+            sys.stdout.write(json.dumps({k: row[k] for k in _VALIDATE_KEYS}) + "\n")
+        else:
+            table.add_row(
+                str(path),
+                "[green]accepted[/]" if verdict.accepted else "[red]rejected[/]",
+                verdict.reason or "",
+                verdict.format or "",
+                f"{verdict.width}×{verdict.height}" if verdict.width else "",
+                verdict.detail,
+            )
+    if not as_json:
+        Console().print(table)
+
+
+_VALIDATE_KEYS = ("file", "accepted", "reason", "detail", "format", "width", "height", "mode", "sha256")
+
+
+@bench_app.command("validate")
+def bench_validate(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (the only output format).")] = True,
+) -> None:
+    """Validation time per image (100×100 and 4000×3000 JPEG) and peak RSS over hostile inputs."""
+    from pomona import bench_validate as bench
+
+    sys.stdout.write(json.dumps(bench.run(), indent=None if as_json else 2) + "\n")
+
+
+if __name__ == "__main__":
+    app()

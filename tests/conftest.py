@@ -1,0 +1,88 @@
+"""Shared fixtures: event fixtures, a Lambda context, a session moto server and a fresh deployment per test."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pomona.local.poller import LambdaContext
+from pomona.local.stack import LOCAL_ENV, local_session, provision, start_server
+from pomona.resources import describe
+from pomona.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+EVENTS = Path(__file__).resolve().parent / "events"
+SHARED = ROOT.parent / "shared"
+SAMPLE_DIR = SHARED / "data" / "fruits-360-sample"
+ORIGINALS_DIR = SHARED / "data" / "fruits-360-original-size"
+WEIGHTS = SHARED / "models" / "mobilenet_v2_1.0_224_no_top.weights.h5"
+
+os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+
+
+def require(path: Path) -> Path:
+    """`path`, or skip the test: shared/ sits beside the repo on CI and developer machines, not everywhere."""
+    if not path.exists():
+        pytest.skip(f"needs {path} (the shared/ folder beside the repository), which is absent here")
+    return path
+
+
+@pytest.fixture
+def sample_dir() -> Path:
+    return require(SAMPLE_DIR)
+
+
+@pytest.fixture
+def weights_path() -> Path:
+    return require(WEIGHTS)
+
+
+def load_event(name: str) -> dict[str, Any]:
+    return json.loads((EVENTS / name).read_text())  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def lambda_context() -> LambdaContext:
+    return LambdaContext()
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    server, endpoint = start_server()
+    yield endpoint
+    server.stop()
+
+
+@pytest.fixture
+def deployment(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """A freshly provisioned deployment of its own on the session's moto server, its settings exported."""
+    name = f"t{uuid.uuid4().hex[:10]}"
+    settings = provision(describe(name), session=local_session(), endpoint_url=moto_endpoint, base=Settings())
+    for var, value in {**LOCAL_ENV, **settings.to_env()}.items():
+        monkeypatch.setenv(var, value)
+    return settings
+
+
+@pytest.fixture
+def s3_event_factory() -> Callable[..., dict[str, Any]]:
+    """A direct S3 notification for one object, in AWS's shape (keys URL-encoded as S3 sends them)."""
+
+    def make(*, bucket: str, key: str, version_id: str | None, event_name: str = "ObjectCreated:Put") -> dict[str, Any]:
+        from urllib.parse import quote_plus
+
+        event = load_event("s3_put.json")
+        record = event["Records"][0]
+        record["eventName"] = event_name
+        record["s3"]["bucket"]["name"] = bucket
+        record["s3"]["bucket"]["arn"] = f"arn:aws:s3:::{bucket}"
+        record["s3"]["object"]["key"] = quote_plus(key, safe="/")
+        record["s3"]["object"]["versionId"] = version_id
+        return event
+
+    return make

@@ -1,0 +1,181 @@
+"""Ingestion end to end on the moto server: upload → S3 notification → events queue → handler → queue or quarantine."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import boto3
+import pytest
+
+from pomona.contract import ImageMessage, Reason, quarantine_key, sidecar_key
+from pomona.ingest import handler
+from pomona.local.poller import EventSourcePoller, LambdaContext
+from pomona.samples import bad_uploads, fruit_image
+from pomona.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def ingest(deployment: Settings) -> Iterator[Settings]:
+    """The deployment, with the handler's cached clients rebuilt for it."""
+    handler._ingestor.cache_clear()
+    yield deployment
+    handler._ingestor.cache_clear()
+
+
+def _poller(settings: Settings, **kwargs: Any) -> EventSourcePoller:
+    return EventSourcePoller(settings.events_queue_url, handler.lambda_handler, **kwargs)
+
+
+def _images(settings: Settings) -> list[ImageMessage]:
+    sqs = boto3.client("sqs")
+    messages: list[ImageMessage] = []
+    while batch := sqs.receive_message(QueueUrl=settings.images_queue_url, MaxNumberOfMessages=10).get("Messages"):
+        messages += [ImageMessage.from_json(m["Body"]) for m in batch]
+    return messages
+
+
+def _upload(settings: Settings, key: str, body: bytes, **extra: Any) -> str:
+    return str(boto3.client("s3").put_object(Bucket=settings.bucket, Key=key, Body=body, **extra)["VersionId"])
+
+
+def test_accepted_upload_is_queued_once_with_the_contract(ingest: Settings) -> None:
+    # GIVEN a real JPEG uploaded under its label, as the app does
+    body = fruit_image("Apple Braeburn", 1)
+    version = _upload(ingest, "uploads/Apple Braeburn/r_1_100.jpg", body, ContentType="image/jpeg")
+
+    # WHEN the notifications flow through the poller into the handler
+    stats = _poller(ingest).drain()
+
+    # THEN exactly one message, matching the contract, is on the images queue
+    (message,) = _images(ingest)
+    assert stats.failed == 0
+    assert message.key == "uploads/Apple Braeburn/r_1_100.jpg"
+    assert message.label == "Apple Braeburn"
+    assert message.version_id == version
+    assert message.format == "JPEG"
+    assert (message.width, message.height) == (100, 100)
+    assert message.size == len(body)
+    import hashlib
+
+    assert message.sha256 == hashlib.sha256(body).hexdigest()
+
+
+def test_metadata_label_overrides_the_folder(ingest: Settings) -> None:
+    _upload(ingest, "uploads/inbox/photo.png", fruit_image("Lime", 2, fmt="PNG"), Metadata={"label": "Lime"})
+    _poller(ingest).drain()
+    (message,) = _images(ingest)
+    assert message.label == "Lime"
+    assert message.format == "PNG"
+
+
+@pytest.mark.parametrize(("name", "body", "reason"), [pytest.param(*case, id=case[0]) for case in bad_uploads()])
+def test_bad_upload_is_quarantined_with_a_sidecar_and_kept_in_versions(
+    ingest: Settings, name: str, body: bytes, reason: Reason
+) -> None:
+    # GIVEN a bad upload
+    key = f"uploads/Bad/{name}"
+    version = _upload(ingest, key, body)
+
+    # WHEN it is ingested
+    _poller(ingest).drain()
+
+    # THEN it sits in quarantine with a sidecar, left uploads/, and its bytes are still a version of the key
+    s3 = boto3.client("s3")
+    target = quarantine_key(reason, key, quarantine_prefix=ingest.quarantine_prefix)
+    assert s3.get_object(Bucket=ingest.bucket, Key=target)["Body"].read() == body
+    sidecar = json.loads(s3.get_object(Bucket=ingest.bucket, Key=sidecar_key(target))["Body"].read())
+    assert sidecar["reason"] == reason.value
+    assert sidecar["original_key"] == key
+    assert sidecar["version_id"] == version
+    assert sidecar["detail"]
+    assert s3.list_objects_v2(Bucket=ingest.bucket, Prefix=key).get("KeyCount") == 0
+    versions = s3.list_object_versions(Bucket=ingest.bucket, Prefix=key)["Versions"]
+    assert [v["VersionId"] for v in versions] == [version]
+    assert _images(ingest) == []
+
+
+def test_unsafe_key_is_quarantined_as_bad_key(ingest: Settings) -> None:
+    _upload(ingest, "uploads/no-label.jpg", fruit_image("Plum", 3))
+    _poller(ingest).drain()
+    s3 = boto3.client("s3")
+    target = quarantine_key(Reason.BAD_KEY, "uploads/no-label.jpg", quarantine_prefix=ingest.quarantine_prefix)
+    assert s3.head_object(Bucket=ingest.bucket, Key=target)["ContentLength"] > 0
+    assert _images(ingest) == []
+
+
+def test_oversized_upload_is_rejected_from_head_alone(ingest: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    # GIVEN a byte limit below the upload's size
+    monkeypatch.setenv("POMONA_MAX_BYTES", "100")
+    key = "uploads/Orange/big.jpg"
+    _upload(ingest, key, fruit_image("Orange", 4))
+
+    # WHEN it is ingested
+    _poller(ingest).drain()
+
+    # THEN it is quarantined as too large, with no sha256 since it was never downloaded
+    s3 = boto3.client("s3")
+    target = quarantine_key(Reason.TOO_LARGE_BYTES, key, quarantine_prefix=ingest.quarantine_prefix)
+    sidecar = json.loads(s3.get_object(Bucket=ingest.bucket, Key=sidecar_key(target))["Body"].read())
+    assert sidecar["sha256"] is None
+    assert sidecar["detail"].startswith("expected at most 100 bytes, got ")
+
+
+def test_duplicate_direct_event_queues_one_message(
+    ingest: Settings, s3_event_factory: Callable[..., dict[str, Any]]
+) -> None:
+    # GIVEN an upload whose notification S3 delivers twice (at least once delivery)
+    key = "uploads/Pear/p 1+2.jpg"  # a space and a plus: keys arrive URL-encoded
+    version = _upload(ingest, key, fruit_image("Pear", 5))
+    boto3.client("sqs").purge_queue(QueueUrl=ingest.events_queue_url)
+    event = s3_event_factory(bucket=ingest.bucket, key=key, version_id=version)
+
+    # WHEN the handler sees the same event twice
+    first = handler.lambda_handler(event, LambdaContext())
+    second = handler.lambda_handler(event, LambdaContext())
+
+    # THEN one message
+    assert first == second == {"processed": 1}
+    (message,) = _images(ingest)
+    assert message.key == key
+
+
+def test_test_event_and_sqs_fixture_shape_are_handled(ingest: Settings) -> None:
+    # GIVEN the SQS-wrapped fixture (one real notification, one s3:TestEvent) pointed at an existing object
+    from tests.conftest import load_event
+
+    key = "uploads/Apple Braeburn/r_1_100.jpg"
+    version = _upload(ingest, key, fruit_image("Apple Braeburn", 6))
+    event = load_event("sqs_s3_put.json")
+    body = json.loads(event["Records"][0]["body"])
+    body["Records"][0]["s3"]["bucket"]["name"] = ingest.bucket
+    body["Records"][0]["s3"]["object"]["versionId"] = version
+    event["Records"][0]["body"] = json.dumps(body)
+
+    # WHEN the handler gets it
+    response = handler.lambda_handler(event, LambdaContext())
+
+    # THEN no record failed, and the test event queued nothing
+    assert response == {"batchItemFailures": []}
+    assert [m.key for m in _images(ingest)] == [key]
+
+
+def test_poison_record_fails_alone_and_reaches_the_dlq(ingest: Settings) -> None:
+    # GIVEN a good upload and a record the handler cannot parse on the events queue
+    sqs = boto3.client("sqs")
+    sqs.send_message(QueueUrl=ingest.events_queue_url, MessageBody="{not json")
+    _upload(ingest, "uploads/Lime/l.jpg", fruit_image("Lime", 7))
+    events_dlq = sqs.get_queue_url(QueueName=ingest.events_queue_url.rsplit("/", 1)[1] + "-dlq")["QueueUrl"]
+
+    # WHEN the poller keeps retrying failures at once, past the redrive limit (3 receives)
+    poller = _poller(ingest, retry_after_s=0)
+    stats = poller.drain(idle_polls=1)
+
+    # THEN the good image is queued, the poison record failed 3 times and now sits in the DLQ
+    assert [m.key for m in _images(ingest)] == ["uploads/Lime/l.jpg"]
+    assert stats.failed == 3
+    (dead,) = sqs.receive_message(QueueUrl=events_dlq, MaxNumberOfMessages=10)["Messages"]
+    assert dead["Body"] == "{not json"
