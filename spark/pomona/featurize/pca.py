@@ -1,0 +1,250 @@
+"""Exact incremental PCA: a mergeable (n, mean, scatter) state and a refit that costs O(d³), not O(history).
+
+Each Spark partition summarises its rows with `PcaState.from_rows`, the driver folds the summaries together
+with the stored state through `merge_pca_state` (Chan et al.'s pairwise update, associative and commutative
+up to rounding) and refits with `fit_pca`. The stored state is d + d² numbers whatever the number of images
+seen, so a refit after a million images costs what a refit after a thousand does.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+import zipfile
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from pomona.errors import PomonaError
+
+Array = npt.NDArray[np.float64]
+
+# Relative slack on the variance target: cumulative ratios such as 0.6 + 0.3 round to 0.8999999999999999.
+_TARGET_SLACK = 1e-12
+_NPZ_ARRAYS = (
+    "mean",
+    "components",
+    "explained_variance",
+    "explained_variance_ratio",
+    "n_seen",
+    "total_variance",
+    "state_n",
+    "state_mean",
+    "state_scatter",
+)
+
+
+class PcaError(PomonaError, ValueError):
+    """A PCA state, model or input does not have the expected shape or size."""
+
+
+@dataclass(frozen=True, eq=False)
+class PcaState:
+    """What a PCA needs to know about the rows seen so far: their count, mean and centred scatter matrix."""
+
+    n: int
+    mean: Array
+    scatter: Array
+
+    def __post_init__(self) -> None:
+        mean = _frozen(self.mean)
+        scatter = _frozen(self.scatter)
+        if mean.ndim != 1 or scatter.shape != (mean.size, mean.size):
+            raise PcaError(
+                f"expected a mean of shape (d,) and a scatter of shape (d, d), got {mean.shape} and {scatter.shape}"
+            )
+        if self.n < 0:
+            raise PcaError(f"expected a row count >= 0, got {self.n}")
+        object.__setattr__(self, "mean", mean)
+        object.__setattr__(self, "scatter", scatter)
+
+    @property
+    def d(self) -> int:
+        return self.mean.size
+
+    @classmethod
+    def empty(cls, d: int) -> PcaState:
+        return cls(n=0, mean=np.zeros(d), scatter=np.zeros((d, d)))
+
+    @classmethod
+    def from_rows(cls, x: npt.ArrayLike) -> PcaState:
+        """The state of the rows of `x` (n×d, any float dtype), accumulated in float64."""
+        rows = np.asarray(x, dtype=np.float64)
+        if rows.ndim != 2:
+            raise PcaError(f"expected rows of shape (n, d), got shape {rows.shape}")
+        if rows.shape[0] == 0:
+            return cls.empty(rows.shape[1])
+        mean = rows.mean(axis=0)
+        centred = rows - mean
+        return cls(n=rows.shape[0], mean=mean, scatter=centred.T @ centred)
+
+
+def merge_pca_state(a: PcaState, b: PcaState) -> PcaState:
+    """The state of the rows of `a` and `b` together (Chan, Golub & LeVeque's pairwise update)."""
+    if a.d != b.d:
+        raise PcaError(f"expected states of dimension {a.d}, got {b.d}")
+    if b.n == 0:
+        return a
+    if a.n == 0:
+        return b
+    n = a.n + b.n
+    delta = b.mean - a.mean
+    return PcaState(
+        n=n,
+        mean=a.mean + delta * (b.n / n),
+        scatter=a.scatter + b.scatter + np.outer(delta, delta) * (a.n * b.n / n),
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class PcaModel:
+    """A fitted PCA: `components` holds k unit principal axes as rows, by decreasing explained variance."""
+
+    mean: Array
+    components: Array
+    explained_variance: Array
+    explained_variance_ratio: Array
+    n_seen: int
+    total_variance: float
+
+    def __post_init__(self) -> None:
+        shape = np.shape(self.components)
+        k, d = shape if len(shape) == 2 else (-1, -1)
+        variances = {np.shape(self.explained_variance), np.shape(self.explained_variance_ratio)}
+        if d < 0 or np.shape(self.mean) != (d,) or variances != {(k,)}:
+            raise PcaError(
+                f"expected mean (d,), components (k, d) and variances (k,), got {np.shape(self.mean)}, "
+                f"{shape} and {np.shape(self.explained_variance)}, {np.shape(self.explained_variance_ratio)}"
+            )
+        for name in ("mean", "components", "explained_variance", "explained_variance_ratio"):
+            object.__setattr__(self, name, _frozen(getattr(self, name)))
+
+    @property
+    def n_components(self) -> int:
+        return int(self.components.shape[0])
+
+
+def fit_pca(
+    state: PcaState,
+    *,
+    variance_target: float = 0.95,
+    max_components: int = 256,
+    n_components: int | None = None,
+) -> PcaModel:
+    """The PCA of the rows summarised by `state`, the same as scikit-learn's full-SVD PCA on those rows.
+
+    k is `n_components` when given (at most d and n), else the fewest components explaining `variance_target`
+    of the variance, at most `max_components`. Each axis's largest-magnitude entry is positive.
+    """
+    if state.n < 2:
+        raise PcaError(f"expected at least 2 rows to fit a PCA, got {state.n}")
+    if not 0.0 < variance_target <= 1.0:
+        raise PcaError(f"expected variance_target in (0, 1], got {variance_target}")
+    if max_components < 1:
+        raise PcaError(f"expected max_components >= 1, got {max_components}")
+    if n_components is not None and n_components < 1:
+        raise PcaError(f"expected n_components >= 1 or None, got {n_components}")
+
+    # Sample covariance (n - 1), as scikit-learn's explained_variance_; eigh reads its lower triangle only.
+    eigenvalues, eigenvectors = np.linalg.eigh(state.scatter / (state.n - 1))
+    variances = np.clip(eigenvalues[::-1], 0.0, None)  # rounding leaves tiny negatives on a PSD matrix
+    axes = eigenvectors[:, ::-1].T
+    total = float(variances.sum())
+    ratios = variances / total if total > 0 else np.zeros_like(variances)
+
+    bound = min(state.d, state.n)
+    if n_components is not None:
+        k = min(n_components, bound)
+    else:
+        # With no variance at all, one component already "explains" it: keep k = 1.
+        reached = np.cumsum(ratios) >= variance_target - _TARGET_SLACK
+        k = int(np.argmax(reached)) + 1 if total > 0 and reached.any() else 1
+        k = min(k, max_components, bound)
+
+    components = axes[:k]
+    largest = components[np.arange(k), np.abs(components).argmax(axis=1)]  # argmax: first of ties
+    components = components * np.where(largest < 0, -1.0, 1.0)[:, None]
+    return PcaModel(
+        mean=state.mean,
+        components=components,
+        explained_variance=variances[:k],
+        explained_variance_ratio=ratios[:k],
+        n_seen=state.n,
+        total_variance=total,
+    )
+
+
+def project(model: PcaModel, x: npt.ArrayLike) -> npt.NDArray[np.float32]:
+    """The coordinates of the rows of `x` (n×d) on the model's k axes, as float32 (n×k)."""
+    rows = np.asarray(x, dtype=np.float64)
+    if rows.ndim != 2 or rows.shape[1] != model.mean.size:
+        raise PcaError(f"expected rows of shape (n, {model.mean.size}), got shape {rows.shape}")
+    return ((rows - model.mean) @ model.components.T).astype(np.float32)
+
+
+def state_to_npz(model: PcaModel, state: PcaState) -> bytes:
+    """The model and the merge state it came from, as one compressed `.npz` file."""
+    buffer = io.BytesIO()
+    np.savez_compressed(
+        buffer,
+        mean=model.mean,
+        components=model.components,
+        explained_variance=model.explained_variance,
+        explained_variance_ratio=model.explained_variance_ratio,
+        n_seen=np.int64(model.n_seen),
+        total_variance=np.float64(model.total_variance),
+        state_n=np.int64(state.n),
+        state_mean=state.mean,
+        state_scatter=state.scatter,
+    )
+    return buffer.getvalue()
+
+
+def load_npz(data: bytes) -> tuple[PcaModel, PcaState]:
+    """The model and merge state written by `state_to_npz`; `PcaError` if `data` is not such a file."""
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as err:  # ValueError: refused to unpickle
+        raise PcaError(f"expected a PCA .npz file, got {len(data)} bytes that are not one") from err
+    if not set(_NPZ_ARRAYS) <= set(arrays):
+        raise PcaError(f"expected arrays {sorted(_NPZ_ARRAYS)}, got {sorted(arrays)}")
+    model = PcaModel(
+        mean=arrays["mean"],
+        components=arrays["components"],
+        explained_variance=arrays["explained_variance"],
+        explained_variance_ratio=arrays["explained_variance_ratio"],
+        n_seen=int(arrays["n_seen"]),
+        total_variance=float(arrays["total_variance"]),
+    )
+    state = PcaState(n=int(arrays["state_n"]), mean=arrays["state_mean"], scatter=arrays["state_scatter"])
+    return model, state
+
+
+def bench_refit(
+    d: int = 1280, n_seen: tuple[int, ...] = (10_000, 100_000), *, batch_rows: int = 1000, seed: int = 0
+) -> dict[str, float]:
+    """Seconds to merge a batch of `batch_rows` into a stored state of each history size, then refit.
+
+    The stored states are synthetic (any symmetric PSD scatter will do): their size is d + d² whatever
+    `n_seen` is, which is what this measures.
+    """
+    rng = np.random.default_rng(seed)
+    batch = PcaState.from_rows(rng.standard_normal((batch_rows, d)).astype(np.float32))
+    factor = rng.standard_normal((d, d))
+    timings: dict[str, float] = {}
+    for n in n_seen:
+        stored = PcaState(n=n, mean=rng.standard_normal(d), scatter=factor @ factor.T * (n / d))
+        start = time.perf_counter()
+        fit_pca(merge_pca_state(stored, batch))
+        timings[f"refit_s_at_{n}"] = time.perf_counter() - start
+    timings["state_bytes"] = float((d + d * d) * np.dtype(np.float64).itemsize)
+    return timings
+
+
+def _frozen(values: npt.ArrayLike) -> Array:
+    """A read-only float64 copy, so a frozen dataclass stays frozen."""
+    array = np.array(values, dtype=np.float64)
+    array.flags.writeable = False
+    return array
