@@ -1,0 +1,432 @@
+"""The Helm chart, rendered by the real helm and checked against the schemas the API server and operator use."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+from manifests import CHART, HelmError, Render, by_kind, crd_errors, one, run_helm
+
+from pomona.settings import ENV_VARS
+
+SPARK_KINDS = {"SparkApplication", "ScheduledSparkApplication"}
+# Kinds from other operators' CRDs that kubernetes-validate has no schema for; checked by their own tests.
+FOREIGN_KINDS = {"PodMonitor"}
+KUBERNETES_VERSIONS = ["1.33.0", kubernetes_validate.utils.latest_version()]
+
+VALUE_SETS = [
+    pytest.param((), {}, id="defaults"),
+    pytest.param(("values-ci.yaml",), {}, id="ci-everything-on"),
+    pytest.param(("values-kind.yaml",), {}, id="kind"),
+    pytest.param(
+        (), {"dynamicAllocation.enabled": "false", "monitoring.enabled": "true"}, id="fixed-executors"
+    ),
+    pytest.param(
+        ("values-ci.yaml",),
+        {"monitoring.prometheus.jmxExporterJar": "/opt/jmx/jmx_prometheus_javaagent.jar"},
+        id="jmx-exporter",
+    ),
+]
+
+
+def _spec(manifests: list[dict[str, Any]]) -> dict[str, Any]:
+    """The SparkApplication spec every run is made from: the ScheduledSparkApplication's template."""
+    return one(manifests, "ScheduledSparkApplication")["spec"]["template"]  # type: ignore[no-any-return]
+
+
+# -- lint and schemas ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "values", [(), ("values-ci.yaml",), ("values-kind.yaml",)], ids=["defaults", "ci", "kind"]
+)
+def test_chart_passes_strict_lint(helm: Path, values: tuple[str, ...]) -> None:
+    args = [arg for name in values for arg in ("--values", str(CHART / name))]
+
+    output = run_helm(helm, "lint", "--strict", str(CHART), *args)
+
+    assert "0 chart(s) failed" in output
+
+
+@pytest.mark.parametrize(("files", "sets"), VALUE_SETS)
+def test_core_resources_are_valid_for_kubernetes(
+    render: Render, files: tuple[str, ...], sets: dict[str, str]
+) -> None:
+    core = [m for m in render(*files, set=sets) if m["kind"] not in SPARK_KINDS | FOREIGN_KINDS]
+
+    assert core, "expected core resources (ConfigMap, ServiceAccount, RBAC) in the render"
+    for manifest in core:
+        for version in KUBERNETES_VERSIONS:
+            # Raises ValidationError naming the field when the manifest is wrong for this version.
+            kubernetes_validate.validate(manifest, version, strict=True)
+
+
+@pytest.mark.parametrize(("files", "sets"), VALUE_SETS)
+def test_spark_resources_match_the_operator_crds(
+    render: Render, files: tuple[str, ...], sets: dict[str, str]
+) -> None:
+    spark = [m for m in render(*files, set=sets) if m["kind"] in SPARK_KINDS]
+
+    assert spark
+    assert {m["kind"]: crd_errors(m) for m in spark} == {m["kind"]: [] for m in spark}
+
+
+def test_crd_check_rejects_unknown_fields(render: Render) -> None:
+    # GIVEN a rendered ScheduledSparkApplication with a misspelt field, as a typo in a template would make
+    scheduled = one(render(), "ScheduledSparkApplication")
+    scheduled["spec"]["template"]["driver"]["memoryOverhed"] = "1g"
+
+    # THEN the CRD check names it: the validator is not silently open
+    assert crd_errors(scheduled) == [
+        "/spec/template/driver: Additional properties are not allowed ('memoryOverhed' was unexpected)"
+    ]
+
+
+# -- values rejected -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        pytest.param({"schedule.cron": "every 15 minutes"}, "/schedule/cron", id="cron-words"),
+        pytest.param({"schedule.cron": "*/15 * * *"}, "/schedule/cron", id="cron-four-fields"),
+        pytest.param({"trigger.cron": "@every 5m"}, "/trigger/cron", id="cronjob-has-no-every"),
+        pytest.param(
+            {"dynamicAllocation.maxExecutors": "-1"}, "/dynamicAllocation/maxExecutors", id="negative-max"
+        ),
+        pytest.param(
+            {"dynamicAllocation.minExecutors": "-2"}, "/dynamicAllocation/minExecutors", id="negative-min"
+        ),
+        pytest.param({"executor.cores": "0"}, "/executor/cores", id="zero-cores"),
+        pytest.param({"executor.memory": "lots"}, "/executor/memory", id="memory-words"),
+        pytest.param({"trigger.mode": "sometimes"}, "/trigger/mode", id="unknown-trigger-mode"),
+        pytest.param(
+            {"schedule.concurrencyPolicy": "Allow"}, "/schedule/concurrencyPolicy", id="allow-overlap"
+        ),
+        pytest.param(
+            {"config.POMONA_BUKET": "x"}, "invalid propertyName 'POMONA_BUKET'", id="unknown-setting"
+        ),
+        pytest.param({"securityContext.runAsNonRoot": "false"}, "/securityContext/runAsNonRoot", id="root"),
+        pytest.param(
+            {"dynamicAllocation.minExecutors": "9"},
+            "expected minExecutors <= maxExecutors, got 9 > 8",
+            id="min>max",
+        ),
+        pytest.param(
+            {"dynamicAllocation.initialExecutors": "20"},
+            "expected minExecutors <= initialExecutors <= maxExecutors, got 0, 20, 8",
+            id="initial>max",
+        ),
+    ],
+)
+def test_bad_values_fail_the_render(helm: Path, sets: dict[str, str], message: str) -> None:
+    args = [arg for key, value in sets.items() for arg in ("--set", f"{key}={value}")]
+
+    with pytest.raises(HelmError) as caught:
+        run_helm(helm, "template", "pomona", str(CHART), *args)
+
+    assert message in str(caught.value)
+
+
+def test_every_leaf_of_values_yaml_has_a_doc_comment() -> None:
+    undocumented = _undocumented_leaves((CHART / "values.yaml").read_text().splitlines())
+
+    assert undocumented == []
+
+
+def _undocumented_leaves(lines: list[str]) -> list[str]:
+    """Keys holding a value (not a nested map) without a `# --` comment above them or above an ancestor."""
+    key_line = re.compile(r"^(\s*)([\w.-]+):\s*(.*)$")
+    documented_at: list[int] = []  # indents of documented ancestors: their subtrees count as documented
+    missing = []
+    for number, line in enumerate(lines):
+        match = key_line.match(line)
+        if not match:
+            continue
+        indent = len(match[1])
+        documented_at = [level for level in documented_at if level < indent]
+        comments = []
+        for above in reversed(lines[:number]):
+            if not above.strip().startswith("#"):
+                break
+            comments.append(above.strip())
+        if any(c.startswith("# --") for c in comments):
+            documented_at.append(indent)
+            continue
+        following = next((n for n in lines[number + 1 :] if n.strip() and not n.strip().startswith("#")), "")
+        holds_map = not match[3] and len(following) - len(following.lstrip()) > indent and ":" in following
+        if not documented_at and not holds_map:
+            missing.append(f"line {number + 1}: {line.strip()}")
+    return missing
+
+
+def test_schema_lists_exactly_the_settings_environment_variables() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+
+    allowed = schema["properties"]["config"]["propertyNames"]["enum"]
+
+    assert sorted(allowed) == sorted(ENV_VARS)
+
+
+# -- what the templates render ---------------------------------------------------------------------------------
+
+
+def test_schedule_defaults(render: Render) -> None:
+    spec = one(render(), "ScheduledSparkApplication")["spec"]
+
+    assert {k: spec[k] for k in ("schedule", "suspend", "concurrencyPolicy")} == {
+        "schedule": "*/15 * * * *",
+        "suspend": False,
+        "concurrencyPolicy": "Forbid",
+    }
+    assert spec["successfulRunHistoryLimit"] >= 1
+    assert spec["failedRunHistoryLimit"] >= 1
+
+
+def test_application_spec_runs_the_python_job(render: Render) -> None:
+    spec = _spec(render())
+
+    assert {k: spec[k] for k in ("type", "mode", "pythonVersion", "mainApplicationFile")} == {
+        "type": "Python",
+        "mode": "cluster",
+        "pythonVersion": "3",
+        "mainApplicationFile": "local:///opt/pomona/spark/main.py",
+    }
+    assert spec["restartPolicy"] == {"type": "Never"}
+    assert spec["image"] == "pomona-spark:0.1.0"
+
+
+def test_spark_conf_reuses_python_workers_and_merges_user_conf(render: Render) -> None:
+    conf = _spec(render("values-ci.yaml"))["sparkConf"]
+
+    assert conf["spark.python.worker.reuse"] == "true"
+    assert conf["spark.dynamicAllocation.shuffleTracking.enabled"] == "true"
+    assert conf["spark.dynamicAllocation.executorIdleTimeout"] == "60s"
+    assert conf["spark.sql.shuffle.partitions"] == "64"
+    assert all(isinstance(v, str) for v in conf.values())
+
+
+def test_dynamic_allocation_bounds_come_from_values(render: Render) -> None:
+    spec = _spec(render("values-ci.yaml"))
+
+    assert spec["dynamicAllocation"] == {
+        "enabled": True,
+        "initialExecutors": 2,
+        "minExecutors": 1,
+        "maxExecutors": 12,
+        "shuffleTrackingEnabled": True,
+    }
+    assert "instances" not in spec["executor"]
+
+
+def test_fixed_executors_when_dynamic_allocation_is_off(render: Render) -> None:
+    spec = _spec(render(set={"dynamicAllocation.enabled": "false"}))
+
+    assert spec["dynamicAllocation"] == {"enabled": False}
+    assert spec["executor"]["instances"] == 2
+
+
+def test_executor_is_sized_for_litert_workers(render: Render) -> None:
+    executor = _spec(render())["executor"]
+
+    # Two Python workers at ~1 GB each live in the overhead, beside the JVM's own native memory.
+    assert (executor["cores"], executor["memory"], executor["memoryOverhead"]) == (2, "2g", "3g")
+
+
+@pytest.mark.parametrize("role", ["driver", "executor"])
+def test_pods_run_as_spark_user_with_read_only_root(render: Render, role: str) -> None:
+    spec = _spec(render())
+    pod = spec[role]
+
+    assert pod["securityContext"] == {
+        "runAsNonRoot": True,
+        "runAsUser": 185,
+        "runAsGroup": 185,
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    assert pod["podSecurityContext"]["runAsNonRoot"] is True
+    # Every writable path is an emptyDir the spec declares.
+    mounts = {m["mountPath"]: m["name"] for m in pod["volumeMounts"]}
+    assert mounts == {"/tmp": "tmp", "/var/data/spark-local-dir-1": "spark-local-dir-1"}
+    assert {v["name"] for v in spec["volumes"] if "emptyDir" in v} == set(mounts.values())
+
+
+@pytest.mark.parametrize("role", ["driver", "executor"])
+def test_pods_read_settings_from_the_config_map(render: Render, role: str) -> None:
+    manifests = render("values-kind.yaml")
+
+    env_from = _spec(manifests)[role]["envFrom"]
+
+    config_map = one(manifests, "ConfigMap")
+    assert env_from == [
+        {"configMapRef": {"name": config_map["metadata"]["name"]}},
+        {"secretRef": {"name": "moto-credentials"}},
+    ]
+    assert config_map["data"]["AWS_ENDPOINT_URL"] == "http://moto.pomona.svc:5000"
+    assert set(config_map["data"]) <= set(ENV_VARS)
+
+
+def test_config_map_leaves_out_empty_settings(render: Render) -> None:
+    data = one(render(), "ConfigMap")["data"]
+
+    assert "POMONA_IMAGES_QUEUE_URL" not in data
+    assert data["POMONA_BUCKET"] == "pomona-images"
+
+
+def test_placement_is_per_role(render: Render) -> None:
+    spec = _spec(render("values-ci.yaml"))
+
+    assert spec["driver"]["nodeSelector"] == {"eks.amazonaws.com/capacityType": "ON_DEMAND"}
+    assert spec["executor"]["nodeSelector"] == {"eks.amazonaws.com/capacityType": "SPOT"}
+    assert spec["executor"]["tolerations"][0]["key"] == "spot"
+    assert "tolerations" not in spec["driver"]
+
+
+def test_service_account_carries_the_irsa_role(render: Render) -> None:
+    manifests = render("values-ci.yaml")
+
+    accounts = {a["metadata"]["name"]: a for a in by_kind(manifests, "ServiceAccount")}
+
+    spec = _spec(manifests)
+    job_account = accounts[spec["driver"]["serviceAccount"]]
+    assert job_account["metadata"]["annotations"] == {
+        "eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/pomona-job"
+    }
+    assert spec["executor"]["serviceAccount"] == spec["driver"]["serviceAccount"]
+
+
+def test_driver_role_grants_what_spark_on_kubernetes_needs(render: Render) -> None:
+    manifests = render()
+
+    role = one(manifests, "Role")
+    binding = one(manifests, "RoleBinding")
+
+    assert role["rules"] == [
+        {
+            "apiGroups": [""],
+            "resources": ["pods", "services", "configmaps", "persistentvolumeclaims"],
+            "verbs": ["get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"],
+        }
+    ]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"][0]["name"] == _spec(manifests)["driver"]["serviceAccount"]
+
+
+def test_one_off_application_uses_the_scheduled_spec(render: Render) -> None:
+    manifests = render(set={"oneOff.enabled": "true"})
+
+    one_off = one(manifests, "SparkApplication")
+
+    assert one_off["spec"] == _spec(manifests)
+    assert one_off["metadata"]["name"] == "pomona-once"
+
+
+def test_no_one_off_application_by_default(render: Render) -> None:
+    assert by_kind(render(), "SparkApplication") == []
+
+
+def test_schedule_mode_renders_no_trigger(render: Render) -> None:
+    manifests = render()
+
+    assert by_kind(manifests, "CronJob") == []
+    assert [a["metadata"]["name"] for a in by_kind(manifests, "ServiceAccount")] == ["pomona"]
+
+
+def test_backlog_mode_suspends_the_schedule_and_renders_the_trigger(render: Render) -> None:
+    # GIVEN backlog mode, with the schedule itself left unsuspended in values
+    manifests = render(set={"trigger.mode": "backlog", "trigger.minBacklog": "300"})
+
+    # THEN the schedule is suspended and a CronJob runs the trigger command against it
+    assert one(manifests, "ScheduledSparkApplication")["spec"]["suspend"] is True
+    cron_job = one(manifests, "CronJob")
+    assert cron_job["spec"]["concurrencyPolicy"] == "Forbid"
+    pod = cron_job["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["command"] == [
+        "pomona", "cluster", "trigger", "--namespace", "pomona", "--name", "pomona",
+        "--min-backlog", "300", "--max-wait", "3600",
+    ]  # fmt: skip
+    assert container["securityContext"] == _spec(manifests)["driver"]["securityContext"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["serviceAccountName"] == "pomona-trigger"
+
+
+def test_trigger_role_allows_only_starting_and_watching_runs(render: Render) -> None:
+    manifests = render(set={"trigger.mode": "backlog"})
+
+    roles = {r["metadata"]["name"]: r for r in by_kind(manifests, "Role")}
+    bindings = {b["metadata"]["name"]: b for b in by_kind(manifests, "RoleBinding")}
+
+    assert roles["pomona-trigger"]["rules"] == [
+        {
+            "apiGroups": ["sparkoperator.k8s.io"],
+            "resources": ["sparkapplications"],
+            "verbs": ["get", "list", "create"],
+        },
+        {
+            "apiGroups": ["sparkoperator.k8s.io"],
+            "resources": ["scheduledsparkapplications"],
+            "resourceNames": ["pomona"],
+            "verbs": ["get", "patch"],
+        },
+    ]
+    assert bindings["pomona-trigger"]["subjects"][0]["name"] == "pomona-trigger"
+
+
+def test_network_policy_selects_the_job_pods(render: Render) -> None:
+    manifests = render("values-ci.yaml")
+
+    policy = one(manifests, "NetworkPolicy")
+
+    assert policy["spec"]["podSelector"]["matchLabels"] == _spec(manifests)["driver"]["labels"]
+    assert {"protocol": "TCP", "port": 443} in [
+        p for rule in policy["spec"]["egress"] for p in rule.get("ports", [])
+    ]
+
+
+def test_monitoring_uses_the_prometheus_servlet_and_a_pod_monitor(render: Render) -> None:
+    manifests = render("values-ci.yaml")
+
+    conf = _spec(manifests)["sparkConf"]
+    monitor = one(manifests, "PodMonitor")
+
+    assert conf["spark.ui.prometheus.enabled"] == "true"
+    assert (
+        conf["spark.metrics.conf.*.sink.prometheusServlet.class"]
+        == "org.apache.spark.metrics.sink.PrometheusServlet"
+    )
+    assert [e["path"] for e in monitor["spec"]["podMetricsEndpoints"]] == [
+        "/metrics/driver/prometheus/",
+        "/metrics/executors/prometheus/",
+    ]
+    assert monitor["spec"]["selector"]["matchLabels"]["spark-role"] == "driver"
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"
+
+
+def test_jmx_exporter_uses_the_operator_monitoring_block(render: Render) -> None:
+    manifests = render("values-ci.yaml", set={"monitoring.prometheus.jmxExporterJar": "/opt/jmx/agent.jar"})
+
+    spec = _spec(manifests)
+
+    assert spec["monitoring"] == {
+        "exposeDriverMetrics": True,
+        "exposeExecutorMetrics": True,
+        "prometheus": {"jmxExporterJar": "/opt/jmx/agent.jar", "port": 8090},
+    }
+    assert "spark.ui.prometheus.enabled" not in spec["sparkConf"]
+    assert [e["port"] for e in one(manifests, "PodMonitor")["spec"]["podMetricsEndpoints"]] == [
+        "jmx-exporter"
+    ]
+
+
+def test_no_optional_resources_by_default(render: Render) -> None:
+    kinds = {m["kind"] for m in render()}
+
+    assert kinds == {"ServiceAccount", "ConfigMap", "Role", "RoleBinding", "ScheduledSparkApplication"}
