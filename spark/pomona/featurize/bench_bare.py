@@ -1,0 +1,96 @@
+"""The featurizer's ceiling without Spark or S3: decode, preprocess and model in a plain loop.
+
+Run one backend per process, since peak RSS is the process's own:
+`python -m pomona.featurize.bench_bare --backend litert --weights <file.weights.h5> <image folder>...`
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from pomona.featurize.featurize import Backend, make_featurizer, preprocess_batch
+
+
+def run(
+    images: Sequence[Path],
+    *,
+    weights: str,
+    backend: Backend,
+    batch_size: int = 32,
+    num_threads: int = 2,
+    cache_dir: Path | None = None,
+) -> dict[str, float | int | str | bool]:
+    """Throughput in images per second after one warm-up batch, and the process's peak RSS."""
+    featurizer = make_featurizer(
+        weights, backend=backend, cache_dir=cache_dir, batch_size=batch_size, num_threads=num_threads
+    )
+    blobs = [path.read_bytes() for path in images]  # file I/O stays out of the timings, as S3 would
+    batches = [blobs[i : i + batch_size] for i in range(0, len(blobs), batch_size)]
+    featurizer(preprocess_batch(batches[0])[0])  # warm-up: first-call allocation and tracing
+
+    decode_s = model_s = 0.0
+    for chunk in batches:
+        started = time.perf_counter()
+        batch, _ = preprocess_batch(chunk)
+        decoded = time.perf_counter()
+        featurizer(batch)
+        decode_s += decoded - started
+        model_s += time.perf_counter() - decoded
+
+    count = len(blobs)
+    return {
+        "backend": backend,
+        "images": count,
+        "bare_img_s": round(count / (decode_s + model_s), 1),
+        "decode_img_s": round(count / decode_s, 1),
+        "model_img_s": round(count / model_s, 1),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "tensorflow_imported": "tensorflow" in sys.modules,
+    }
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size in MiB.
+
+    VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss over exec, so a child started by a large
+    process (a test runner with TensorFlow loaded) would report its parent's peak.
+    """
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # no /proc: KiB on Linux, as a fallback
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("folders", nargs="+", type=Path, help="folders searched recursively for *.jpg")
+    parser.add_argument("--weights", required=True, help="a POMONA_WEIGHTS value")
+    parser.add_argument("--backend", choices=["litert", "tensorflow"], default="litert")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--num-threads", type=int, default=2)
+    parser.add_argument("--cache-dir", type=Path, default=None)
+    args = parser.parse_args(argv)
+    images = sorted(path for folder in args.folders for path in folder.rglob("*.jpg"))
+    result = run(
+        images,
+        weights=args.weights,
+        backend=args.backend,
+        batch_size=args.batch_size,
+        num_threads=args.num_threads,
+        cache_dir=args.cache_dir,
+    )
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
