@@ -17,7 +17,9 @@ from pomona.errors import PomonaError
 
 app = typer.Typer(help="Pomona: fruit photos in S3 → validated, queued, featurized, PCA.", no_args_is_help=True)
 bench_app = typer.Typer(help="Benchmarks; each prints one JSON object.", no_args_is_help=True)
+job_app = typer.Typer(help="The featurization job.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
+app.add_typer(job_app, name="job")
 
 console = Console(stderr=True)
 
@@ -79,6 +81,45 @@ def bench_validate(
     from pomona import bench_validate as bench
 
     sys.stdout.write(json.dumps(bench.run(), indent=None if as_json else 2) + "\n")
+
+
+@job_app.command("run")
+def job_run(
+    workers: Annotated[int, typer.Option(help="Spark local[N] workers.")] = 2,
+    max_images: Annotated[int | None, typer.Option(help="Cap on images this run (POMONA_MAX_IMAGES).")] = None,
+    weights: Annotated[str | None, typer.Option(help="imagenet | random | PATH | s3://… (POMONA_WEIGHTS).")] = None,
+    backend: Annotated[str | None, typer.Option(help="litert | tensorflow (POMONA_BACKEND).")] = None,
+) -> None:
+    """Run one batch now against the configured endpoints (AWS, or `pomona local up`'s stack)."""
+    from pomona.featurize.job import options_from, run_job, spark_session
+    from pomona.settings import Settings
+
+    with _one_line_errors():
+        settings = Settings.from_env()
+        options = options_from(settings, max_images=max_images, weights=weights, backend=backend)
+        spark = spark_session(f"local[{workers}]")
+        try:
+            with console.status("featurizing the queued images…"):
+                result = run_job(spark, settings, options)
+        finally:
+            spark.stop()
+    if result.manifest is None:
+        console.print(f"nothing committed: {result.skipped}")
+    else:
+        sys.stdout.write(json.dumps(result.manifest, indent=2) + "\n")
+
+
+@app.command()
+def upload(
+    folder: Annotated[Path, typer.Argument(help="A folder of <label>/<image> files.", exists=True, file_okay=False)],
+) -> None:
+    """Upload a folder the way the app does: each image under uploads/<label>/, the label its parent folder."""
+    from pomona.local.upload import upload_folder
+    from pomona.settings import Settings
+
+    with _one_line_errors():
+        count = upload_folder(folder, Settings.from_env(), console=console)
+    console.print(f"uploaded {count} files")
 
 
 if __name__ == "__main__":

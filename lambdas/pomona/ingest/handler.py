@@ -8,6 +8,7 @@ one bad record never fails the batch.
 from __future__ import annotations
 
 import json
+import os
 from functools import cache
 from typing import Any
 from urllib.parse import unquote_plus
@@ -20,9 +21,10 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from pomona.ingest.ingest import Ingestor, ObjectRef
 
-logger = Logger()
+# POWERTOOLS_* variables configure these; the defaults name the service when they are unset (tests, local mode).
+logger = Logger(service=os.getenv("POWERTOOLS_SERVICE_NAME", "pomona-ingest"))
 tracer = Tracer()
-metrics = Metrics()
+metrics = Metrics(namespace=os.getenv("POWERTOOLS_METRICS_NAMESPACE", "Pomona"))
 processor = BatchProcessor(event_type=EventType.SQS)
 
 TEST_EVENT = "s3:TestEvent"
@@ -60,6 +62,8 @@ def record_handler(record: SQSRecord) -> None:
 @tracer.capture_lambda_handler
 @metrics.log_metrics(capture_cold_start_metric=True)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse | dict[str, int]:
+    # An in-progress record expires with this invocation, so a crashed one is retried, not blocked.
+    _ingestor().idempotency.register_lambda_context(context)
     records = event.get("Records") or []
     if records and records[0].get("eventSource") == "aws:sqs":
         return process_partial_response(

@@ -75,13 +75,13 @@ class Ingestor:
         self.sqs = sqs
         self.metrics = metrics
         self.log = logger or logging.getLogger(__name__)
-        config = IdempotencyConfig(
+        self.idempotency = IdempotencyConfig(
             event_key_jmespath="[bucket, key, version_id]",
             expires_after_seconds=IDEMPOTENCY_TTL_S,
             raise_on_no_idempotency_key=True,
         )
         self._ingest_once = idempotent_function(
-            data_keyword_argument="ref", config=config, persistence_store=persistence
+            data_keyword_argument="ref", config=self.idempotency, persistence_store=persistence
         )(self._ingest)
 
     @classmethod

@@ -1,0 +1,8 @@
+"""The featurization job's entry file: the SparkApplication's mainApplicationFile and spark-submit's argument."""
+
+import sys
+
+from pomona.featurize.job import main
+
+if __name__ == "__main__":
+    sys.exit(main())

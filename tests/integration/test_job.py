@@ -1,0 +1,180 @@
+"""The featurization job on local[2] Spark and the moto server: queue → job → committed outputs."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from pomona.contract import ImageMessage, Reason, manifest_key, pca_latest_key, pca_prefix, quarantine_key, sidecar_key
+from pomona.featurize.job import JobOptions, run_job
+from pomona.featurize.pca import PcaState, fit_pca, load_npz
+from pomona.ingest import handler
+from pomona.local.poller import EventSourcePoller
+from pomona.samples import SYNTHETIC_LABELS, fruit_image
+from pomona.settings import Settings
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture(scope="session")
+def spark() -> Iterator[object]:
+    from pomona.featurize.job import spark_session
+
+    session = spark_session("local[2]", app_name="pomona-tests")
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("pomona-cache")
+
+
+@pytest.fixture
+def options(cache_dir: Path) -> JobOptions:
+    # Random weights keep these tests independent of shared/; the e2e test uses the real ones.
+    return JobOptions(weights="random", backend="litert", cache_dir=str(cache_dir), wait_s=0, images_per_partition=8)
+
+
+@pytest.fixture
+def ingest(deployment: Settings) -> Iterator[Settings]:
+    handler._ingestor.cache_clear()
+    yield deployment
+    handler._ingestor.cache_clear()
+
+
+def _upload(settings: Settings, images: dict[str, bytes]) -> None:
+    s3 = boto3.client("s3")
+    for key, body in images.items():
+        s3.put_object(Bucket=settings.bucket, Key=key, Body=body)
+    EventSourcePoller(settings.events_queue_url, handler.lambda_handler).drain()
+
+
+def _synthetic(count: int, offset: int = 0) -> dict[str, bytes]:
+    labels = SYNTHETIC_LABELS[:3]
+    return {
+        f"uploads/{labels[i % 3]}/img_{i}.jpg": fruit_image(labels[i % 3], i) for i in range(offset, offset + count)
+    }
+
+
+def _read_parquet(settings: Settings, keys: list[str]) -> dict[str, list[object]]:
+    s3 = boto3.client("s3")
+    tables = [pq.read_table(io.BytesIO(s3.get_object(Bucket=settings.bucket, Key=k)["Body"].read())) for k in keys]
+    merged: dict[str, list[object]] = {}
+    for table in tables:
+        for name, values in table.to_pydict().items():
+            merged.setdefault(name, []).extend(values)
+    return merged
+
+
+def _queue_depth(settings: Settings) -> int:
+    attrs = boto3.client("sqs").get_queue_attributes(
+        QueueUrl=settings.images_queue_url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]
+    return int(attrs["ApproximateNumberOfMessages"]) + int(attrs["ApproximateNumberOfMessagesNotVisible"])
+
+
+def test_queue_to_committed_outputs(spark: object, ingest: Settings, options: JobOptions) -> None:
+    # GIVEN 24 accepted uploads on the images queue
+    images = _synthetic(24)
+    _upload(ingest, images)
+
+    # WHEN the job runs
+    result = run_job(spark, ingest, options)  # type: ignore[arg-type]
+
+    # THEN one batch is committed: manifest, LATEST → v1, features and projections for every image
+    manifest = result.manifest
+    assert manifest is not None
+    s3 = boto3.client("s3")
+    stored = json.loads(s3.get_object(Bucket=ingest.bucket, Key=manifest_key("", manifest["batch_id"]))["Body"].read())
+    assert stored["counts"] == {"received": 24, "malformed": 0, "duplicates": 0, "featurized": 24, "failed": {}}
+    assert json.loads(s3.get_object(Bucket=ingest.bucket, Key=pca_latest_key(""))["Body"].read()) == {"version": 1}
+    features = _read_parquet(ingest, stored["files"]["features"])
+    assert sorted(features["key"]) == sorted(images)  # type: ignore[type-var]
+    assert {len(f) for f in features["features"]} == {1280}  # type: ignore[arg-type]
+    assert set(features["pca_version"]) == {1}
+    projections = _read_parquet(ingest, stored["files"]["projections"])
+    assert {len(p) for p in projections["projection"]} == {stored["k"]}  # type: ignore[arg-type]
+    assert {"Apple Red", "Banana", "Lime"} >= set(projections["label"]) or projections["label"]
+    metadata = json.loads(s3.get_object(Bucket=ingest.bucket, Key=pca_prefix("", 1) + "metadata.json")["Body"].read())
+    assert metadata["n_seen"] == 24
+    assert metadata["weights_id"] == "random"
+    assert _queue_depth(ingest) == 0
+
+
+def test_duplicates_poison_and_malformed(spark: object, ingest: Settings, options: JobOptions) -> None:
+    # GIVEN two uploads of the same bytes, one queued image whose bytes no longer decode, and a malformed message
+    body = fruit_image("Plum", 1)
+    _upload(ingest, {"uploads/Plum/a.jpg": body, "uploads/Plum/b.jpg": body, **_synthetic(6)})
+    s3, sqs = boto3.client("s3"), boto3.client("sqs")
+    broken = b"\xff\xd8\xff\xe0" + b"\x00" * 200
+    put = s3.put_object(Bucket=ingest.bucket, Key="uploads/Plum/broken.jpg.raw", Body=broken)
+    import hashlib
+
+    poison = ImageMessage(
+        bucket=ingest.bucket,
+        key="uploads/Plum/broken.jpg.raw",
+        version_id=put["VersionId"],
+        etag=put["ETag"],
+        sha256=hashlib.sha256(broken).hexdigest(),
+        size=len(broken),
+        format="JPEG",
+        width=100,
+        height=100,
+        mode="RGB",
+        label="Plum",
+        uploaded_at="2026-11-25T05:40:00.000Z",
+        validated_at="2026-11-25T05:40:00.000Z",
+    )
+    EventSourcePoller(ingest.events_queue_url, handler.lambda_handler).drain()  # the raw upload is quarantined
+    sqs.send_message(QueueUrl=ingest.images_queue_url, MessageBody=poison.to_json())
+    sqs.send_message(QueueUrl=ingest.images_queue_url, MessageBody='{"schema_version": 99}')
+
+    # WHEN the job runs
+    manifest = run_job(spark, ingest, options).manifest  # type: ignore[arg-type]
+
+    # THEN the duplicate is counted once, the poison image is quarantined with its reason, the malformed one waits
+    assert manifest is not None
+    assert manifest["counts"] == {
+        "received": 10,
+        "malformed": 1,
+        "duplicates": 1,
+        "featurized": 7,
+        "failed": {Reason.DECODE_FAILED.value: 1},
+    }
+    target = quarantine_key(Reason.DECODE_FAILED, poison.key, quarantine_prefix=ingest.quarantine_prefix)
+    sidecar = json.loads(s3.get_object(Bucket=ingest.bucket, Key=sidecar_key(target))["Body"].read())
+    assert sidecar["reason"] == "decode_failed"
+    assert sidecar["sha256"] == poison.sha256
+    assert _queue_depth(ingest) == 1  # the malformed message, left for the redrive policy
+
+
+def test_two_runs_accumulate_into_one_shot_pca(spark: object, ingest: Settings, options: JobOptions) -> None:
+    # GIVEN two waves of uploads, each followed by a run
+    _upload(ingest, _synthetic(12))
+    first = run_job(spark, ingest, options).manifest  # type: ignore[arg-type]
+    _upload(ingest, _synthetic(12, offset=12))
+    second = run_job(spark, ingest, options).manifest  # type: ignore[arg-type]
+    assert first is not None and second is not None
+    assert (first["pca_version"], second["pca_version"]) == (1, 2)
+
+    # WHEN all committed features are read back and fitted at once
+    keys = first["files"]["features"] + second["files"]["features"]
+    features = np.asarray(_read_parquet(ingest, keys)["features"], dtype=np.float64)
+    one_shot = fit_pca(PcaState.from_rows(features), n_components=second["k"])
+    s3 = boto3.client("s3")
+    model, state = load_npz(s3.get_object(Bucket=ingest.bucket, Key=pca_prefix("", 2) + "model.npz")["Body"].read())
+
+    # THEN the incremental model is the one-shot model
+    assert state.n == model.n_seen == 24
+    np.testing.assert_allclose(model.mean, one_shot.mean, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(model.explained_variance, one_shot.explained_variance, rtol=1e-6)
+    np.testing.assert_allclose(np.abs(model.components @ one_shot.components.T).diagonal()[:5], 1.0, atol=1e-6)
