@@ -1,0 +1,262 @@
+"""The ingestion Lambda's pure core: upload bytes in, `ImageVerdict` out. No boto3, no I/O.
+
+The checks run cheapest first and stop at the first failure; the pixel cap is applied to the size read from the
+header, before anything is decoded, so a decompression bomb costs a header parse and not gigabytes of RAM.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import struct
+import warnings
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from typing import Any, Self
+
+from PIL import ExifTags, Image, ImageFile
+
+from pomona.contract import Reason
+from pomona.settings import MIB, Settings
+
+# Register every plugin once at import (~20 ms of cold start) so the format, MIME and extension registries
+# below are complete; Image.open would otherwise load them lazily on the first unusual file.
+Image.init()
+
+# Formats we recognise well enough to name in an `unsupported_format` verdict. Only these plugins parse the
+# header of an upload, which keeps exotic parsers away from untrusted bytes.
+_RECOGNISED = ("JPEG", "PNG", "WEBP", "GIF", "TIFF", "BMP", "ICO", "AVIF", "JPEG2000", "PSD", "PPM", "QOI")
+# Multi-picture JPEGs (phone cameras, depth maps) are JPEGs whose first picture is the photo.
+_ALIASES = {"MPO": "JPEG"}
+# Declarations that say nothing about the format.
+_UNINFORMATIVE_TYPES = frozenset({"", "application/octet-stream", "binary/octet-stream"})
+_EXTRA_MIME = {"image/jpg": "JPEG", "image/pjpeg": "JPEG", "image/x-png": "PNG", "image/apng": "PNG"}
+_JPEG_SOS, _JPEG_EOI = b"\xff\xda", b"\xff\xd9"
+_PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the whole, constant IEND chunk
+
+
+@dataclass(frozen=True, kw_only=True)
+class Limits:
+    """What an upload may be; defaults match `Settings`."""
+
+    max_bytes: int = 20 * MIB
+    max_pixels: int = 40_000_000
+    min_side: int = 32
+    allowed_formats: frozenset[str] = field(default_factory=lambda: frozenset({"JPEG", "PNG", "WEBP"}))
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Self:
+        return cls(
+            max_bytes=settings.max_bytes,
+            max_pixels=settings.max_pixels,
+            min_side=settings.min_side,
+            allowed_formats=frozenset(settings.allowed_formats),
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImageVerdict:
+    """Whether an upload is accepted, why not, and what was learnt about it on the way."""
+
+    accepted: bool
+    reason: Reason | None = None
+    detail: str
+    format: str | None = None
+    width: int | None = None
+    height: int | None = None
+    mode: str | None = None
+    # EXIF orientation (1..8); 1 when absent. Recorded, not applied: featurization rotates.
+    orientation: int = 1
+    sha256: str
+    size: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (the quarantine sidecar's body)."""
+        return dataclasses.asdict(self) | {"reason": None if self.reason is None else self.reason.value}
+
+
+def validate_image(
+    data: bytes,
+    *,
+    limits: Limits,
+    declared_type: str | None = None,
+    filename: str | None = None,
+) -> ImageVerdict:
+    """Judge one upload. Never raises: any input, however hostile, gets a verdict.
+
+    `declared_type` is the Content-Type the uploader claimed and `filename` the object's name; either one
+    naming a different format than the bytes hold gives `format_mismatch`.
+    """
+    base = ImageVerdict(accepted=False, detail="", sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+    try:
+        # Pillow warns about oddities it reads past (malformed MPO, odd EXIF); the verdict says what matters.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return _validate(data, limits, declared_type, filename, base)
+    except Exception as err:  # noqa: BLE001 - last line of defence: a parser's surprise is a bad file, not a crash
+        return dataclasses.replace(base, reason=Reason.CORRUPT, detail=_found("a readable image", err))
+
+
+@dataclass(frozen=True)
+class _Header:
+    """What the header parse found: a format and an unloaded image, or the error of the plugin that claimed it."""
+
+    format: str | None
+    plugin: str = ""
+    # The stream the plugin reads: where it stopped tells a stream that ends early from garbage midway.
+    fp: io.BytesIO = field(default_factory=io.BytesIO)
+    image: ImageFile.ImageFile | None = None
+    error: Exception | None = None
+
+
+def _validate(
+    data: bytes, limits: Limits, declared_type: str | None, filename: str | None, base: ImageVerdict
+) -> ImageVerdict:
+    def reject(reason: Reason, detail: str, **found: Any) -> ImageVerdict:
+        return dataclasses.replace(base, reason=reason, detail=detail, **found)
+
+    allowed = sorted(limits.allowed_formats)
+    if not data:
+        return reject(Reason.EMPTY, "expected at least 1 byte, got 0")
+    if len(data) > limits.max_bytes:
+        return reject(Reason.TOO_LARGE_BYTES, f"expected at most {limits.max_bytes} bytes, got {len(data)}")
+
+    header = _open_header(data, allowed=allowed)
+    fmt = header.format
+    if fmt is None:
+        return reject(Reason.NOT_AN_IMAGE, f"expected one of {allowed}, got no image header: {data[:16]!r}")
+    if fmt not in limits.allowed_formats:
+        return reject(Reason.UNSUPPORTED_FORMAT, f"expected one of {allowed}, got {fmt!r}", format=fmt)
+    if mismatch := _format_mismatch(fmt, declared_type, filename):
+        return reject(Reason.FORMAT_MISMATCH, mismatch, format=fmt)
+    if header.image is None:
+        assert header.error is not None
+        return reject(*_classify_failure(fmt, data, header, header.error, limits), format=fmt)
+
+    with header.image as image:
+        width, height = image.size
+        found: dict[str, Any] = {"format": fmt, "width": width, "height": height, "mode": image.mode}
+        if width * height > limits.max_pixels:
+            detail = f"expected at most {limits.max_pixels} pixels, got {width}×{height} = {width * height}"
+            return reject(Reason.TOO_MANY_PIXELS, detail, **found)
+        if min(width, height) < limits.min_side:
+            detail = f"expected both sides at least {limits.min_side} px, got {width}×{height}"
+            return reject(Reason.TOO_SMALL, detail, **found)
+        # An MPO's extra pictures are previews or depth maps, not animation frames.
+        frames = 1 if image.format == "MPO" else int(getattr(image, "n_frames", 1))
+        if frames > 1:
+            return reject(Reason.ANIMATED, f"expected a single frame, got {frames} frames", **found)
+        try:
+            mode, orientation = _decode(data, header)
+        except Exception as err:  # noqa: BLE001 - any decoder error is a verdict on the file
+            return reject(*_classify_failure(fmt, data, header, err, limits), **found)
+
+    detail = f"accepted {fmt} {width}×{height} {mode}"
+    found |= {"mode": mode, "orientation": orientation}
+    return dataclasses.replace(base, accepted=True, detail=detail, **found)
+
+
+def _open_header(data: bytes, *, allowed: list[str]) -> _Header:
+    """Identify the format and parse the header, without decoding pixels.
+
+    This walks Pillow's plugin registry as `Image.open` does, minus its decompression-bomb check: that check
+    raises at 2 × 89 MP before the size can be read, and our own, stricter pixel cap wants the size to say
+    "got 50000×50000". An allowed format whose magic bytes match but whose header fails to parse is
+    remembered, so a broken JPEG is reported as a broken JPEG and not as "not an image". For other formats
+    the magic alone (two bytes for PPM) is too weak a sign, so they must parse to be named.
+    """
+    prefix = data[:16]
+    claimed: _Header | None = None
+    for plugin in dict.fromkeys([*allowed, *_RECOGNISED]):  # ordered and de-duplicated
+        if plugin not in Image.OPEN:
+            continue
+        factory, accept = Image.OPEN[plugin]
+        verdict = accept(prefix) if accept is not None else False
+        if isinstance(verdict, str) or not verdict:  # a string is Pillow's "recognised but unsupported"
+            continue
+        fp = io.BytesIO(data)
+        try:
+            image = factory(fp, "")
+        except Exception as err:  # noqa: BLE001 - the magic matched, the header did not parse
+            if plugin in allowed:
+                claimed = claimed or _Header(_canonical(plugin), plugin, fp, error=err)
+            continue
+        return _Header(_canonical(image.format or plugin), plugin, fp, image)
+    return claimed or _Header(None)
+
+
+def _decode(data: bytes, header: _Header) -> tuple[str, int]:
+    """Decode every pixel (and for PNG check every chunk's CRC up to IEND); return the mode and orientation."""
+    image, fp = header.image, header.fp
+    assert image is not None
+    if header.plugin == "PNG":
+        # load() stops after the last IDAT, so a PNG missing its tail decodes fine; verify() walks to IEND.
+        image.verify()
+        if _PNG_IEND not in data:  # verify() stops at IEND's name, before its CRC
+            raise OSError("truncated PNG file: no complete IEND chunk")
+        fp.seek(0)  # verify() leaves the image unloadable: reopen it, on the same stream
+        image = Image.OPEN["PNG"][0](fp, "")
+    image.load()
+    return image.mode, _orientation(image)
+
+
+def _orientation(image: Image.Image) -> int:
+    try:
+        value = image.getexif().get(ExifTags.Base.Orientation, 1)
+    except Exception:  # noqa: BLE001 - EXIF is advisory: a photo with unreadable EXIF is still a photo
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def _classify_failure(
+    fmt: str, data: bytes, header: _Header, err: Exception, limits: Limits
+) -> tuple[Reason, str]:
+    """`truncated` when the stream ends early, `corrupt` for any other decoder error."""
+    if isinstance(err, Image.DecompressionBombError):  # WebP checks its canvas size before we see it
+        return Reason.TOO_MANY_PIXELS, f"expected at most {limits.max_pixels} pixels, got {err}"
+    # Pillow says "truncated" when a read comes back short, but not always (WebP's "could not create decoder
+    # object", JPEG's "cannot load this image", a short struct read as SyntaxError). So when the parser had
+    # read every byte, the container's own framing decides. A parser that failed midway is corruption.
+    read_all = header.fp.tell() >= len(data)
+    if "truncat" in str(err).lower() or (read_all and _ends_early(fmt, data)):
+        return Reason.TRUNCATED, _found(f"a complete {fmt} stream", err, f"{len(data)} bytes ending early: ")
+    return Reason.CORRUPT, _found(f"a decodable {fmt} image", err)
+
+
+def _ends_early(fmt: str, data: bytes) -> bool:
+    """Whether the container's own framing says bytes are missing."""
+    if fmt == "JPEG":  # entropy-coded data escapes 0xFF, so these markers cannot occur inside a scan
+        return data.rfind(_JPEG_EOI) <= data.rfind(_JPEG_SOS)
+    if fmt == "PNG":
+        return _PNG_IEND not in data
+    if fmt == "WEBP":  # RIFF's length field counts the bytes after it
+        return len(data) < 12 or struct.unpack_from("<I", data, 4)[0] + 8 > len(data)
+    return False
+
+
+def _format_mismatch(fmt: str, declared_type: str | None, filename: str | None) -> str | None:
+    """Why the declared Content-Type or the file extension disagrees with `fmt`, or None."""
+    mime = (declared_type or "").split(";", 1)[0].strip().lower()
+    by_type = None if mime in _UNINFORMATIVE_TYPES else _MIME_FORMATS.get(mime)
+    if by_type is not None and by_type != fmt:
+        return f"expected {by_type!r} as declared by Content-Type {declared_type!r}, got {fmt!r}"
+    suffix = PurePosixPath(filename or "").suffix.lower()
+    by_suffix = _canonical(Image.EXTENSION[suffix]) if suffix in Image.EXTENSION else None
+    if by_suffix is not None and by_suffix != fmt:
+        return f"expected {by_suffix!r} as named by the extension {suffix!r}, got {fmt!r}"
+    return None
+
+
+def _canonical(fmt: str) -> str:
+    return _ALIASES.get(fmt, fmt)
+
+
+def _found(expected: str, err: BaseException, prefix: str = "") -> str:
+    return f"expected {expected}, got {prefix}{type(err).__name__}: {err}"
+
+
+# Pillow's own MIME registry, inverted (first registration wins: BMP before DIB), plus common aliases.
+_MIME_FORMATS: dict[str, str] = _EXTRA_MIME | {
+    mime: _canonical(fmt) for fmt, mime in reversed(list(Image.MIME.items()))
+}

@@ -1,0 +1,101 @@
+"""`pomona bench validate`: how long `validate_image` takes per upload, and the peak memory of judging them.
+
+Times are per call on one core, after a warm-up call. Peak RSS is measured in fresh child processes (this
+module run with `python -m`), so the parent's own imports and caches don't count; each child also reports its
+peak before validating anything: what Python, Pillow and the generated inputs alone cost.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import PIL
+
+from pomona.ingest.checks import Limits, validate_image
+from pomona.samples import fruit_image, hostile_cases, large_jpeg
+
+_KIB = 1024
+
+
+def run(*, repeats: int = 200) -> dict[str, float | str]:
+    """Time small (100×100) and large (4000×3000) JPEGs, then measure peak RSS in child processes."""
+    limits = Limits()
+    small_ms = _time_ms(fruit_image("Apple Red", 0), limits, repeats)
+    large_ms = _time_ms(large_jpeg(), limits, max(5, repeats * 3 // 20))  # 30 for the default 200
+    with tempfile.TemporaryDirectory() as tmp:
+        # The child reads the large JPEG from a file: generating it costs more memory than validating it.
+        path = Path(tmp) / "large.jpg"
+        path.write_bytes(large_jpeg())
+        hostile, large = _child_rss("hostile"), _child_rss("large", str(path))
+    return {
+        "small_p50_ms": statistics.median(small_ms),
+        "small_p99_ms": _p99(small_ms),
+        "large_p50_ms": statistics.median(large_ms),
+        "large_p99_ms": _p99(large_ms),
+        "hostile_peak_rss_mb": hostile["peak_mb"],
+        "hostile_baseline_rss_mb": hostile["baseline_mb"],
+        "large_peak_rss_mb": large["peak_mb"],
+        "large_baseline_rss_mb": large["baseline_mb"],
+        "cases": hostile["cases"],
+        "python": platform.python_version(),
+        "pillow": PIL.__version__,
+    }
+
+
+def _time_ms(data: bytes, limits: Limits, repeats: int) -> list[float]:
+    verdict = validate_image(data, limits=limits)  # warm-up: first-call imports and caches
+    if not verdict.accepted:
+        raise RuntimeError(f"expected the benchmark image to be accepted, got {verdict.detail!r}")
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        validate_image(data, limits=limits)
+        times.append((time.perf_counter() - start) * 1000)
+    return times
+
+
+def _p99(times: list[float]) -> float:
+    return statistics.quantiles(times, n=100, method="inclusive")[98]
+
+
+def _child_rss(*args: str) -> dict[str, float]:
+    command = [sys.executable, "-m", "pomona.bench_validate", *args]
+    done = subprocess.run(command, capture_output=True, text=True, check=True, timeout=600)
+    result: dict[str, float] = json.loads(done.stdout)
+    return result
+
+
+def _peak_mb() -> float:
+    """This process's peak resident memory. Linux's ru_maxrss (SELF, or CHILDREN in the parent) carries the
+    parent's peak over fork and exec, so it would report the parent's memory; VmHWM starts afresh at exec."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / _KIB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / _KIB  # KiB on Linux, bytes on macOS
+
+
+def _measure_in_child(which: str, path: str | None = None) -> dict[str, float]:
+    """Get the inputs, note the peak so far, validate them all, note the peak again."""
+    limits = Limits()
+    if which == "hostile":
+        inputs = [(case.data, case.declared_type, case.filename) for case in hostile_cases()]
+    else:
+        inputs = [(Path(str(path)).read_bytes(), None, "large.jpg")]
+    baseline = _peak_mb()
+    for data, declared_type, filename in inputs:
+        validate_image(data, limits=limits, declared_type=declared_type, filename=filename)
+    return {"baseline_mb": baseline, "peak_mb": _peak_mb(), "cases": len(inputs)}
+
+
+if __name__ == "__main__":  # the child process of `_child_rss`; its stdout is the parent's input
+    print(json.dumps(_measure_in_child(*sys.argv[1:])))
