@@ -24,6 +24,8 @@ ORIGINALS_DIR = SHARED / "data" / "fruits-360-original-size"
 WEIGHTS = SHARED / "models" / "mobilenet_v2_1.0_224_no_top.weights.h5"
 
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+# Tests never talk to real AWS: moto's placeholder credentials, set before any Spark worker is forked.
+os.environ.update(LOCAL_ENV)
 
 
 def require(path: Path) -> Path:

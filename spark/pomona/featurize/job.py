@@ -18,6 +18,7 @@ import io
 import logging
 import math
 import os
+import sys
 import threading
 import time
 from collections import Counter
@@ -685,6 +686,8 @@ def _fault(phase: str) -> None:
 def spark_session(master: str | None = None, app_name: str = "pomona-featurize") -> SparkSession:
     from pyspark.sql import SparkSession
 
+    # Python workers run this interpreter (and so see this environment's packages) unless told otherwise.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = SparkSession.builder.appName(app_name)
     if master:
         builder = builder.master(master)
