@@ -31,7 +31,10 @@ _RECOGNISED = ("JPEG", "PNG", "WEBP", "GIF", "TIFF", "BMP", "ICO", "AVIF", "JPEG
 _ALIASES = {"MPO": "JPEG"}
 # Declarations that say nothing about the format.
 _UNINFORMATIVE_TYPES = frozenset({"", "application/octet-stream", "binary/octet-stream"})
-_EXTRA_MIME = {"image/jpg": "JPEG", "image/pjpeg": "JPEG", "image/x-png": "PNG", "image/apng": "PNG"}
+# Pillow's own MIME registry, inverted (first registration wins: BMP before DIB), plus common aliases.
+_MIME_FORMATS = {"image/jpg": "JPEG", "image/pjpeg": "JPEG", "image/x-png": "PNG", "image/apng": "PNG"} | {
+    mime: _ALIASES.get(fmt, fmt) for fmt, mime in reversed(list(Image.MIME.items()))
+}
 _JPEG_SOS, _JPEG_EOI = b"\xff\xda", b"\xff\xd9"
 _PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the whole, constant IEND chunk
 
@@ -91,6 +94,7 @@ def validate_image(
     base = ImageVerdict(accepted=False, detail="", sha256=hashlib.sha256(data).hexdigest(), size=len(data))
     try:
         # Pillow warns about oddities it reads past (malformed MPO, odd EXIF); the verdict says what matters.
+        # catch_warnings is process-wide: fine for a Lambda, which handles one event at a time.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return _validate(data, limits, declared_type, filename, base)
@@ -172,8 +176,8 @@ def _open_header(data: bytes, *, allowed: list[str]) -> _Header:
         if plugin not in Image.OPEN:
             continue
         factory, accept = Image.OPEN[plugin]
-        verdict = accept(prefix) if accept is not None else False
-        if isinstance(verdict, str) or not verdict:  # a string is Pillow's "recognised but unsupported"
+        recognised = accept(prefix) if accept is not None else False
+        if isinstance(recognised, str) or not recognised:  # a string is Pillow's "known but unsupported"
             continue
         fp = io.BytesIO(data)
         try:
@@ -254,9 +258,3 @@ def _canonical(fmt: str) -> str:
 
 def _found(expected: str, err: BaseException, prefix: str = "") -> str:
     return f"expected {expected}, got {prefix}{type(err).__name__}: {err}"
-
-
-# Pillow's own MIME registry, inverted (first registration wins: BMP before DIB), plus common aliases.
-_MIME_FORMATS: dict[str, str] = _EXTRA_MIME | {
-    mime: _canonical(fmt) for fmt, mime in reversed(list(Image.MIME.items()))
-}
