@@ -1,0 +1,178 @@
+"""`pomona cluster …`: run and watch the featurization job on Kubernetes. Thin: parse, call `pomona.cluster`, print."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+
+from pomona.errors import PomonaError
+
+if TYPE_CHECKING:
+    from kubernetes.client import CustomObjectsApi
+
+app = typer.Typer(
+    help="Run and watch the featurization job on Kubernetes (Spark Operator).", no_args_is_help=True
+)
+console = Console()
+errors = Console(stderr=True)
+
+Namespace = Annotated[str, typer.Option("--namespace", "-n", help="Namespace of the Helm release.")]
+Name = Annotated[str, typer.Option("--name", help="The ScheduledSparkApplication: the release's full name.")]
+Context = Annotated[
+    str | None,
+    typer.Option("--context", help="kubeconfig context; default: in-cluster, else the current one."),
+]
+Kubeconfig = Annotated[
+    Path | None,
+    typer.Option(dir_okay=False, help="kubeconfig file; default: $KUBECONFIG, else ~/.kube/config."),
+]
+
+
+@contextmanager
+def _one_line_errors() -> Iterator[None]:
+    """API, configuration and AWS errors become one clear line and exit code 1, not a traceback."""
+    from botocore.exceptions import BotoCoreError, ClientError
+    from kubernetes.client.exceptions import ApiException
+    from kubernetes.config.config_exception import ConfigException
+
+    try:
+        yield
+    except ApiException as err:
+        errors.print(f"[bold red]error:[/] Kubernetes API: {_api_message(err)}", soft_wrap=True)
+        raise typer.Exit(1) from err
+    except (PomonaError, ConfigException, BotoCoreError, ClientError) as err:
+        errors.print(f"[bold red]error:[/] {err}", soft_wrap=True)
+        raise typer.Exit(1) from err
+
+
+def _api_message(err: object) -> str:
+    status, reason, body = (getattr(err, attr, None) for attr in ("status", "reason", "body"))
+    try:
+        message = json.loads(body)["message"] if body else ""
+    except (ValueError, KeyError, TypeError):
+        message = ""
+    return f"{status} {reason}" + (f": {message}" if message else "")
+
+
+def _custom_objects(context: str | None, kubeconfig: Path | None) -> CustomObjectsApi:
+    from kubernetes import client, config
+
+    if context is None and kubeconfig is None:
+        try:
+            config.load_incluster_config()  # type: ignore[no-untyped-call]
+            return client.CustomObjectsApi()
+        except config.ConfigException:
+            pass  # not in a pod: use the kubeconfig
+    config.load_kube_config(config_file=str(kubeconfig) if kubeconfig else None, context=context)  # type: ignore[no-untyped-call]
+    return client.CustomObjectsApi()
+
+
+@app.command()
+def run(
+    *,
+    namespace: Namespace = "pomona",
+    name: Name = "pomona",
+    wait: Annotated[bool, typer.Option("--wait", help="Follow the run until it completes or fails.")] = False,
+    timeout: Annotated[float, typer.Option(help="With --wait, give up after this many seconds.")] = 3600.0,
+    context: Context = None,
+    kubeconfig: Kubeconfig = None,
+) -> None:
+    """Start a run now, from the schedule's own spec. With --wait, exit 1 unless it completes."""
+    from pomona import cluster
+
+    with _one_line_errors():
+        api = _custom_objects(context, kubeconfig)
+        outcome = cluster.run_once(
+            api,
+            namespace=namespace,
+            scheduled_name=name,
+            wait=wait,
+            timeout=timeout,
+            on_state=lambda state: console.print(f"  {state or 'NEW'}"),
+        )
+    if not wait:
+        console.print(f"started [bold]{outcome.name}[/]")
+        return
+    if not outcome.succeeded:
+        errors.print(
+            f"[bold red]error:[/] run {outcome.name} {outcome.state}: {outcome.error or 'no message'}",
+            soft_wrap=True,
+        )
+        raise typer.Exit(1)
+    console.print(f"[green]run {outcome.name} COMPLETED[/]")
+
+
+@app.command()
+def status(
+    *,
+    namespace: Namespace = "pomona",
+    name: Name = "pomona",
+    limit: Annotated[int, typer.Option(help="Show at most this many runs.")] = 10,
+    context: Context = None,
+    kubeconfig: Kubeconfig = None,
+) -> None:
+    """The schedule's recent runs, newest first."""
+    from rich.table import Table
+
+    from pomona import cluster
+
+    with _one_line_errors():
+        runs = cluster.status(
+            _custom_objects(context, kubeconfig), namespace=namespace, scheduled_name=name, limit=limit
+        )
+    if not runs:
+        console.print(f"no runs of {namespace}/{name} yet")
+        return
+    table = Table("run", "state", "by", "started (UTC)", "finished (UTC)", "duration")
+    for r in runs:
+        table.add_row(
+            r.name,
+            r.state,
+            r.triggered_by,
+            f"{r.started:%Y-%m-%d %H:%M:%S}" if r.started else "",
+            f"{r.finished:%Y-%m-%d %H:%M:%S}" if r.finished else "",
+            str(r.duration) if r.duration is not None else "",
+        )
+    console.print(table)
+
+
+@app.command()
+def trigger(
+    *,
+    namespace: Namespace = "pomona",
+    name: Name = "pomona",
+    min_backlog: Annotated[int, typer.Option(min=1, help="Queue depth that starts a run at once.")] = 500,
+    max_wait: Annotated[
+        int, typer.Option(min=0, help="Seconds a smaller backlog waits before a run starts.")
+    ] = 3600,
+    context: Context = None,
+    kubeconfig: Kubeconfig = None,
+) -> None:
+    """Start a run if the images queue holds enough work (or has waited long enough) and no run is active."""
+    import boto3
+
+    from pomona import cluster
+    from pomona.settings import Settings
+
+    with _one_line_errors():
+        settings = Settings.from_env()
+        if not settings.images_queue_url:
+            raise PomonaError("expected POMONA_IMAGES_QUEUE_URL to name the images queue, found it unset")
+        outcome = cluster.trigger(
+            _custom_objects(context, kubeconfig),
+            boto3.client("sqs", region_name=settings.region, endpoint_url=settings.endpoint_url),
+            namespace=namespace,
+            scheduled_name=name,
+            queue_url=settings.images_queue_url,
+            min_backlog=min_backlog,
+            max_wait=timedelta(seconds=max_wait),
+        )
+    verdict = f"started [bold]{outcome.started}[/]" if outcome.started else "no run started"
+    console.print(f"{verdict}: {outcome.decision.reason}")
