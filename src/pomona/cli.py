@@ -110,6 +110,50 @@ def job_run(
 
 
 @app.command()
+def demo(
+    images: Annotated[
+        Path | None, typer.Option(help="A folder of <label>/<image> files; default: a synthetic set.", file_okay=False)
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Where the outputs, summary.json and report.html go.")] = Path(
+        "pomona-out"
+    ),
+    weights: Annotated[str, typer.Option(help="auto | imagenet | random | PATH.")] = "auto",
+    backend: Annotated[str, typer.Option(help="litert | tensorflow.")] = "litert",
+    workers: Annotated[int, typer.Option(help="Spark local[N] workers.")] = 2,
+    batches: Annotated[int, typer.Option(help="Upload in N waves, one job run each (PCA v1…vN).")] = 1,
+) -> None:
+    """The whole pipeline on this machine: upload → Lambda → queue → Spark → PCA → report."""
+    from pomona.demo import run_demo
+    from pomona.report import write_report
+
+    if images is not None and not images.is_dir():
+        raise typer.BadParameter(f"expected a folder, got {images}", param_hint="--images")
+    with _one_line_errors():
+        out.mkdir(parents=True, exist_ok=True)
+        summary = run_demo(
+            images=images, out=out, weights=weights, backend=backend, workers=workers, batches=batches, console=console
+        )
+        report = write_report(out, summary)
+    _print_summary(summary)
+    console.print(f"outputs in {out}/, summary in {out / 'summary.json'}, report in [bold]{report}[/]")
+
+
+def _print_summary(summary: dict[str, object]) -> None:
+    from rich.table import Table
+
+    table = Table("", "", title="Pomona demo", show_header=False)
+    for key in ("uploaded", "accepted", "quarantined", "featurized", "failed", "duplicates", "pca_versions", "k",
+                "explained_variance", "throughput", "weights_id", "backend", "weights_note"):  # fmt: skip
+        value = summary.get(key)
+        table.add_row(key, json.dumps(value) if isinstance(value, dict | list) else str(value))
+    probe = summary.get("probe")
+    if isinstance(probe, dict) and not probe.get("skipped"):
+        for key in ("accuracy", "macro_f1", "net_revenue_per_1000", "best_threshold"):
+            table.add_row(f"probe {key}", f"{probe.get(key)}")
+    Console().print(table)
+
+
+@app.command()
 def upload(
     folder: Annotated[Path, typer.Argument(help="A folder of <label>/<image> files.", exists=True, file_okay=False)],
 ) -> None:

@@ -179,3 +179,21 @@ def test_poison_record_fails_alone_and_reaches_the_dlq(ingest: Settings) -> None
     assert stats.failed == 3
     (dead,) = sqs.receive_message(QueueUrl=events_dlq, MaxNumberOfMessages=10)["Messages"]
     assert dead["Body"] == "{not json"
+
+
+def test_two_versions_of_one_key_are_both_ingested(ingest: Settings) -> None:
+    # GIVEN a key uploaded twice with different bytes (moto's events carry no version id, only the ETag)
+    key = "uploads/Unknown/apple.jpg"
+    first = _upload(ingest, key, b"not an image at all")
+    second = _upload(ingest, key, fruit_image("Apple Red", 8), ContentType="image/jpeg")
+
+    # WHEN both notifications are handled
+    _poller(ingest).drain()
+
+    # THEN the first version is quarantined and the second queued: neither hides behind the other
+    s3 = boto3.client("s3")
+    target = quarantine_key(Reason.NOT_AN_IMAGE, key, quarantine_prefix=ingest.quarantine_prefix)
+    sidecar = json.loads(s3.get_object(Bucket=ingest.bucket, Key=sidecar_key(target))["Body"].read())
+    assert sidecar["version_id"] == first
+    assert [(m.key, m.version_id) for m in _images(ingest)] == [(key, second)]
+    assert s3.head_object(Bucket=ingest.bucket, Key=key)["VersionId"] == second

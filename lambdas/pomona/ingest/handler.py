@@ -45,6 +45,7 @@ def object_refs(event: S3Event) -> list[ObjectRef]:
             bucket=record.s3.bucket.name,
             key=unquote_plus(record.s3.get_object.key),
             version_id=record.s3.get_object.version_id,
+            etag=record.s3.get_object.etag or None,
         )
         for record in event.records
         if record.event_name.startswith("ObjectCreated")

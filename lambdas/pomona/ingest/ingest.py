@@ -54,6 +54,7 @@ class ObjectRef:
     bucket: str
     key: str
     version_id: str | None
+    etag: str | None = None
 
 
 class Ingestor:
@@ -99,7 +100,19 @@ class Ingestor:
 
     def ingest(self, ref: ObjectRef) -> dict[str, Any]:
         """Queue or quarantine one object, once; a repeated event returns the first outcome."""
-        return self._ingest_once(ref={"bucket": ref.bucket, "key": ref.key, "version_id": ref.version_id})
+        version_id = ref.version_id or self._version_by_etag(ref)
+        return self._ingest_once(ref={"bucket": ref.bucket, "key": ref.key, "version_id": version_id})
+
+    def _version_by_etag(self, ref: ObjectRef) -> str | None:
+        """The version an event without a version id names (moto's events carry none): the one with its ETag."""
+        if not ref.etag:
+            return None
+        pages = self.s3.get_paginator("list_object_versions").paginate(Bucket=ref.bucket, Prefix=ref.key)
+        for page in pages:
+            for version in page.get("Versions", []):
+                if version["Key"] == ref.key and version["ETag"].strip('"') == ref.etag.strip('"'):
+                    return version["VersionId"]
+        return None
 
     def _ingest(self, ref: dict[str, Any]) -> dict[str, Any]:
         bucket, key, version_id = ref["bucket"], ref["key"], ref["version_id"]
@@ -182,8 +195,10 @@ class Ingestor:
             Body=json.dumps(sidecar, ensure_ascii=False, indent=2).encode(),
             ContentType="application/json",
         )
-        # Without a version id this adds a delete marker: the upload leaves `uploads/`, its bytes stay versioned.
-        self.s3.delete_object(Bucket=source["bucket"], Key=source["key"])
+        # A delete marker takes the upload out of `uploads/` while its bytes stay versioned; only when it is still
+        # the current version, so a newer upload of the same key stays visible.
+        if self._current_version(source["bucket"], source["key"]) == source["version_id"]:
+            self.s3.delete_object(Bucket=source["bucket"], Key=source["key"])
         self.log.warning("Image quarantined", extra={"key": source["key"], "reason": reason.value, "detail": detail})
         if self.metrics is not None:
             # Its own metric set: the Reason dimension must not attach to ImagesAccepted or BytesValidated.
@@ -195,6 +210,14 @@ class Ingestor:
             ) as rejected:
                 rejected.add_dimension(name="Reason", value=reason.value)
         return {"outcome": "quarantined", "key": source["key"], "reason": reason.value, "quarantine_key": target}
+
+    def _current_version(self, bucket: str, key: str) -> str | None:
+        try:
+            return self.s3.head_object(Bucket=bucket, Key=key).get("VersionId")
+        except ClientError as err:
+            if _status(err) == 404:
+                return None
+            raise
 
     def _count(self, name: str, unit: MetricUnit, value: float) -> None:
         if self.metrics is not None:

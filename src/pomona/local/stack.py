@@ -70,6 +70,7 @@ def start_server(*, port: int = 0) -> tuple[ThreadedMotoServer, str]:
     """A moto server in a thread of this process, on loopback; returns it and its endpoint URL."""
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one access-log line per request is noise here
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     host, bound = server.get_host_and_port()

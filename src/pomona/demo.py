@@ -1,0 +1,213 @@
+"""`pomona demo`: the whole platform on one machine, through the same code paths as production.
+
+Images are uploaded to the embedded stack's bucket as the app would, the S3 notifications reach the real Lambda
+handler through the local event-source poller, the real Spark job featurizes them, and the committed outputs are
+downloaded next to a summary and a report.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+from rich.console import Console
+
+from pomona.errors import PomonaError
+from pomona.local.poller import EventSourcePoller
+from pomona.local.stack import embedded_stack
+from pomona.local.upload import labelled_files, upload_files, upload_key
+from pomona.settings import Settings
+from pomona.store import RETRIES, committed_batches
+
+log = logging.getLogger(__name__)
+
+SYNTHETIC_PER_LABEL = 20
+OUTPUT_FOLDERS = ("features/", "projections/", "models/", "batches/", "quarantine/")
+
+
+class WeightsUnavailableError(PomonaError, RuntimeError):
+    """No usable MobileNetV2 weights, and random ones were not asked for."""
+
+
+@dataclass(frozen=True)
+class WeightsChoice:
+    spec: str
+    note: str | None  # one line for the console, the summary and the report when the choice needs saying
+
+
+def choose_weights(requested: str, *, synthetic: bool, environ: dict[str, str]) -> WeightsChoice:
+    """`auto`: POMONA_WEIGHTS, else ImageNet if cached or downloadable, else random for the synthetic set only."""
+    if requested != "auto":
+        note = "random weights (asked for): features carry no ImageNet meaning" if requested == "random" else None
+        return WeightsChoice(requested, note)
+    if environ.get("POMONA_WEIGHTS"):
+        return WeightsChoice(environ["POMONA_WEIGHTS"], None)
+    from pomona.featurize.featurize import WeightsError, default_cache_dir, resolve_weights
+
+    try:
+        resolve_weights("imagenet", cache_dir=default_cache_dir())
+        return WeightsChoice("imagenet", None)
+    except (WeightsError, OSError) as err:
+        if synthetic:
+            return WeightsChoice(
+                "random",
+                "no ImageNet weights here (offline?): ran with random weights, so the features and the probe are "
+                "not meaningful; set POMONA_WEIGHTS=/path/to/mobilenet_v2 .h5 for real ones",
+            )
+        raise WeightsUnavailableError(
+            "no usable MobileNetV2 weights: set POMONA_WEIGHTS=/path/to/mobilenet_v2_1.0_224_no_top.weights.h5 "
+            "or pass --weights PATH (or --weights random to run without meaning)"
+        ) from err
+
+
+def demo_files(images: Path | None, settings: Settings) -> list[tuple[str, bytes]]:
+    """(key, body) of every upload: a folder of `<label>/<image>`, or a synthetic set plus deliberately bad uploads."""
+    from pomona.samples import SYNTHETIC_LABELS, bad_uploads, fruit_image
+
+    if images is not None:
+        files = [(upload_key(settings, label, path.name), path.read_bytes()) for path, label in labelled_files(images)]
+        if not files:
+            raise PomonaError(f"expected <label>/<image> files under {images}, found none")
+        return files
+    good = [
+        (upload_key(settings, label, f"{label.lower().replace(' ', '_')}_{i:03d}.jpg"), fruit_image(label, i))
+        for label in SYNTHETIC_LABELS
+        for i in range(SYNTHETIC_PER_LABEL)
+    ]
+    bad = [(upload_key(settings, "Unknown", f"{reason.value}-{name}"), body) for name, body, reason in bad_uploads()]
+    return good + bad
+
+
+def waves(files: list[tuple[str, bytes]], count: int) -> list[list[tuple[str, bytes]]]:
+    """Split the uploads into `count` waves, interleaved so each wave holds every label."""
+    return [files[i::count] for i in range(count) if files[i::count]]
+
+
+def run_demo(
+    *,
+    images: Path | None,
+    out: Path,
+    weights: str = "auto",
+    backend: str = "litert",
+    workers: int = 2,
+    batches: int = 1,
+    console: Console,
+) -> dict[str, Any]:
+    import os
+
+    from pomona.featurize.job import options_from, prepare_model, run_job, spark_session
+
+    choice = choose_weights(weights, synthetic=images is None, environ=dict(os.environ))
+    if choice.note:
+        console.print(f"[bold yellow]note:[/] {choice.note}")
+    timings: Counter[str] = Counter()
+    manifests: list[dict[str, Any]] = []
+    with embedded_stack() as stack:
+        settings = stack.settings.replace(weights=choice.spec, backend=backend)
+        console.print(f"embedded stack at {stack.endpoint_url}, bucket {settings.bucket}")
+        files = demo_files(images, settings)
+        options = options_from(settings)
+        with console.status("preparing the model (converting for LiteRT once)…"):
+            weights_id = prepare_model(options)
+        from pomona.ingest import handler
+
+        handler._ingestor.cache_clear()
+        poller = EventSourcePoller(settings.events_queue_url, handler.lambda_handler, retry_after_s=1)
+        with console.status("starting Spark…"):
+            spark = spark_session(f"local[{workers}]", app_name="pomona-demo")
+        try:
+            for number, wave in enumerate(waves(files, batches), start=1):
+                clock = time.monotonic()
+                upload_files(wave, settings, console=console)
+                timings["upload"] += time.monotonic() - clock
+                clock = time.monotonic()
+                with console.status(f"wave {number}: the Lambda handler validates {len(wave)} uploads…"):
+                    poller.drain()
+                timings["ingest"] += time.monotonic() - clock
+                clock = time.monotonic()
+                with console.status(f"wave {number}: Spark featurizes and refits the PCA…"):
+                    result = run_job(spark, settings, options)
+                timings["featurize"] += time.monotonic() - clock
+                if result.manifest is not None:
+                    manifests.append(result.manifest)
+                    console.print(
+                        f"wave {number}: committed batch {result.manifest['batch_id']} → PCA v"
+                        f"{result.manifest['pca_version']} (n_seen {result.manifest['n_seen']}, k {result.manifest['k']})"
+                    )
+                else:
+                    console.print(f"wave {number}: nothing committed ({result.skipped})")
+        finally:
+            spark.stop()
+        with console.status(f"downloading the outputs to {out}…"):
+            download_outputs(settings, out)
+        summary = summarize(settings, files=files, manifests=manifests, timings=dict(timings))
+    summary |= {"weights_id": weights_id, "weights_note": choice.note, "backend": backend,
+                "variance_target": settings.variance_target}  # fmt: skip
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def download_outputs(settings: Settings, out: Path) -> None:
+    """Mirror the bucket's output folders into `out` (replacing what an earlier demo left there)."""
+    s3 = boto3.client("s3", endpoint_url=settings.endpoint_url, config=RETRIES)
+    for folder in OUTPUT_FOLDERS:
+        shutil.rmtree(out / folder, ignore_errors=True)
+        prefix = (settings.quarantine_prefix if folder == "quarantine/" else settings.output_prefix + folder)
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=settings.bucket, Prefix=prefix):
+            for item in page.get("Contents", []):
+                target = out / folder / item["Key"][len(prefix) :]
+                # Keys are the bucket's, not ours: never let one write outside `out`.
+                if not target.resolve().is_relative_to(out.resolve()):
+                    log.warning("Skipped a key that would leave the output folder", extra={"key": item["Key"]})
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                s3.download_file(settings.bucket, item["Key"], str(target))
+
+
+def summarize(
+    settings: Settings, *, files: list[tuple[str, bytes]], manifests: list[dict[str, Any]], timings: dict[str, float]
+) -> dict[str, Any]:
+    """The accounting: uploaded = accepted + quarantined; accepted = featurized + failed + duplicates."""
+    s3 = boto3.client("s3", endpoint_url=settings.endpoint_url, config=RETRIES)
+    quarantined: Counter[str] = Counter()
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=settings.bucket, Prefix=settings.quarantine_prefix):
+        for item in page.get("Contents", []):
+            if item["Key"].endswith(".reason.json"):
+                sidecar = json.loads(s3.get_object(Bucket=settings.bucket, Key=item["Key"])["Body"].read())
+                if sidecar.get("stage") != "featurize":
+                    quarantined[sidecar["reason"]] += 1
+    committed = committed_batches(s3, settings.bucket, settings.output_prefix)
+    failed: Counter[str] = Counter()
+    for manifest in committed:
+        failed.update(manifest["counts"]["failed"])
+    featurized = sum(m["counts"]["featurized"] for m in committed)
+    duplicates = sum(m["counts"]["duplicates"] for m in committed)
+    uploaded = len(files)
+    latest = committed[-1] if committed else None
+    return {
+        "uploaded": uploaded,
+        "accepted": uploaded - sum(quarantined.values()),
+        "quarantined": dict(quarantined),
+        "featurized": featurized,
+        "failed": dict(failed),
+        "duplicates": duplicates,
+        "pca_versions": [m["pca_version"] for m in committed],
+        "k": latest["k"] if latest else None,
+        "explained_variance": latest["explained_variance"] if latest else None,
+        "n_seen": latest["n_seen"] if latest else 0,
+        "throughput": {
+            stage: round(count / timings[stage], 1)
+            for stage, count in {"upload": uploaded, "ingest": uploaded, "featurize": featurized}.items()
+            if timings.get(stage)
+        },
+        "timings_s": {stage: round(seconds, 2) for stage, seconds in timings.items()},
+        "probe": latest.get("quality") if latest else None,
+        "batches": [m["batch_id"] for m in manifests],
+    }
