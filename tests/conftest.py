@@ -75,7 +75,9 @@ def deployment(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Settings:
 def s3_event_factory() -> Callable[..., dict[str, Any]]:
     """A direct S3 notification for one object, in AWS's shape (keys URL-encoded as S3 sends them)."""
 
-    def make(*, bucket: str, key: str, version_id: str | None, event_name: str = "ObjectCreated:Put") -> dict[str, Any]:
+    def make(
+        *, bucket: str, key: str, version_id: str | None, event_name: str = "ObjectCreated:Put"
+    ) -> dict[str, Any]:
         from urllib.parse import quote_plus
 
         event = load_event("s3_put.json")

@@ -15,7 +15,9 @@ from rich.console import Console
 
 from pomona.errors import PomonaError
 
-app = typer.Typer(help="Pomona: fruit photos in S3 → validated, queued, featurized, PCA.", no_args_is_help=True)
+app = typer.Typer(
+    help="Pomona: fruit photos in S3 → validated, queued, featurized, PCA.", no_args_is_help=True
+)
 bench_app = typer.Typer(help="Benchmarks; each prints one JSON object.", no_args_is_help=True)
 job_app = typer.Typer(help="The featurization job.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
@@ -35,8 +37,12 @@ def _one_line_errors() -> Iterator[None]:
 
 
 @app.callback()
-def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at INFO level.")] = False) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+def main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at INFO level.")] = False,
+) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
 
 
 @app.command()
@@ -86,8 +92,12 @@ def bench_validate(
 @job_app.command("run")
 def job_run(
     workers: Annotated[int, typer.Option(help="Spark local[N] workers.")] = 2,
-    max_images: Annotated[int | None, typer.Option(help="Cap on images this run (POMONA_MAX_IMAGES).")] = None,
-    weights: Annotated[str | None, typer.Option(help="imagenet | random | PATH | s3://… (POMONA_WEIGHTS).")] = None,
+    max_images: Annotated[
+        int | None, typer.Option(help="Cap on images this run (POMONA_MAX_IMAGES).")
+    ] = None,
+    weights: Annotated[
+        str | None, typer.Option(help="imagenet | random | PATH | s3://… (POMONA_WEIGHTS).")
+    ] = None,
     backend: Annotated[str | None, typer.Option(help="litert | tensorflow (POMONA_BACKEND).")] = None,
 ) -> None:
     """Run one batch now against the configured endpoints (AWS, or `pomona local up`'s stack)."""
@@ -112,7 +122,8 @@ def job_run(
 @app.command()
 def demo(
     images: Annotated[
-        Path | None, typer.Option(help="A folder of <label>/<image> files; default: a synthetic set.", file_okay=False)
+        Path | None,
+        typer.Option(help="A folder of <label>/<image> files; default: a synthetic set.", file_okay=False),
     ] = None,
     out: Annotated[Path, typer.Option(help="Where the outputs, summary.json and report.html go.")] = Path(
         "pomona-out"
@@ -131,7 +142,13 @@ def demo(
     with _one_line_errors():
         out.mkdir(parents=True, exist_ok=True)
         summary = run_demo(
-            images=images, out=out, weights=weights, backend=backend, workers=workers, batches=batches, console=console
+            images=images,
+            out=out,
+            weights=weights,
+            backend=backend,
+            workers=workers,
+            batches=batches,
+            console=console,
         )
         report = write_report(out, summary)
     _print_summary(summary)
@@ -155,7 +172,9 @@ def _print_summary(summary: dict[str, object]) -> None:
 
 @app.command()
 def upload(
-    folder: Annotated[Path, typer.Argument(help="A folder of <label>/<image> files.", exists=True, file_okay=False)],
+    folder: Annotated[
+        Path, typer.Argument(help="A folder of <label>/<image> files.", exists=True, file_okay=False)
+    ],
 ) -> None:
     """Upload a folder the way the app does: each image under uploads/<label>/, the label its parent folder."""
     from pomona.local.upload import upload_folder

@@ -45,7 +45,11 @@ class WeightsChoice:
 def choose_weights(requested: str, *, synthetic: bool, environ: dict[str, str]) -> WeightsChoice:
     """`auto`: POMONA_WEIGHTS, else ImageNet if cached or downloadable, else random for the synthetic set only."""
     if requested != "auto":
-        note = "random weights (asked for): features carry no ImageNet meaning" if requested == "random" else None
+        note = (
+            "random weights (asked for): features carry no ImageNet meaning"
+            if requested == "random"
+            else None
+        )
         return WeightsChoice(requested, note)
     if environ.get("POMONA_WEIGHTS"):
         return WeightsChoice(environ["POMONA_WEIGHTS"], None)
@@ -72,7 +76,10 @@ def demo_files(images: Path | None, settings: Settings) -> list[tuple[str, bytes
     from pomona.samples import SYNTHETIC_LABELS, bad_uploads, fruit_image
 
     if images is not None:
-        files = [(upload_key(settings, label, path.name), path.read_bytes()) for path, label in labelled_files(images)]
+        files = [
+            (upload_key(settings, label, path.name), path.read_bytes())
+            for path, label in labelled_files(images)
+        ]
         if not files:
             raise PomonaError(f"expected <label>/<image> files under {images}, found none")
         return files
@@ -81,7 +88,10 @@ def demo_files(images: Path | None, settings: Settings) -> list[tuple[str, bytes
         for label in SYNTHETIC_LABELS
         for i in range(SYNTHETIC_PER_LABEL)
     ]
-    bad = [(upload_key(settings, "Unknown", f"{reason.value}-{name}"), body) for name, body, reason in bad_uploads()]
+    bad = [
+        (upload_key(settings, "Unknown", f"{reason.value}-{name}"), body)
+        for name, body, reason in bad_uploads()
+    ]
     return good + bad
 
 
@@ -107,7 +117,7 @@ def run_demo(
     choice = choose_weights(weights, synthetic=images is None, environ=dict(os.environ))
     if choice.note:
         console.print(f"[bold yellow]note:[/] {choice.note}")
-    timings: Counter[str] = Counter()
+    timings: dict[str, float] = dict.fromkeys(("upload", "ingest", "featurize"), 0.0)
     manifests: list[dict[str, Any]] = []
     with embedded_stack() as stack:
         settings = stack.settings.replace(weights=choice.spec, backend=backend)
@@ -147,7 +157,7 @@ def run_demo(
             spark.stop()
         with console.status(f"downloading the outputs to {out}…"):
             download_outputs(settings, out)
-        summary = summarize(settings, files=files, manifests=manifests, timings=dict(timings))
+        summary = summarize(settings, files=files, manifests=manifests, timings=timings)
     summary |= {"weights_id": weights_id, "weights_note": choice.note, "backend": backend,
                 "variance_target": settings.variance_target}  # fmt: skip
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -159,25 +169,33 @@ def download_outputs(settings: Settings, out: Path) -> None:
     s3 = boto3.client("s3", endpoint_url=settings.endpoint_url, config=RETRIES)
     for folder in OUTPUT_FOLDERS:
         shutil.rmtree(out / folder, ignore_errors=True)
-        prefix = (settings.quarantine_prefix if folder == "quarantine/" else settings.output_prefix + folder)
+        prefix = settings.quarantine_prefix if folder == "quarantine/" else settings.output_prefix + folder
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=settings.bucket, Prefix=prefix):
             for item in page.get("Contents", []):
                 target = out / folder / item["Key"][len(prefix) :]
                 # Keys are the bucket's, not ours: never let one write outside `out`.
                 if not target.resolve().is_relative_to(out.resolve()):
-                    log.warning("Skipped a key that would leave the output folder", extra={"key": item["Key"]})
+                    log.warning(
+                        "Skipped a key that would leave the output folder", extra={"key": item["Key"]}
+                    )
                     continue
                 target.parent.mkdir(parents=True, exist_ok=True)
                 s3.download_file(settings.bucket, item["Key"], str(target))
 
 
 def summarize(
-    settings: Settings, *, files: list[tuple[str, bytes]], manifests: list[dict[str, Any]], timings: dict[str, float]
+    settings: Settings,
+    *,
+    files: list[tuple[str, bytes]],
+    manifests: list[dict[str, Any]],
+    timings: dict[str, float],
 ) -> dict[str, Any]:
     """The accounting: uploaded = accepted + quarantined; accepted = featurized + failed + duplicates."""
     s3 = boto3.client("s3", endpoint_url=settings.endpoint_url, config=RETRIES)
     quarantined: Counter[str] = Counter()
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=settings.bucket, Prefix=settings.quarantine_prefix):
+    for page in s3.get_paginator("list_objects_v2").paginate(
+        Bucket=settings.bucket, Prefix=settings.quarantine_prefix
+    ):
         for item in page.get("Contents", []):
             if item["Key"].endswith(".reason.json"):
                 sidecar = json.loads(s3.get_object(Bucket=settings.bucket, Key=item["Key"])["Body"].read())

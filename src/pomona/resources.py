@@ -52,11 +52,17 @@ def describe(name: str = DEFAULT_NAME) -> Resources:
         quarantine_prefix="quarantine/",
         # Lambda's SQS integration wants the visibility timeout ≥ 6× the function timeout (30 s).
         events=QueueSpec(
-            name=f"{name}-events", visibility_timeout_s=180, dlq_name=f"{name}-events-dlq", max_receive_count=3
+            name=f"{name}-events",
+            visibility_timeout_s=180,
+            dlq_name=f"{name}-events-dlq",
+            max_receive_count=3,
         ),
         # The job keeps its messages invisible by heartbeat; this is the first lease, before the heartbeat starts.
         images=QueueSpec(
-            name=f"{name}-images", visibility_timeout_s=300, dlq_name=f"{name}-images-dlq", max_receive_count=5
+            name=f"{name}-images",
+            visibility_timeout_s=300,
+            dlq_name=f"{name}-images-dlq",
+            max_receive_count=5,
         ),
         idempotency=TableSpec(name=f"{name}-idempotency"),
     )

@@ -186,4 +186,8 @@ class RunLock:
         self.s3.delete_object(Bucket=self.bucket, Key=self.key)
 
     def _document(self, now: datetime) -> dict[str, Any]:
-        return {"owner": self.owner, "acquired_at": now.isoformat(), "expires_at": (now + LOCK_TTL).isoformat()}
+        return {
+            "owner": self.owner,
+            "acquired_at": now.isoformat(),
+            "expires_at": (now + LOCK_TTL).isoformat(),
+        }

@@ -33,13 +33,17 @@ def _poller(settings: Settings, **kwargs: Any) -> EventSourcePoller:
 def _images(settings: Settings) -> list[ImageMessage]:
     sqs = boto3.client("sqs")
     messages: list[ImageMessage] = []
-    while batch := sqs.receive_message(QueueUrl=settings.images_queue_url, MaxNumberOfMessages=10).get("Messages"):
+    while batch := sqs.receive_message(QueueUrl=settings.images_queue_url, MaxNumberOfMessages=10).get(
+        "Messages"
+    ):
         messages += [ImageMessage.from_json(m["Body"]) for m in batch]
     return messages
 
 
 def _upload(settings: Settings, key: str, body: bytes, **extra: Any) -> str:
-    return str(boto3.client("s3").put_object(Bucket=settings.bucket, Key=key, Body=body, **extra)["VersionId"])
+    return str(
+        boto3.client("s3").put_object(Bucket=settings.bucket, Key=key, Body=body, **extra)["VersionId"]
+    )
 
 
 def test_accepted_upload_is_queued_once_with_the_contract(ingest: Settings) -> None:
@@ -72,7 +76,9 @@ def test_metadata_label_overrides_the_folder(ingest: Settings) -> None:
     assert message.format == "PNG"
 
 
-@pytest.mark.parametrize(("name", "body", "reason"), [pytest.param(*case, id=case[0]) for case in bad_uploads()])
+@pytest.mark.parametrize(
+    ("name", "body", "reason"), [pytest.param(*case, id=case[0]) for case in bad_uploads()]
+)
 def test_bad_upload_is_quarantined_with_a_sidecar_and_kept_in_versions(
     ingest: Settings, name: str, body: bytes, reason: Reason
 ) -> None:
@@ -102,12 +108,16 @@ def test_unsafe_key_is_quarantined_as_bad_key(ingest: Settings) -> None:
     _upload(ingest, "uploads/no-label.jpg", fruit_image("Plum", 3))
     _poller(ingest).drain()
     s3 = boto3.client("s3")
-    target = quarantine_key(Reason.BAD_KEY, "uploads/no-label.jpg", quarantine_prefix=ingest.quarantine_prefix)
+    target = quarantine_key(
+        Reason.BAD_KEY, "uploads/no-label.jpg", quarantine_prefix=ingest.quarantine_prefix
+    )
     assert s3.head_object(Bucket=ingest.bucket, Key=target)["ContentLength"] > 0
     assert _images(ingest) == []
 
 
-def test_oversized_upload_is_rejected_from_head_alone(ingest: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_oversized_upload_is_rejected_from_head_alone(
+    ingest: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # GIVEN a byte limit below the upload's size
     monkeypatch.setenv("POMONA_MAX_BYTES", "100")
     key = "uploads/Orange/big.jpg"

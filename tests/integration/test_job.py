@@ -12,7 +12,15 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pomona.contract import ImageMessage, Reason, manifest_key, pca_latest_key, pca_prefix, quarantine_key, sidecar_key
+from pomona.contract import (
+    ImageMessage,
+    Reason,
+    manifest_key,
+    pca_latest_key,
+    pca_prefix,
+    quarantine_key,
+    sidecar_key,
+)
 from pomona.featurize.job import JobOptions, run_job
 from pomona.featurize.pca import PcaState, fit_pca, load_npz
 from pomona.ingest import handler
@@ -40,7 +48,9 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def options(cache_dir: Path) -> JobOptions:
     # Random weights keep these tests independent of shared/; the e2e test uses the real ones.
-    return JobOptions(weights="random", backend="litert", cache_dir=str(cache_dir), wait_s=0, images_per_partition=8)
+    return JobOptions(
+        weights="random", backend="litert", cache_dir=str(cache_dir), wait_s=0, images_per_partition=8
+    )
 
 
 @pytest.fixture
@@ -60,13 +70,16 @@ def _upload(settings: Settings, images: dict[str, bytes]) -> None:
 def _synthetic(count: int, offset: int = 0) -> dict[str, bytes]:
     labels = SYNTHETIC_LABELS[:3]
     return {
-        f"uploads/{labels[i % 3]}/img_{i}.jpg": fruit_image(labels[i % 3], i) for i in range(offset, offset + count)
+        f"uploads/{labels[i % 3]}/img_{i}.jpg": fruit_image(labels[i % 3], i)
+        for i in range(offset, offset + count)
     }
 
 
 def _read_parquet(settings: Settings, keys: list[str]) -> dict[str, list[object]]:
     s3 = boto3.client("s3")
-    tables = [pq.read_table(io.BytesIO(s3.get_object(Bucket=settings.bucket, Key=k)["Body"].read())) for k in keys]
+    tables = [
+        pq.read_table(io.BytesIO(s3.get_object(Bucket=settings.bucket, Key=k)["Body"].read())) for k in keys
+    ]
     merged: dict[str, list[object]] = {}
     for table in tables:
         for name, values in table.to_pydict().items():
@@ -94,9 +107,19 @@ def test_queue_to_committed_outputs(spark: object, ingest: Settings, options: Jo
     manifest = result.manifest
     assert manifest is not None
     s3 = boto3.client("s3")
-    stored = json.loads(s3.get_object(Bucket=ingest.bucket, Key=manifest_key("", manifest["batch_id"]))["Body"].read())
-    assert stored["counts"] == {"received": 24, "malformed": 0, "duplicates": 0, "featurized": 24, "failed": {}}
-    assert json.loads(s3.get_object(Bucket=ingest.bucket, Key=pca_latest_key(""))["Body"].read()) == {"version": 1}
+    stored = json.loads(
+        s3.get_object(Bucket=ingest.bucket, Key=manifest_key("", manifest["batch_id"]))["Body"].read()
+    )
+    assert stored["counts"] == {
+        "received": 24,
+        "malformed": 0,
+        "duplicates": 0,
+        "featurized": 24,
+        "failed": {},
+    }
+    assert json.loads(s3.get_object(Bucket=ingest.bucket, Key=pca_latest_key(""))["Body"].read()) == {
+        "version": 1
+    }
     features = _read_parquet(ingest, stored["files"]["features"])
     assert sorted(features["key"]) == sorted(images)  # type: ignore[type-var]
     assert {len(f) for f in features["features"]} == {1280}  # type: ignore[arg-type]
@@ -104,7 +127,9 @@ def test_queue_to_committed_outputs(spark: object, ingest: Settings, options: Jo
     projections = _read_parquet(ingest, stored["files"]["projections"])
     assert {len(p) for p in projections["projection"]} == {stored["k"]}  # type: ignore[arg-type]
     assert {"Apple Red", "Banana", "Lime"} >= set(projections["label"]) or projections["label"]
-    metadata = json.loads(s3.get_object(Bucket=ingest.bucket, Key=pca_prefix("", 1) + "metadata.json")["Body"].read())
+    metadata = json.loads(
+        s3.get_object(Bucket=ingest.bucket, Key=pca_prefix("", 1) + "metadata.json")["Body"].read()
+    )
     assert metadata["n_seen"] == 24
     assert metadata["weights_id"] == "random"
     assert _queue_depth(ingest) == 0
@@ -134,7 +159,9 @@ def test_duplicates_poison_and_malformed(spark: object, ingest: Settings, option
         uploaded_at="2026-11-25T05:40:00.000Z",
         validated_at="2026-11-25T05:40:00.000Z",
     )
-    EventSourcePoller(ingest.events_queue_url, handler.lambda_handler).drain()  # the raw upload is quarantined
+    EventSourcePoller(
+        ingest.events_queue_url, handler.lambda_handler
+    ).drain()  # the raw upload is quarantined
     sqs.send_message(QueueUrl=ingest.images_queue_url, MessageBody=poison.to_json())
     sqs.send_message(QueueUrl=ingest.images_queue_url, MessageBody='{"schema_version": 99}')
 
@@ -163,7 +190,8 @@ def test_two_runs_accumulate_into_one_shot_pca(spark: object, ingest: Settings, 
     first = run_job(spark, ingest, options).manifest  # type: ignore[arg-type]
     _upload(ingest, _synthetic(12, offset=12))
     second = run_job(spark, ingest, options).manifest  # type: ignore[arg-type]
-    assert first is not None and second is not None
+    assert first is not None
+    assert second is not None
     assert (first["pca_version"], second["pca_version"]) == (1, 2)
 
     # WHEN all committed features are read back and fitted at once
@@ -171,10 +199,14 @@ def test_two_runs_accumulate_into_one_shot_pca(spark: object, ingest: Settings, 
     features = np.asarray(_read_parquet(ingest, keys)["features"], dtype=np.float64)
     one_shot = fit_pca(PcaState.from_rows(features), n_components=second["k"])
     s3 = boto3.client("s3")
-    model, state = load_npz(s3.get_object(Bucket=ingest.bucket, Key=pca_prefix("", 2) + "model.npz")["Body"].read())
+    model, state = load_npz(
+        s3.get_object(Bucket=ingest.bucket, Key=pca_prefix("", 2) + "model.npz")["Body"].read()
+    )
 
     # THEN the incremental model is the one-shot model
     assert state.n == model.n_seen == 24
     np.testing.assert_allclose(model.mean, one_shot.mean, rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(model.explained_variance, one_shot.explained_variance, rtol=1e-6)
-    np.testing.assert_allclose(np.abs(model.components @ one_shot.components.T).diagonal()[:5], 1.0, atol=1e-6)
+    np.testing.assert_allclose(
+        np.abs(model.components @ one_shot.components.T).diagonal()[:5], 1.0, atol=1e-6
+    )

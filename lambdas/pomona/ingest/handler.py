@@ -62,7 +62,9 @@ def record_handler(record: SQSRecord) -> None:
 @logger.inject_lambda_context
 @tracer.capture_lambda_handler
 @metrics.log_metrics(capture_cold_start_metric=True)
-def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse | dict[str, int]:
+def lambda_handler(
+    event: dict[str, Any], context: LambdaContext
+) -> PartialItemFailureResponse | dict[str, int]:
     # An in-progress record expires with this invocation, so a crashed one is retried, not blocked.
     _ingestor().idempotency.register_lambda_context(context)
     records = event.get("Records") or []

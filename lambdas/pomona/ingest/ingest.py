@@ -92,16 +92,17 @@ class Ingestor:
             settings=settings,
             s3=boto3.client("s3", config=RETRIES),
             sqs=boto3.client("sqs", config=RETRIES),
-            persistence=DynamoDBPersistenceLayer(
-                table_name=settings.idempotency_table, boto_config=RETRIES
-            ),
+            persistence=DynamoDBPersistenceLayer(table_name=settings.idempotency_table, boto_config=RETRIES),
             **kwargs,
         )
 
     def ingest(self, ref: ObjectRef) -> dict[str, Any]:
         """Queue or quarantine one object, once; a repeated event returns the first outcome."""
         version_id = ref.version_id or self._version_by_etag(ref)
-        return self._ingest_once(ref={"bucket": ref.bucket, "key": ref.key, "version_id": version_id})
+        outcome: dict[str, Any] = self._ingest_once(
+            ref={"bucket": ref.bucket, "key": ref.key, "version_id": version_id}
+        )
+        return outcome
 
     def _version_by_etag(self, ref: ObjectRef) -> str | None:
         """The version an event without a version id names (moto's events carry none): the one with its ETag."""
@@ -129,7 +130,9 @@ class Ingestor:
 
         try:
             label = label_from_key(
-                key, uploads_prefix=self.settings.uploads_prefix, override=head.get("Metadata", {}).get("label")
+                key,
+                uploads_prefix=self.settings.uploads_prefix,
+                override=head.get("Metadata", {}).get("label"),
             )
         except BadKeyError as err:
             return self._quarantine(source, Reason.BAD_KEY, str(err), sha256=None)
@@ -139,15 +142,22 @@ class Ingestor:
             return self._quarantine(source, Reason.TOO_LARGE_BYTES, detail, sha256=None)
 
         body = self.s3.get_object(Bucket=bucket, Key=key, **_version(version_id))["Body"].read()
-        verdict = validate_image(body, limits=self.limits, declared_type=head.get("ContentType"), filename=key)
+        verdict = validate_image(
+            body, limits=self.limits, declared_type=head.get("ContentType"), filename=key
+        )
         self._count("BytesValidated", MetricUnit.Bytes, len(body))
         if not verdict.accepted:
             assert verdict.reason is not None
             return self._quarantine(source, verdict.reason, verdict.detail, sha256=verdict.sha256)
         return self._queue(source, verdict, label=label, uploaded_at=_iso(head["LastModified"]))
 
-    def _queue(self, source: dict[str, Any], verdict: ImageVerdict, *, label: str, uploaded_at: str) -> dict[str, Any]:
-        assert verdict.format and verdict.width and verdict.height and verdict.mode
+    def _queue(
+        self, source: dict[str, Any], verdict: ImageVerdict, *, label: str, uploaded_at: str
+    ) -> dict[str, Any]:
+        assert verdict.format
+        assert verdict.width
+        assert verdict.height
+        assert verdict.mode
         message = ImageMessage(
             bucket=source["bucket"],
             key=source["key"],
@@ -184,8 +194,13 @@ class Ingestor:
             "time": utc_now(),
         }
         # Copy, sidecar, then delete: a crash in between leaves the original, and the retry redoes it all.
+        copy_source: Any = {
+            "Bucket": source["bucket"],
+            "Key": source["key"],
+            **_version(source["version_id"]),
+        }
         self.s3.copy(
-            {"Bucket": source["bucket"], "Key": source["key"], **_version(source["version_id"])},
+            copy_source,
             source["bucket"],
             target,
         )
@@ -199,7 +214,9 @@ class Ingestor:
         # the current version, so a newer upload of the same key stays visible.
         if self._current_version(source["bucket"], source["key"]) == source["version_id"]:
             self.s3.delete_object(Bucket=source["bucket"], Key=source["key"])
-        self.log.warning("Image quarantined", extra={"key": source["key"], "reason": reason.value, "detail": detail})
+        self.log.warning(
+            "Image quarantined", extra={"key": source["key"], "reason": reason.value, "detail": detail}
+        )
         if self.metrics is not None:
             # Its own metric set: the Reason dimension must not attach to ImagesAccepted or BytesValidated.
             with single_metric(
@@ -209,7 +226,12 @@ class Ingestor:
                 default_dimensions=self.metrics.default_dimensions,
             ) as rejected:
                 rejected.add_dimension(name="Reason", value=reason.value)
-        return {"outcome": "quarantined", "key": source["key"], "reason": reason.value, "quarantine_key": target}
+        return {
+            "outcome": "quarantined",
+            "key": source["key"],
+            "reason": reason.value,
+            "quarantine_key": target,
+        }
 
     def _current_version(self, bucket: str, key: str) -> str | None:
         try:
@@ -224,7 +246,7 @@ class Ingestor:
             self.metrics.add_metric(name=name, unit=unit, value=value)
 
 
-def _version(version_id: str | None) -> dict[str, str]:
+def _version(version_id: str | None) -> dict[str, Any]:
     return {"VersionId": version_id} if version_id else {}
 
 

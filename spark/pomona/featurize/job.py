@@ -24,9 +24,8 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 import boto3
 import numpy as np
@@ -55,7 +54,6 @@ from pomona.store import (
     RETRIES,
     RunLock,
     advance_latest,
-    get_json,
     is_missing,
     manifest_exists,
     put_json,
@@ -165,7 +163,7 @@ class Heartbeat:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="pomona-heartbeat", daemon=True)
 
-    def __enter__(self) -> Heartbeat:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
@@ -478,7 +476,7 @@ class Job:
             return BatchResult(manifest=None, skipped=f"no valid messages ({received.malformed} malformed)")
 
         latest, latest_etag = read_latest(self.s3, self.bucket, self.prefix)
-        stored_model, stored_state, seen = self._load_version(latest)
+        stored_state, seen = self._load_version(latest)
         fresh, duplicates = split_duplicates(received.messages, seen)
         version = latest + 1
         batch_id = new_batch_id(entropy=os.urandom(8))
@@ -515,7 +513,7 @@ class Job:
         timings["refit_s"] = time.monotonic() - clock
 
         clock = time.monotonic()
-        projected = (
+        projected = pd.DataFrame(
             featured.filter("reason IS NULL")
             .mapInPandas(
                 project_partitions(self.settings, model_npz, batch_id=batch_id, pca_version=version),
@@ -523,7 +521,9 @@ class Job:
             )
             .toPandas()
         )
-        failures = featured.filter("reason IS NOT NULL").select("sha256", "reason", "detail").toPandas()
+        failures = pd.DataFrame(
+            featured.filter("reason IS NOT NULL").select("sha256", "reason", "detail").toPandas()
+        )
         featured.unpersist()
         timings["project_s"] = time.monotonic() - clock
 
@@ -537,7 +537,7 @@ class Job:
             "failed": dict(Counter(failures["reason"])),
         }
         timings["total_s"] = time.monotonic() - started
-        manifest = {
+        manifest: dict[str, Any] = {
             "batch_id": batch_id,
             "created_at": utc_now(),
             "pca_version": version,
@@ -564,7 +564,6 @@ class Job:
         delete_messages(self.sqs, self.settings.images_queue_url, [r for _, r in received.messages])
         manifest["timings"]["commit_s"] = round(time.monotonic() - clock, 3)
         log.info("Batch committed", extra={"batch_id": batch_id, "pca_version": version, **counts})
-        del stored_model
         return BatchResult(manifest=manifest)
 
     def _featurize(self, messages: Sequence[ImageMessage], *, batch_id: str, version: int) -> DataFrame:
@@ -580,15 +579,16 @@ class Job:
         )
         return featured.persist(StorageLevel.MEMORY_AND_DISK)
 
-    def _load_version(self, version: int) -> tuple[PcaModel | None, PcaState | None, set[str]]:
+    def _load_version(self, version: int) -> tuple[PcaState | None, set[str]]:
+        """The merge state and the hashes of every image committed up to `version`."""
         if version == 0:
-            return None, None, set()
+            return None, set()
         base = pca_prefix(self.prefix, version)
-        model, state = load_npz(self.s3.get_object(Bucket=self.bucket, Key=base + "model.npz")["Body"].read())
+        _, state = load_npz(self.s3.get_object(Bucket=self.bucket, Key=base + "model.npz")["Body"].read())
         seen_table = pq.read_table(
             io.BytesIO(self.s3.get_object(Bucket=self.bucket, Key=base + "seen.parquet")["Body"].read())
         )
-        return model, state, set(seen_table.column("sha256").to_pylist())
+        return state, set(seen_table.column("sha256").to_pylist())
 
     def _write_version(
         self,
@@ -732,13 +732,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def options_from(settings: Settings, **overrides: Any) -> JobOptions:
-    values = {"max_images": settings.max_images, "weights": settings.weights, "backend": settings.backend}
+    values: dict[str, Any] = {
+        "max_images": settings.max_images,
+        "weights": settings.weights,
+        "backend": settings.backend,
+    }
     values |= {k: v for k, v in overrides.items() if v is not None}
     return JobOptions(cache_dir=os.environ.get("POMONA_CACHE_DIR"), **values)
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 __all__ = ["BatchResult", "Job", "JobOptions", "drain_queue", "main", "run_job", "split_duplicates"]

@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import boto3
 
@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 # moto accepts any credentials; these keep boto3 from looking for real ones.
 LOCAL_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",  # noqa: S105 - moto's placeholder, not a secret
+    "AWS_SECRET_ACCESS_KEY": "testing",
     "AWS_DEFAULT_REGION": "us-east-1",
     "POWERTOOLS_SERVICE_NAME": "pomona-ingest",
     "POWERTOOLS_METRICS_NAMESPACE": "Pomona",
@@ -57,11 +57,15 @@ class EmbeddedStack:
         self.server.stop()
 
 
-def start_stack(*, port: int = 0, name: str = DEFAULT_NAME, environ: Mapping[str, str] | None = None) -> EmbeddedStack:
+def start_stack(
+    *, port: int = 0, name: str = DEFAULT_NAME, environ: Mapping[str, str] | None = None
+) -> EmbeddedStack:
     """Start a moto server on 127.0.0.1 (`port` 0 picks a free one) and provision a deployment called `name`."""
     server, endpoint = start_server(port=port)
     resources = describe(name)
-    settings = provision(resources, session=local_session(), endpoint_url=endpoint, base=Settings.from_env(environ))
+    settings = provision(
+        resources, session=local_session(), endpoint_url=endpoint, base=Settings.from_env(environ)
+    )
     log.info("Embedded stack ready", extra={"endpoint": endpoint, "bucket": settings.bucket})
     return EmbeddedStack(server=server, settings=settings, resources=resources)
 
@@ -100,7 +104,9 @@ def embedded_stack(**kwargs: object) -> Iterator[EmbeddedStack]:
         stack.stop()
 
 
-def provision(resources: Resources, *, session: boto3.session.Session, endpoint_url: str, base: Settings) -> Settings:
+def provision(
+    resources: Resources, *, session: boto3.session.Session, endpoint_url: str, base: Settings
+) -> Settings:
     """Create the bucket, queues, notification and idempotency table; return settings pointing at them."""
     s3 = session.client("s3", endpoint_url=endpoint_url)
     sqs = session.client("sqs", endpoint_url=endpoint_url)
@@ -119,7 +125,9 @@ def provision(resources: Resources, *, session: boto3.session.Session, endpoint_
                     "Id": "uploads-to-events",
                     "QueueArn": events_arn,
                     "Events": ["s3:ObjectCreated:*"],
-                    "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": resources.uploads_prefix}]}},
+                    "Filter": {
+                        "Key": {"FilterRules": [{"Name": "prefix", "Value": resources.uploads_prefix}]}
+                    },
                 }
             ]
         },
@@ -148,7 +156,7 @@ def provision(resources: Resources, *, session: boto3.session.Session, endpoint_
 
 
 def _create_queue(sqs: SQSClient, spec: QueueSpec) -> tuple[str, str]:
-    attributes = {
+    attributes: dict[Any, str] = {
         "VisibilityTimeout": str(spec.visibility_timeout_s),
         "MessageRetentionPeriod": str(spec.retention_s),
         "ReceiveMessageWaitTimeSeconds": "0",

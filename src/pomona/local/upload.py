@@ -17,7 +17,9 @@ from pomona.store import RETRIES
 
 def labelled_files(folder: Path) -> list[tuple[Path, str]]:
     """Every file under `folder`, with its label: the name of the folder it sits in (Fruits-360's layout)."""
-    return sorted((path, path.parent.name) for path in folder.rglob("*") if path.is_file() and path.parent != folder)
+    return sorted(
+        (path, path.parent.name) for path in folder.rglob("*") if path.is_file() and path.parent != folder
+    )
 
 
 def upload_key(settings: Settings, label: str, name: str) -> str:
@@ -25,7 +27,11 @@ def upload_key(settings: Settings, label: str, name: str) -> str:
 
 
 def upload_files(
-    files: Iterable[tuple[str, bytes]], settings: Settings, *, console: Console | None = None, threads: int = 8
+    files: Iterable[tuple[str, bytes]],
+    settings: Settings,
+    *,
+    console: Console | None = None,
+    threads: int = 8,
 ) -> int:
     """PUT `(key, body)` pairs into the bucket in parallel, with a progress bar; returns how many."""
     s3 = boto3.client("s3", endpoint_url=settings.endpoint_url, config=RETRIES)
@@ -45,5 +51,7 @@ def upload_files(
 
 
 def upload_folder(folder: Path, settings: Settings, *, console: Console | None = None) -> int:
-    files = ((upload_key(settings, label, path.name), path.read_bytes()) for path, label in labelled_files(folder))
+    files = (
+        (upload_key(settings, label, path.name), path.read_bytes()) for path, label in labelled_files(folder)
+    )
     return upload_files(files, settings, console=console)
