@@ -46,7 +46,13 @@ def weights_path() -> Path:
 
 
 def load_event(name: str) -> dict[str, Any]:
+    """An event fixture from tests/events/, as AWS delivers it."""
     return json.loads((EVENTS / name).read_text())  # type: ignore[no-any-return]
+
+
+@pytest.fixture(name="load_event")
+def load_event_fixture() -> Callable[[str], dict[str, Any]]:
+    return load_event
 
 
 @pytest.fixture

@@ -153,10 +153,10 @@ def test_duplicate_direct_event_queues_one_message(
     assert message.key == key
 
 
-def test_test_event_and_sqs_fixture_shape_are_handled(ingest: Settings) -> None:
+def test_test_event_and_sqs_fixture_shape_are_handled(
+    ingest: Settings, load_event: Callable[[str], dict[str, Any]]
+) -> None:
     # GIVEN the SQS-wrapped fixture (one real notification, one s3:TestEvent) pointed at an existing object
-    from tests.conftest import load_event
-
     key = "uploads/Apple Braeburn/r_1_100.jpg"
     version = _upload(ingest, key, fruit_image("Apple Braeburn", 6))
     event = load_event("sqs_s3_put.json")
