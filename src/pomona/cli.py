@@ -171,6 +171,72 @@ def _print_summary(summary: dict[str, object]) -> None:
 
 
 @app.command()
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+) -> None:
+    """Queue depths, committed batches, PCA versions, counts by label and rejection reason."""
+    import boto3
+    from rich.table import Table
+
+    from pomona.settings import Settings
+    from pomona.status import collect_status
+    from pomona.store import RETRIES
+
+    with _one_line_errors():
+        settings = Settings.from_env()
+        s3 = boto3.client("s3", endpoint_url=settings.endpoint_url, config=RETRIES)
+        sqs = boto3.client("sqs", endpoint_url=settings.endpoint_url, config=RETRIES)
+        report = collect_status(s3, sqs, settings)
+    if as_json:
+        sys.stdout.write(json.dumps(report, indent=2) + "\n")
+        return
+    out = Console()
+    out.print(f"bucket [bold]{report['bucket']}[/], PCA version [bold]{report['pca_version']}[/]")
+    queues = Table("queue", "visible", "in flight", title="queues")
+    for name, depth in report["queues"].items():
+        queues.add_row(name, str(depth.get("visible", "-")), str(depth.get("in_flight", "-")))
+    out.print(queues)
+    batches = Table("batch", "PCA", "n_seen", "k", "featurized", "failed", "dup", "accuracy", "revenue/1000",
+                    title="last committed batches")  # fmt: skip
+    for b in report["batches"]:
+        batches.add_row(*(str(b[c]) if b[c] is not None else "-" for c in (
+            "batch_id", "pca_version", "n_seen", "k", "featurized", "failed", "duplicates", "accuracy",
+            "net_revenue_per_1000")))  # fmt: skip
+    out.print(batches)
+    for title, counts in (
+        ("images by label", report["labels"]),
+        ("quarantined by reason", report["quarantined"]),
+    ):
+        table = Table("", "count", title=title)
+        for name, count in counts.items():
+            table.add_row(name, str(count))
+        out.print(table)
+
+
+export_app = typer.Typer(help="Export committed outputs.", no_args_is_help=True)
+app.add_typer(export_app, name="export")
+
+
+@export_app.command("csv")
+def export_csv(
+    out: Annotated[Path, typer.Option("--out", help="The CSV file to write.")],
+) -> None:
+    """One row per committed image: key, label and its PCA components under the latest model."""
+    import boto3
+
+    from pomona.featurize.export import export_csv as write
+    from pomona.settings import Settings
+    from pomona.store import RETRIES
+
+    with _one_line_errors():
+        settings = Settings.from_env()
+        rows, version = write(
+            boto3.client("s3", endpoint_url=settings.endpoint_url, config=RETRIES), settings, out
+        )
+    console.print(f"wrote {rows} rows (PCA v{version}) to {out}")
+
+
+@app.command()
 def upload(
     folder: Annotated[
         Path, typer.Argument(help="A folder of <label>/<image> files.", exists=True, file_okay=False)

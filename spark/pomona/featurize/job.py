@@ -250,7 +250,14 @@ def featurize_partitions(
         part = context.partitionId() if context else 0
         s3 = boto3.client("s3", endpoint_url=settings.endpoint_url, config=RETRIES)
         cache_dir = Path(options.cache_dir) if options.cache_dir else None
-        featurizer = get_featurizer(options.weights, options.backend, cache_dir=cache_dir)  # type: ignore[arg-type]
+        # LiteRT/XNNPACK runs fastest on small batches here (measured: 8 beats 32); TensorFlow prefers larger.
+        batch_size = 8 if options.backend == "litert" else 32
+        featurizer = get_featurizer(
+            options.weights,
+            options.backend,  # type: ignore[arg-type]
+            cache_dir=cache_dir,
+            batch_size=batch_size,
+        )
         outputs = []
         for frame in frames:
             for start in range(0, len(frame), CHUNK):
@@ -535,6 +542,7 @@ class Job:
         counts |= {
             "featurized": len(projected),
             "failed": dict(Counter(failures["reason"])),
+            "labels": dict(Counter(projected["label"])),
         }
         timings["total_s"] = time.monotonic() - started
         manifest: dict[str, Any] = {
