@@ -1,0 +1,521 @@
+"""The human-facing report of `pomona demo`: PNG plots and one self-contained `report.html`.
+
+It reads a local folder laid out as the bucket's outputs (`features/`, `models/pca/`, `batches/`,
+`quarantine/`) and, like every reader, trusts only what the featurization job committed: the part files a
+batch manifest names and the PCA version `models/pca/LATEST` points at. Figures are drawn on bare
+`matplotlib.figure.Figure` objects, which render through Agg without touching pyplot's global state.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow.parquet as pq
+from matplotlib import colormaps
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator, PercentFormatter, StrMethodFormatter
+
+from pomona.contract import manifest_key, pca_latest_key, pca_prefix
+from pomona.featurize.pca import PcaModel, PcaState, fit_pca, load_npz
+
+REPORT_DIR = "report"  # the PNGs, beside report.html
+MAX_SCATTER_POINTS = 20_000  # beyond this a scatter is a blot; a fixed-seed sample shows the same shape
+MAX_REJECTION_ROWS = 20
+_FEATURES_FOLDER = "features/batch_id="
+_DPI = 110
+_STAGE_COLOURS = {"ingest": "#d62728", "featurize": "#ff7f0e"}
+_MARKERS = "osD^v<>Ph*"
+_SHOWN_ELSEWHERE = frozenset({"weights_note", "probe"})  # the banner and the business metric
+
+
+@dataclass(frozen=True, eq=False)
+class CommittedOutputs:
+    """What an outputs folder holds that a reader may trust, plus the quarantine sidecars."""
+
+    batch_ids: list[str]
+    labels: list[str]  # one per committed image, in the row order of `features`
+    features: npt.NDArray[np.float32]  # n×d
+    missing_files: list[str]  # part files a manifest names that the folder lacks
+    pca_version: int | None
+    model: PcaModel | None
+    state: PcaState | None
+    quality: dict[str, Any] | None
+    rejections: list[dict[str, Any]]  # sidecars; "stage" is "ingest" unless the job said "featurize"
+
+
+@dataclass(frozen=True, eq=False)
+class _Panel:
+    name: str
+    title: str
+    caption: str
+    figure: Figure | None  # None: nothing to draw, and the caption says why
+
+
+# -- reading -----------------------------------------------------------------------------------------------------
+
+
+def read_outputs(out: Path) -> CommittedOutputs:
+    """The committed batches' features, the LATEST PCA version and the quarantine sidecars under `out`."""
+    manifests = sorted(
+        (json.loads(path.read_text()) for path in out.glob(manifest_key("", "*"))),
+        key=lambda manifest: str(manifest["batch_id"]),
+    )
+    labels: list[str] = []
+    blocks: list[npt.NDArray[np.float32]] = []
+    missing: list[str] = []
+    for manifest in manifests:
+        for key in manifest.get("files", {}).get("features", []):
+            path = _local_path(out, key)
+            if path is None or not path.is_file():
+                missing.append(key)
+                continue
+            table = pq.read_table(path, columns=["label", "features"])
+            if table.num_rows:
+                labels += table.column("label").to_pylist()
+                blocks.append(np.stack(table.column("features").to_numpy()).astype(np.float32))
+    features = np.concatenate(blocks) if blocks else np.empty((0, 0), dtype=np.float32)
+
+    version, model, state, quality = None, None, None, None
+    latest = out / pca_latest_key("")
+    if latest.is_file():
+        version = int(json.loads(latest.read_text())["version"])
+        folder = out / pca_prefix("", version)
+        model, state = load_npz((folder / "model.npz").read_bytes())
+        if (folder / "quality.json").is_file():
+            quality = json.loads((folder / "quality.json").read_text())
+
+    rejections = []
+    for path in sorted((out / "quarantine").glob("**/*.reason.json")):
+        sidecar = json.loads(path.read_text())
+        # The sidecar's folder is its reason; a sidecar missing the field still counts under it.
+        reason = sidecar.get("reason") or path.relative_to(out / "quarantine").parts[0]
+        rejections.append(sidecar | {"reason": reason, "stage": sidecar.get("stage", "ingest")})
+
+    return CommittedOutputs(
+        batch_ids=[str(manifest["batch_id"]) for manifest in manifests],
+        labels=labels,
+        features=features,
+        missing_files=missing,
+        pca_version=version,
+        model=model,
+        state=state,
+        quality=quality,
+        rejections=rejections,
+    )
+
+
+def _local_path(out: Path, key: str) -> Path | None:
+    """`out/features/batch_id=X/part-N.parquet` for a key under any output prefix; None if it would leave `out`."""
+    _, found, rest = key.partition(_FEATURES_FOLDER)
+    if not found:
+        return None
+    path = (out / (found + rest)).resolve()
+    return path if path.is_relative_to(out.resolve()) else None
+
+
+# -- the report --------------------------------------------------------------------------------------------------
+
+
+def write_report(out: Path, summary: Mapping[str, Any]) -> Path:
+    """Draw the plots into `out/report/`, write `out/report.html` beside them and return its path."""
+    outputs = read_outputs(out)
+    panels = [
+        _variance_panel(outputs, summary.get("variance_target")),
+        _scatter_panel(outputs),
+        _labels_panel(outputs),
+        _rejections_panel(outputs, summary),
+        _throughput_panel(summary.get("throughput") or {}),
+        _revenue_panel(outputs.quality),
+    ]
+    (out / REPORT_DIR).mkdir(parents=True, exist_ok=True)
+    for panel in panels:
+        if panel.figure is not None:
+            panel.figure.savefig(out / REPORT_DIR / f"{panel.name}.png", dpi=_DPI, bbox_inches="tight")
+    page = out / "report.html"
+    page.write_text(_render_html(summary, outputs, panels), encoding="utf-8")
+    return page
+
+
+# -- plots -------------------------------------------------------------------------------------------------------
+
+
+def _variance_panel(outputs: CommittedOutputs, target: float | None) -> _Panel:
+    title = "Explained variance"
+    model, state = outputs.model, outputs.state
+    if model is None:
+        return _Panel("variance", title, "No PCA version is committed yet.", None)
+    k = model.n_components
+    # The stored merge state holds the whole spectrum, so the curve goes on past the k components kept.
+    if state is not None and state.n >= 2:
+        ratios = fit_pca(state, n_components=state.d).explained_variance_ratio
+    else:
+        ratios = model.explained_variance_ratio
+    cumulative = np.cumsum(ratios)
+    figure, ax = _figure(8, 4.5)
+    components = np.arange(1, ratios.size + 1)
+    ax.plot(components, cumulative, marker="." if ratios.size < 50 else None, lw=2, label="cumulative")
+    ax.axvline(k, color="#d62728", ls="--", lw=1, label=f"chosen k = {k}")
+    ax.plot([k], [cumulative[k - 1]], "o", color="#d62728")
+    ax.annotate(
+        f"{cumulative[k - 1]:.1%}", (k, cumulative[k - 1]), xytext=(6, -14), textcoords="offset points"
+    )
+    if target is not None:
+        ax.axhline(target, color="grey", ls=":", lw=1, label=f"variance target {target:.0%}")
+    ax.set(xlabel="number of components", ylabel="share of variance explained", ylim=(0, 1.03))
+    if ratios.size > 50:
+        # A long spectrum on a linear axis squeezes the first components, where k sits, into a sliver.
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(StrMethodFormatter("{x:g}"))
+        ax.set_xlabel("number of components (log scale)")
+    else:
+        ax.set_xlim(0.5, components[-1] + 0.5)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+    ax.set_title(f"PCA version {outputs.pca_version}, fitted on {model.n_seen:,} images")
+    ax.legend(loc="lower right")
+    caption = (
+        f"Cumulative share of the feature variance explained by the first components of PCA version "
+        f"{outputs.pca_version}; the version keeps k = {k}, which explain {cumulative[k - 1]:.1%}."
+    )
+    return _Panel("variance", title, caption, figure)
+
+
+def _scatter_panel(outputs: CommittedOutputs) -> _Panel:
+    title = "Images in PCA space"
+    model, x = outputs.model, outputs.features
+    if model is None or not len(x):
+        return _Panel("pca_scatter", title, "No committed images or PCA version to project.", None)
+    if x.shape[1] != model.mean.size:
+        note = f"The features have {x.shape[1]} dimensions, the LATEST PCA expects {model.mean.size}."
+        return _Panel("pca_scatter", title, note, None)
+    labels = np.asarray(outputs.labels, dtype=str)
+    sampled = ""
+    if len(x) > MAX_SCATTER_POINTS:
+        keep = np.sort(np.random.default_rng(0).choice(len(x), MAX_SCATTER_POINTS, replace=False))
+        x, labels = x[keep], labels[keep]
+        sampled = f" A random {MAX_SCATTER_POINTS:,} of the {len(outputs.labels):,} images are drawn."
+    axes = model.components[:2]
+    coords = (x.astype(np.float64) - model.mean) @ axes.T
+    classes = sorted(set(labels.tolist()))
+    ratio = model.explained_variance_ratio
+
+    if axes.shape[0] == 1:
+        # One component: give each label its own row, jittered, rather than pile every point on a line.
+        figure, ax = _figure(8, max(2.5, 0.35 * len(classes) + 1.2))
+        rows = np.searchsorted(classes, labels) + np.random.default_rng(0).uniform(-0.25, 0.25, len(labels))
+        for i, label in enumerate(classes):
+            mask = labels == label
+            ax.scatter(coords[mask, 0], rows[mask], s=10, alpha=0.7, **_style(i))
+        ax.set_yticks(range(len(classes)), [_plain(c) for c in classes])
+        ax.set_ylim(len(classes) - 0.5, -0.5)
+        ax.set_xlabel(f"PC1 ({ratio[0]:.1%} of variance)")
+        shape = "The PCA keeps a single component (k = 1), so each label gets its own row."
+    else:
+        figure, ax = _figure(8, 6)
+        for i, label in enumerate(classes):
+            mask = labels == label
+            ax.scatter(coords[mask, 0], coords[mask, 1], s=12, alpha=0.75, label=_plain(label), **_style(i))
+        ax.set(xlabel=f"PC1 ({ratio[0]:.1%} of variance)", ylabel=f"PC2 ({ratio[1]:.1%} of variance)")
+        if len(classes) > 6:
+            ax.legend(
+                loc="upper left",
+                bbox_to_anchor=(1.01, 1.0),
+                ncols=1 + len(classes) // 25,
+                fontsize="small",
+                markerscale=1.5,
+                frameon=False,
+            )
+        else:
+            ax.legend(fontsize="small", markerscale=1.5)
+        shape = "Colours are labels."
+    ax.set_title(f"{len(outputs.labels):,} committed images on PCA version {outputs.pca_version}")
+    caption = (
+        f"Every committed image's features projected on the first axes of the LATEST PCA (version "
+        f"{outputs.pca_version}). {shape}{sampled}"
+    )
+    return _Panel("pca_scatter", title, caption, figure)
+
+
+def _labels_panel(outputs: CommittedOutputs) -> _Panel:
+    title = "Images per label"
+    if not outputs.labels:
+        return _Panel("labels", title, "No committed images yet.", None)
+    counts = sorted(Counter(outputs.labels).items(), key=lambda item: (-item[1], item[0]))
+    figure, ax = _figure(8, max(2.0, 0.25 * len(counts) + 1.0))
+    bars = ax.barh([_plain(label) for label, _ in counts], [n for _, n in counts], color="#1f77b4")
+    ax.bar_label(bars, padding=3, fontsize="small")
+    ax.invert_yaxis()
+    ax.set_xlabel("committed images")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.margins(x=0.08)
+    caption = f"{len(outputs.labels):,} committed images over {len(counts)} label(s)."
+    return _Panel("labels", title, caption, figure)
+
+
+def _rejections_panel(outputs: CommittedOutputs, summary: Mapping[str, Any]) -> _Panel:
+    title = "Rejections by reason"
+    if outputs.rejections:
+        counts = Counter((r["reason"], r["stage"]) for r in outputs.rejections)
+        source = f"the {len(outputs.rejections)} quarantine sidecar(s)"
+    else:
+        # A mirror without quarantine/: the run's own counts are all there is.
+        counts = Counter(
+            {(reason, "ingest"): n for reason, n in (summary.get("quarantined") or {}).items()}
+            | {(reason, "featurize"): n for reason, n in (summary.get("failed") or {}).items()}
+        )
+        source = "the run summary"
+    counts = Counter({key: n for key, n in counts.items() if n > 0})
+    if not counts:
+        figure, ax = _figure(6, 1.6)
+        ax.text(0.5, 0.5, "none: no upload was rejected", ha="center", va="center", fontsize="large")
+        ax.set_axis_off()
+        return _Panel("rejections", title, "No upload was quarantined or failed featurization.", figure)
+
+    reasons = sorted(
+        {reason for reason, _ in counts}, key=lambda r: (-sum(counts[r, s] for s in _STAGE_COLOURS), r)
+    )
+    figure, ax = _figure(8, max(2.0, 0.35 * len(reasons) + 1.2))
+    left = np.zeros(len(reasons))
+    for stage, colour in _STAGE_COLOURS.items():
+        widths = np.array([counts[reason, stage] for reason in reasons], dtype=float)
+        if widths.any():
+            bars = ax.barh([_plain(r) for r in reasons], widths, left=left, color=colour, label=stage)
+            ax.bar_label(bars, labels=[f"{w:.0f}" if w else "" for w in widths], label_type="center")
+            left += widths
+    ax.invert_yaxis()
+    ax.set_xlabel("images")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlim(0, left.max() * 1.05)
+    ax.legend(title="stage", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    caption = (
+        f"{sum(counts.values())} image(s) quarantined at ingestion or failed at featurization, from {source}."
+    )
+    return _Panel("rejections", title, caption, figure)
+
+
+def _throughput_panel(throughput: Mapping[str, Any]) -> _Panel:
+    title = "Throughput per stage"
+    rates = {stage: float(v) for stage, v in throughput.items() if isinstance(v, int | float)}
+    if not rates:
+        return _Panel("throughput", title, "No throughput was measured.", None)
+    figure, ax = _figure(7, 4)
+    bars = ax.bar([_plain(s) for s in rates], list(rates.values()), color="#2ca02c")
+    ax.bar_label(bars, labels=[f"{v:,.1f}" for v in rates.values()], padding=3)
+    ax.set_ylabel("images per second")
+    ax.margins(y=0.12)
+    caption = "Images per second through each stage of this demo run, on this machine."
+    return _Panel("throughput", title, caption, figure)
+
+
+def _revenue_panel(quality: Mapping[str, Any] | None) -> _Panel:
+    title = "Net revenue by confidence threshold"
+    curve = (quality or {}).get("curve") or {}
+    thresholds = np.asarray(curve.get("threshold", []), dtype=float)
+    if quality is None or not thresholds.size:
+        why = (quality or {}).get("skipped") or "no revenue curve was computed"
+        return _Panel("revenue", title, f"No curve: {why}.", None)
+    revenue = np.asarray(curve["net_revenue_per_1000"], dtype=float)
+    coverage = np.asarray(curve["coverage"], dtype=float)
+    figure, ax = _figure(8, 4.5)
+    (line,) = ax.plot(thresholds, revenue, lw=2, color="#1f77b4", label="net revenue per 1000 images")
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set(xlabel="confidence threshold", ylabel="net revenue per 1000 images", xlim=(-0.02, 1.02))
+    twin = ax.twinx()
+    (cover,) = twin.plot(thresholds, coverage, ls="--", color="#ff7f0e", label="coverage (answered)")
+    twin.set(ylabel="coverage", ylim=(0, 1.03))
+    twin.yaxis.set_major_formatter(PercentFormatter(1.0))
+    handles = [line, cover]
+    best, best_revenue = quality.get("best_threshold"), quality.get("net_revenue_per_1000")
+    if best is not None and best_revenue is not None:
+        marker = ax.axvline(best, color="#d62728", ls=":", lw=1.2, label=f"best threshold {best:.2f}")
+        ax.plot([best], [best_revenue], "o", color="#d62728")
+        handles.append(marker)
+    ax.legend(handles=handles, loc="lower left", fontsize="small")
+    caption = (
+        f"What the probe's answers earn when only those at or above a confidence threshold are given "
+        f"(gain {_format(quality.get('gain'))} per right answer, loss {_format(quality.get('loss'))} per wrong one); "
+        "the dashed line is the share of images answered."
+    )
+    return _Panel("revenue", title, caption, figure)
+
+
+def _figure(width: float, height: float) -> tuple[Figure, Axes]:
+    figure = Figure(figsize=(width, height), layout="constrained")
+    return figure, figure.add_subplot()
+
+
+def _style(i: int) -> dict[str, Any]:
+    """Twenty colours, then the same colours with another marker: every label stays distinguishable."""
+    return {"color": colormaps["tab20"](i % 20), "marker": _MARKERS[(i // 20) % len(_MARKERS)]}
+
+
+def _plain(text: str) -> str:
+    """Text matplotlib shows as is: a `$` would otherwise start mathtext (and an odd one fails to draw)."""
+    return text.replace("$", r"\$")
+
+
+# -- HTML --------------------------------------------------------------------------------------------------------
+
+
+_CSS = """
+body { font: 15px/1.5 system-ui, sans-serif; color: #222; max-width: 980px; margin: 2em auto; padding: 0 1em; }
+h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: 0.2em; margin-top: 1.8em; }
+.banner { background: #fff4d6; border: 2px solid #e0a800; border-radius: 6px; padding: 0.8em 1em;
+  font-weight: 600; }
+.warning { background: #fde8e8; border-left: 4px solid #d62728; padding: 0.6em 1em; }
+.muted { color: #666; }
+table { border-collapse: collapse; margin: 0.6em 0; }
+th, td { text-align: left; padding: 0.25em 1em 0.25em 0; border-bottom: 1px solid #eee; vertical-align: top; }
+td.num { font-variant-numeric: tabular-nums; }
+figure { margin: 1.5em 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
+figcaption { color: #444; font-size: 0.93em; margin-top: 0.3em; }
+code { font-size: 0.9em; }
+"""
+
+
+def _render_html(summary: Mapping[str, Any], outputs: CommittedOutputs, panels: Sequence[_Panel]) -> str:
+    """The report page; every piece of text from the summary or the bucket goes through `html.escape`."""
+    e = html.escape
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>Pomona demo report</title><style>{_CSS}</style></head><body>",
+        "<h1>Pomona demo report</h1>",
+    ]
+    if summary.get("weights_note"):
+        parts.append(f'<p class="banner">⚠ {e(str(summary["weights_note"]))}</p>')
+    parts.append(_overview(outputs))
+    if outputs.missing_files:
+        listed = ", ".join(f"<code>{e(k)}</code>" for k in outputs.missing_files[:5])
+        parts.append(
+            f'<p class="warning">{len(outputs.missing_files)} part file(s) named by committed manifests are '
+            f"missing from this folder and were left out: {listed}</p>"
+        )
+    parts += ["<h2>Summary</h2>", _summary_table(summary)]
+    parts += ["<h2>Business metric</h2>", _metric_section(summary, outputs.quality)]
+    parts.append("<h2>Figures</h2>")
+    for panel in panels:
+        if panel.figure is None:
+            parts.append(f'<h3>{e(panel.title)}</h3><p class="muted">{e(panel.caption)}</p>')
+        else:
+            parts.append(
+                f'<figure><img src="{REPORT_DIR}/{e(panel.name)}.png" alt="{e(panel.title)}">'
+                f"<figcaption><strong>{e(panel.title)}.</strong> {e(panel.caption)}</figcaption></figure>"
+            )
+    if outputs.rejections:
+        parts += ["<h2>Rejected images</h2>", _rejections_table(outputs.rejections)]
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def _overview(outputs: CommittedOutputs) -> str:
+    if not outputs.batch_ids:
+        return (
+            '<p class="warning">No committed batches yet: nothing has been featurized, so there are no '
+            "features, projections or probe results to show.</p>"
+        )
+    text = f"{len(outputs.labels):,} images in {len(outputs.batch_ids)} committed batch(es)"
+    if outputs.model is not None:
+        model = outputs.model
+        text += (
+            f"; PCA version {outputs.pca_version} keeps k = {model.n_components} component(s), explaining "
+            f"{model.explained_variance_ratio.sum():.1%} of the variance of {model.n_seen:,} images"
+        )
+    return f"<p>{html.escape(text)}.</p>"
+
+
+def _summary_table(summary: Mapping[str, Any]) -> str:
+    rows = []
+    for name, value in summary.items():
+        if name in _SHOWN_ELSEWHERE:
+            continue
+        if isinstance(value, list) and all(_is_scalar(v) for v in value):
+            shown = ", ".join(_format(v) for v in value) or "none"
+        elif _is_scalar(value):
+            shown = _format(value)
+        else:
+            continue  # mappings are drawn as figures
+        numeric = isinstance(value, int | float) and not isinstance(value, bool)
+        cell = '<td class="num">' if numeric else "<td>"
+        rows.append(f"<tr><th>{html.escape(name.replace('_', ' '))}</th>{cell}{html.escape(shown)}</td></tr>")
+    return f"<table>{''.join(rows)}</table>"
+
+
+def _metric_section(summary: Mapping[str, Any], quality: Mapping[str, Any] | None) -> str:
+    quality = quality or {}
+    probe = summary.get("probe") or {}
+    figures = {
+        name: probe.get(name, quality.get(name))
+        for name in ("accuracy", "macro_f1", "best_threshold", "net_revenue_per_1000", "coverage_at_best")
+    }
+    gain, loss = quality.get("gain", summary.get("gain")), quality.get("loss", summary.get("loss"))
+    gain_text = f"earns {_format(gain)}" if gain is not None else "earns a gain"
+    loss_text = f"costs {_format(loss)}" if loss is not None else "costs a loss"
+    explanation = (
+        "A linear probe (cross-validated logistic regression) predicts each image's label from its PCA "
+        "projection, with a confidence. Answering only where the confidence reaches a threshold, each right "
+        f"identification {gain_text}, each wrong one {loss_text}, and an answer under the threshold is "
+        "withheld at no cost. The net revenue per 1000 images is the total over all images, scaled to 1000; "
+        "the best threshold is the one that earns most."
+    )
+    if all(v is None for v in figures.values()):
+        why = quality.get("skipped") or "it did not run"
+        return (
+            f'<p>No probe result: {html.escape(str(why))}.</p><p class="muted">{html.escape(explanation)}</p>'
+        )
+    shown = {
+        "accuracy": _percent(figures["accuracy"]),
+        "macro F1": _format(figures["macro_f1"], ".3f"),
+        "best threshold": _format(figures["best_threshold"], ".2f"),
+        "net revenue per 1000 images": _format(figures["net_revenue_per_1000"], ",.1f"),
+        "coverage at best threshold": _percent(figures["coverage_at_best"]),
+    }
+    rows = "".join(
+        f'<tr><th>{html.escape(name)}</th><td class="num">{html.escape(value)}</td></tr>'
+        for name, value in shown.items()
+    )
+    return f"<table>{rows}</table><p>{html.escape(explanation)}</p>"
+
+
+def _rejections_table(rejections: Sequence[Mapping[str, Any]]) -> str:
+    e = html.escape
+    rows = "".join(
+        f"<tr><td>{e(str(r['stage']))}</td><td>{e(str(r['reason']))}</td>"
+        f"<td><code>{e(str(r.get('original_key', '?')))}</code></td><td>{e(str(r.get('detail', '')))}</td></tr>"
+        for r in rejections[:MAX_REJECTION_ROWS]
+    )
+    more = len(rejections) - MAX_REJECTION_ROWS
+    tail = f'<p class="muted">… and {more} more under <code>quarantine/</code>.</p>' if more > 0 else ""
+    return f"<table><tr><th>stage</th><th>reason</th><th>key</th><th>detail</th></tr>{rows}</table>{tail}"
+
+
+def _is_scalar(value: object) -> bool:
+    return value is None or isinstance(value, str | int | float | bool)
+
+
+def _format(value: object, spec: str = "") -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, bool | str):
+        return str(value)
+    if spec:
+        return format(value, spec)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _percent(value: object) -> str:
+    return _format(value) if value is None else _format(value, ".1%")
