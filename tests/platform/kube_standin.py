@@ -76,7 +76,9 @@ class KubeStandIn:
     @contextmanager
     def serving(self) -> Iterator[KubeStandIn]:
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         thread.start()
         try:
             yield self
