@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from pomona.cli_cluster import app as cluster_app
 from pomona.errors import PomonaError
 
 app = typer.Typer(
@@ -20,7 +21,10 @@ app = typer.Typer(
 )
 bench_app = typer.Typer(help="Benchmarks; each prints one JSON object.", no_args_is_help=True)
 job_app = typer.Typer(help="The featurization job.", no_args_is_help=True)
+model_app = typer.Typer(help="The MobileNetV2 featurizer's model files.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
+app.add_typer(model_app, name="model")
+app.add_typer(cluster_app, name="cluster")
 app.add_typer(job_app, name="job")
 
 console = Console(stderr=True)
@@ -234,6 +238,30 @@ def export_csv(
             boto3.client("s3", endpoint_url=settings.endpoint_url, config=RETRIES), settings, out
         )
     console.print(f"wrote {rows} rows (PCA v{version}) to {out}")
+
+
+@model_app.command("prepare")
+def model_prepare(
+    weights: Annotated[str, typer.Option(help="imagenet | PATH | s3://… | random.")] = "imagenet",
+    cache_dir: Annotated[
+        Path | None, typer.Option(help="Where weights and .tflite files are cached.")
+    ] = None,
+    backend: Annotated[
+        str, typer.Option(help="litert converts to TFLite; tensorflow only fetches.")
+    ] = "litert",
+) -> None:
+    """Fetch the weights and convert them for LiteRT once (image build time), so runs find them cached."""
+    import os
+
+    from pomona.featurize.job import JobOptions, prepare_model
+
+    if cache_dir is not None:
+        os.environ["POMONA_CACHE_DIR"] = str(cache_dir)
+    with _one_line_errors():
+        weights_id = prepare_model(
+            JobOptions(weights=weights, backend=backend, cache_dir=str(cache_dir) if cache_dir else None)
+        )
+    console.print(f"model ready: weights {weights_id}, backend {backend}")
 
 
 @app.command()

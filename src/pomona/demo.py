@@ -7,6 +7,7 @@ downloaded next to a summary and a report.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -63,7 +64,7 @@ def choose_weights(requested: str, *, synthetic: bool, environ: dict[str, str]) 
             return WeightsChoice(
                 "random",
                 "no ImageNet weights here (offline?): ran with random weights, so the features and the probe are "
-                "not meaningful; set POMONA_WEIGHTS=/path/to/mobilenet_v2 .h5 for real ones",
+                "not meaningful; set POMONA_WEIGHTS=/path/to/mobilenet_v2_1.0_224_no_top.weights.h5 for real ones",
             )
         raise WeightsUnavailableError(
             "no usable MobileNetV2 weights: set POMONA_WEIGHTS=/path/to/mobilenet_v2_1.0_224_no_top.weights.h5 "
@@ -119,14 +120,17 @@ def run_demo(
         console.print(f"[bold yellow]note:[/] {choice.note}")
     timings: dict[str, float] = dict.fromkeys(("upload", "ingest", "featurize"), 0.0)
     manifests: list[dict[str, Any]] = []
-    with embedded_stack() as stack:
+    with contextlib.ExitStack() as stack_exit, embedded_stack() as stack:
         settings = stack.settings.replace(weights=choice.spec, backend=backend)
         console.print(f"embedded stack at {stack.endpoint_url}, bucket {settings.bucket}")
         files = demo_files(images, settings)
         options = options_from(settings)
         with console.status("preparing the model (converting for LiteRT once)…"):
             weights_id = prepare_model(options)
-        from pomona.ingest import handler
+        # The handler's stdout (JSON logs, EMF metrics) is what CloudWatch would get: here it goes to a file.
+        lambda_log = stack_exit.enter_context((out / "lambda.log").open("a"))
+        with contextlib.redirect_stdout(lambda_log):
+            from pomona.ingest import handler  # powertools' Logger binds to stdout when it is built
 
         handler._ingestor.cache_clear()
         poller = EventSourcePoller(settings.events_queue_url, handler.lambda_handler, retry_after_s=1)
@@ -138,7 +142,10 @@ def run_demo(
                 upload_files(wave, settings, console=console)
                 timings["upload"] += time.monotonic() - clock
                 clock = time.monotonic()
-                with console.status(f"wave {number}: the Lambda handler validates {len(wave)} uploads…"):
+                with (
+                    console.status(f"wave {number}: the Lambda handler validates {len(wave)} uploads…"),
+                    contextlib.redirect_stdout(lambda_log),
+                ):
                     poller.drain()
                 timings["ingest"] += time.monotonic() - clock
                 clock = time.monotonic()

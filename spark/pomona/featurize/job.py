@@ -52,6 +52,7 @@ from pomona.featurize.quality import quality_report
 from pomona.settings import Settings
 from pomona.store import (
     RETRIES,
+    ConcurrentRunError,
     RunLock,
     advance_latest,
     is_missing,
@@ -68,6 +69,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+EXIT_CONCURRENT_RUN = 75  # EX_TEMPFAIL: another run was working; retry later
 FAULT_ENV = "POMONA_FAULT"  # names a phase at which the process kills itself: the fault-injection point
 CHUNK = 64  # images decoded and featurized together in an executor
 META_COLUMNS = ("sha256", "key", "label", "version_id", "etag", "bucket")
@@ -696,6 +698,10 @@ def spark_session(master: str | None = None, app_name: str = "pomona-featurize")
 
     # Python workers run this interpreter (and so see this environment's packages) unless told otherwise.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    if master and master.startswith("local"):
+        os.environ.setdefault(
+            "SPARK_LOCAL_IP", "127.0.0.1"
+        )  # a laptop's hostname may not resolve to loopback
     builder = SparkSession.builder.appName(app_name)
     if master:
         builder = builder.master(master)
@@ -721,6 +727,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--weights", default=None, help="imagenet | random | PATH | s3://… (POMONA_WEIGHTS)")
     parser.add_argument("--backend", choices=["litert", "tensorflow"], default=None, help="POMONA_BACKEND")
     parser.add_argument("--master", default=None, help="Spark master when not launched by spark-submit")
+    parser.add_argument(
+        "--visibility-timeout",
+        type=int,
+        default=None,
+        help="seconds the received messages stay hidden if this run dies (default 300)",
+    )
     return parser.parse_args(argv)
 
 
@@ -729,10 +741,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     settings = Settings.from_env()
-    options = options_from(settings, max_images=args.max_images, weights=args.weights, backend=args.backend)
+    options = options_from(
+        settings,
+        max_images=args.max_images,
+        weights=args.weights,
+        backend=args.backend,
+        visibility_timeout_s=args.visibility_timeout,
+    )
     spark = spark_session(args.master)
     try:
         result = run_job(spark, settings, options)
+    except ConcurrentRunError as err:
+        # Expected when runs overlap: nothing was committed, the other run carries on; no traceback needed.
+        log.error("Run stopped: another run holds the lock or committed first", extra={"error": str(err)})
+        return EXIT_CONCURRENT_RUN
     finally:
         spark.stop()
     log.info("Run finished", extra={"committed": result.manifest is not None, "skipped": result.skipped})
