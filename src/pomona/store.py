@@ -90,8 +90,13 @@ def read_latest(s3: S3Client, bucket: str, prefix: str) -> tuple[int, str | None
     return int(document["version"]), etag
 
 
-def advance_latest(s3: S3Client, bucket: str, prefix: str, *, version: int, etag: str | None) -> None:
-    """Point LATEST at `version`, only if nobody moved it since we read `etag`: a concurrent run fails cleanly."""
+def advance_latest(
+    s3: S3Client, bucket: str, prefix: str, *, version: int, etag: str | None, batch_id: str
+) -> None:
+    """Point LATEST at `version`, only if nobody moved it since we read `etag`: a concurrent run fails cleanly.
+
+    `batch_id` names the batch whose metadata `version` holds: it tells our own write from another run's.
+    """
     try:
         put_json(
             s3,
@@ -103,11 +108,18 @@ def advance_latest(s3: S3Client, bucket: str, prefix: str, *, version: int, etag
         )
     except ClientError as err:
         if is_precondition_failed(err):
+            if _committed(s3, bucket, prefix, version=version, batch_id=batch_id):
+                return  # our first attempt landed, its response was lost, and botocore's retry met it
             raise ConcurrentRunError(
                 f"expected models/pca/LATEST to be unchanged since this run read it, found it moved "
                 f"(another run committed first); version {version} is left uncommitted"
             ) from err
         raise
+
+
+def _committed(s3: S3Client, bucket: str, prefix: str, *, version: int, batch_id: str) -> bool:
+    metadata = read_pca_metadata(s3, bucket, prefix, version)
+    return read_latest(s3, bucket, prefix)[0] == version and (metadata or {}).get("batch_id") == batch_id
 
 
 def read_pca_metadata(s3: S3Client, bucket: str, prefix: str, version: int) -> dict[str, Any] | None:
@@ -159,6 +171,9 @@ class RunLock:
         found = get_json(self.s3, self.bucket, self.key)
         if found is not None:
             holder, etag = found
+            if holder["owner"] == self.owner:  # our write landed, its response was lost, the retry met it
+                self.etag = etag
+                return
             if datetime.fromisoformat(holder["expires_at"]) > now:
                 raise ConcurrentRunError(
                     f"expected no other run, found run {holder['owner']} holding the lock until {holder['expires_at']}"
@@ -178,9 +193,12 @@ class RunLock:
                 self.s3, self.bucket, self.key, self._document(now or datetime.now(UTC)), if_match=self.etag
             )
         except ClientError as err:
-            if is_precondition_failed(err):
+            if not is_precondition_failed(err):
+                raise
+            found = get_json(self.s3, self.bucket, self.key)
+            if found is None or found[0]["owner"] != self.owner:
                 raise ConcurrentRunError("expected to still hold the run lock, another run took it") from err
-            raise
+            self.etag = found[1]  # our renewal landed, its response was lost, the retry met it
 
     def release(self) -> None:
         self.s3.delete_object(Bucket=self.bucket, Key=self.key)

@@ -56,6 +56,7 @@ from pomona.store import (
     RunLock,
     advance_latest,
     is_missing,
+    is_precondition_failed,
     manifest_exists,
     put_json,
     read_latest,
@@ -567,14 +568,26 @@ class Job:
         }
         self._write_version(version, model, model_npz, seen | set(projected["sha256"]), manifest, quality)
         _fault("after_pca_version")
-        advance_latest(self.s3, self.bucket, self.prefix, version=version, etag=latest_etag)
+        advance_latest(
+            self.s3, self.bucket, self.prefix, version=version, etag=latest_etag, batch_id=batch_id
+        )
         _fault("after_latest")
-        put_json(self.s3, self.bucket, manifest_key(self.prefix, batch_id), manifest, if_none_match=True)
+        self._write_manifest(manifest)
         _fault("after_manifest")
         delete_messages(self.sqs, self.settings.images_queue_url, [r for _, r in received.messages])
         manifest["timings"]["commit_s"] = round(time.monotonic() - clock, 3)
         log.info("Batch committed", extra={"batch_id": batch_id, "pca_version": version, **counts})
         return BatchResult(manifest=manifest)
+
+    def _write_manifest(self, manifest: dict[str, Any]) -> None:
+        key = manifest_key(self.prefix, manifest["batch_id"])
+        try:
+            put_json(self.s3, self.bucket, key, manifest, if_none_match=True)
+        except ClientError as err:
+            # The key is this batch's alone: a manifest there is this one, written by our own first attempt
+            # (its response lost, botocore retried it) or rolled forward from the version's metadata.
+            if not is_precondition_failed(err):
+                raise
 
     def _featurize(self, messages: Sequence[ImageMessage], *, batch_id: str, version: int) -> DataFrame:
         from pyspark import StorageLevel

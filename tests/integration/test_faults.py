@@ -1,0 +1,526 @@
+"""The featurization job under faults: killed at every commit phase, two runs at once, a flaky network.
+
+The guarantee under test, after a clean run has followed whatever went wrong: every valid image is in the
+committed outputs exactly once (by sha256), the LATEST PCA has seen each exactly once, no message is stuck on
+the queue, and no file of an uncommitted run is left beside the committed ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import http.client
+import io
+import itertools
+import os
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+from urllib.parse import urlsplit
+
+import boto3
+import pyarrow.parquet as pq
+import pytest
+
+from pomona.contract import pca_prefix
+from pomona.featurize.job import EXIT_CONCURRENT_RUN, BatchResult, JobOptions, prepare_model, run_job
+from pomona.featurize.pca import load_npz
+from pomona.ingest import handler
+from pomona.local.poller import EventSourcePoller
+from pomona.local.stack import LOCAL_ENV
+from pomona.samples import SYNTHETIC_LABELS, fruit_image
+from pomona.settings import Settings
+from pomona.store import LOCK_KEY, committed_batches, get_json, put_json, read_latest
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+KILLED = 137  # the injected fault's exit code, as a SIGKILLed pod reports it
+JOB_TIMEOUT_S = 300
+# A killed run's messages come back after this, instead of the production 300 s.
+SHORT_VISIBILITY_S = 5
+# Phases after LATEST moved: the killed run's batch is committed and the next run only finishes it.
+ROLLED_FORWARD = ("after_latest", "after_manifest", "mid_delete")
+PHASES = ("after_receive", "after_features", "after_pca_version", *ROLLED_FORWARD)
+
+
+@dataclasses.dataclass(frozen=True)
+class Uploaded:
+    settings: Settings
+    shas: frozenset[str]  # the distinct valid images
+    queued: int  # messages on the images queue
+
+
+# -- fixtures ----------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def spark() -> Iterator[Any]:
+    from pomona.featurize.job import spark_session
+
+    session = spark_session("local[1]", app_name="pomona-fault-tests")
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model cache shared by every run, converted once up front so concurrent runs do not race for it."""
+    path = tmp_path_factory.mktemp("pomona-cache")
+    prepare_model(JobOptions(weights="random", cache_dir=str(path)))
+    return path
+
+
+@pytest.fixture
+def options(cache_dir: Path) -> JobOptions:
+    return JobOptions(
+        weights="random", backend="litert", cache_dir=str(cache_dir), wait_s=0, images_per_partition=8
+    )
+
+
+@pytest.fixture
+def uploaded(deployment: Settings) -> Iterator[Uploaded]:
+    """12 distinct images and one more copy of the first under another key, ingested onto the images queue."""
+    handler._ingestor.cache_clear()
+    s3 = boto3.client("s3")
+    images = {
+        f"uploads/{SYNTHETIC_LABELS[i % 3]}/img_{i}.jpg": fruit_image(SYNTHETIC_LABELS[i % 3], i)
+        for i in range(12)
+    }
+    images["uploads/Banana/copy_of_img_0.jpg"] = images[f"uploads/{SYNTHETIC_LABELS[0]}/img_0.jpg"]
+    for key, body in images.items():
+        s3.put_object(Bucket=deployment.bucket, Key=key, Body=body)
+    EventSourcePoller(deployment.events_queue_url, handler.lambda_handler).drain()
+    import hashlib
+
+    shas = frozenset(hashlib.sha256(body).hexdigest() for body in images.values())
+    assert _queue_depth(deployment) == (len(images), 0)
+    yield Uploaded(settings=deployment, shas=shas, queued=len(images))
+    handler._ingestor.cache_clear()
+
+
+# -- running the job ---------------------------------------------------------------------------------------------
+
+
+def _start_job(settings: Settings, cache_dir: Path, *, fault: str | None = None) -> subprocess.Popen[str]:
+    """The job as its pod runs it: spark/main.py in its own process, against `settings`."""
+    env = {
+        **os.environ,
+        **LOCAL_ENV,
+        **settings.to_env(),
+        "POMONA_CACHE_DIR": str(cache_dir),
+        "SPARK_LOCAL_IP": "127.0.0.1",
+    }
+    env.pop("POMONA_FAULT", None)
+    if fault:
+        env["POMONA_FAULT"] = fault
+    args = ["--master", "local[1]", "--weights", "random", "--visibility-timeout", str(SHORT_VISIBILITY_S)]
+    return subprocess.Popen(
+        [sys.executable, "spark/main.py", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _finish(process: subprocess.Popen[str]) -> tuple[int, str]:
+    try:
+        output, _ = process.communicate(timeout=JOB_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        output, _ = process.communicate()
+        pytest.fail(f"expected the job to end within {JOB_TIMEOUT_S} s, it did not: {output[-2000:]}")
+    return process.returncode, output
+
+
+def _run_until_drained(
+    spark: Any, settings: Settings, options: JobOptions, *, max_runs: int = 4
+) -> list[BatchResult]:
+    """Clean runs, as the schedule would start them, until no message is left: returns what each did."""
+    results: list[BatchResult] = []
+    for _ in range(max_runs):
+        _wait_until_visible(settings)
+        results.append(run_job(spark, settings, options))
+        if _queue_depth(settings) == (0, 0):
+            return results
+    pytest.fail(f"expected the queue to drain within {max_runs} runs, found {_queue_depth(settings)} left")
+
+
+# -- the state of a deployment -----------------------------------------------------------------------------------
+
+
+def _queue_depth(settings: Settings) -> tuple[int, int]:
+    """(visible, in flight) on the images queue."""
+    attributes = boto3.client("sqs").get_queue_attributes(
+        QueueUrl=settings.images_queue_url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]
+    return int(attributes["ApproximateNumberOfMessages"]), int(
+        attributes["ApproximateNumberOfMessagesNotVisible"]
+    )
+
+
+def _wait_until_visible(settings: Settings, *, timeout_s: float = 60) -> None:
+    """Messages a dead run held come back after their visibility timeout; wait for that, boundedly."""
+    deadline = time.monotonic() + timeout_s
+    while _queue_depth(settings)[1]:
+        if time.monotonic() > deadline:
+            pytest.fail(f"expected held messages back within {timeout_s} s, found {_queue_depth(settings)}")
+        time.sleep(0.5)
+
+
+def _keys(settings: Settings, prefix: str) -> list[str]:
+    pages = (
+        boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=settings.bucket, Prefix=prefix)
+    )
+    return [item["Key"] for page in pages for item in page.get("Contents", [])]
+
+
+def _batch_ids(settings: Settings) -> set[str]:
+    """Batches with part files, committed or not."""
+    return {
+        key.split("batch_id=", 1)[1].split("/", 1)[0]
+        for folder in ("features/", "projections/")
+        for key in _keys(settings, folder)
+    }
+
+
+def _column(settings: Settings, keys: list[str], column: str) -> list[Any]:
+    s3 = boto3.client("s3")
+    values: list[Any] = []
+    for key in keys:
+        body = s3.get_object(Bucket=settings.bucket, Key=key)["Body"].read()
+        values += pq.read_table(io.BytesIO(body), columns=[column]).column(column).to_pylist()
+    return values
+
+
+def _expire_lock(settings: Settings) -> dict[str, Any]:
+    """Move the dead run's lock past its TTL, as 30 minutes of waiting would; returns the lock as found.
+
+    This is the production recovery path (the next run takes over an expired lock), with the clock advanced;
+    deleting the lock would skip the takeover code.
+    """
+    s3 = boto3.client("s3")
+    found = get_json(s3, settings.bucket, LOCK_KEY)
+    assert found is not None, "expected the killed run to still hold the run lock, found none"
+    holder, etag = found
+    expired = (datetime.now(UTC) - timedelta(seconds=1)).isoformat()
+    put_json(s3, settings.bucket, LOCK_KEY, {**holder, "expires_at": expired}, if_match=etag)
+    return holder
+
+
+def _assert_committed_exactly_once(settings: Settings, shas: frozenset[str]) -> list[dict[str, Any]]:
+    """The end-to-end guarantee; returns the committed manifests."""
+    s3 = boto3.client("s3")
+    manifests = committed_batches(s3, settings.bucket, settings.output_prefix)
+    features = [k for m in manifests for k in m["files"]["features"]]
+    projections = [k for m in manifests for k in m["files"]["projections"]]
+    # Every valid image once in the committed features and projections, nothing else.
+    assert Counter(_column(settings, features, "sha256")) == Counter(shas)
+    assert Counter(_column(settings, projections, "sha256")) == Counter(shas)
+    # The PCA the readers use has seen each image once.
+    version, _ = read_latest(s3, settings.bucket, settings.output_prefix)
+    model_npz = s3.get_object(
+        Bucket=settings.bucket, Key=pca_prefix(settings.output_prefix, version) + "model.npz"
+    )
+    _, state = load_npz(model_npz["Body"].read())
+    assert state.n == len(shas)
+    assert max(m["pca_version"] for m in manifests) == version
+    # Nothing stuck: no message visible or in flight, none dead-lettered.
+    assert _queue_depth(settings) == (0, 0)
+    dead = boto3.client("sqs").receive_message(QueueUrl=settings.images_dlq_url, MaxNumberOfMessages=10)
+    assert dead.get("Messages", []) == []
+    # No part file, PCA version or lock of an uncommitted run is left.
+    assert sorted(_keys(settings, "features/")) == sorted(features)
+    assert sorted(_keys(settings, "projections/")) == sorted(projections)
+    versions = {k.split("/")[2] for k in _keys(settings, "models/pca/v")}
+    assert versions == {f"v{m['pca_version']}" for m in manifests}
+    assert get_json(s3, settings.bucket, LOCK_KEY) is None
+    return manifests
+
+
+# -- 1. killed at each phase -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("phase", [pytest.param(phase, id=phase) for phase in PHASES])
+def test_a_run_killed_at_any_phase_loses_and_doubles_nothing(
+    phase: str, spark: Any, uploaded: Uploaded, options: JobOptions, cache_dir: Path
+) -> None:
+    settings = uploaded.settings
+
+    # GIVEN 13 queued uploads (12 distinct images, one of them twice), and a run killed at `phase`
+    code, output = _finish(_start_job(settings, cache_dir, fault=phase))
+    assert code == KILLED, output[-3000:]
+    assert "Injected fault" in output
+    killed_batches = _batch_ids(settings)
+
+    # WHEN the dead run's lock expires and clean runs follow until the queue is empty
+    _expire_lock(settings)
+    results = _run_until_drained(spark, settings, options)
+
+    # THEN every image is committed exactly once, in one batch: the killed run's if it moved LATEST
+    (manifest,) = _assert_committed_exactly_once(settings, uploaded.shas)
+    assert manifest["counts"]["featurized"] == len(uploaded.shas)
+    assert manifest["counts"]["duplicates"] == uploaded.queued - len(uploaded.shas)
+    if phase in ROLLED_FORWARD:
+        assert manifest["batch_id"] in killed_batches
+        assert [r.manifest for r in results] == [None] * len(results)  # the reruns only finished its commit
+    else:
+        assert manifest["batch_id"] not in killed_batches  # rolled back: the killed run's files are gone
+        assert results[0].manifest is not None
+        assert results[0].manifest["batch_id"] == manifest["batch_id"]
+
+
+# -- 2. two runs at once -----------------------------------------------------------------------------------------
+
+
+def test_two_runs_started_at_once_commit_once(
+    spark: Any, uploaded: Uploaded, options: JobOptions, cache_dir: Path
+) -> None:
+    settings = uploaded.settings
+
+    # GIVEN queued uploads
+    # WHEN two runs start at the same moment
+    processes = [_start_job(settings, cache_dir) for _ in range(2)]
+    outcomes = sorted(_finish(p) for p in processes)
+
+    # THEN one commits; the other stops at the lock with one error line, no traceback, and writes nothing
+    (won, won_log), (lost, lost_log) = outcomes
+    assert (won, lost) == (0, EXIT_CONCURRENT_RUN), lost_log[-3000:]
+    assert "Batch committed" in won_log
+    (stopped,) = [line for line in lost_log.splitlines() if "Run stopped" in line]
+    assert "ERROR" in stopped
+    assert "Traceback" not in lost_log
+    (manifest,) = committed_batches(boto3.client("s3"), settings.bucket, settings.output_prefix)
+    assert _batch_ids(settings) == {manifest["batch_id"]}
+    assert {k.split("/")[2] for k in _keys(settings, "models/pca/v")} == {"v1"}
+
+    # AND a later run finds nothing left to do: every image is committed exactly once
+    (later,) = _run_until_drained(spark, settings, options)
+    assert later.manifest is None
+    _assert_committed_exactly_once(settings, uploaded.shas)
+
+
+# -- 3. transient AWS errors -------------------------------------------------------------------------------------
+
+
+class Fault(enum.Enum):
+    THROTTLE = "throttle"  # S3 503 SlowDown, SQS RequestThrottled
+    SERVER_ERROR = "server_error"  # 500 InternalError
+    RESET = "reset"  # the connection is reset before the request reaches the service
+    LOST_RESPONSE = "lost_response"  # the service does the work, then the connection is reset
+
+
+@dataclasses.dataclass(frozen=True)
+class Call:
+    number: int
+    method: str
+    path: str
+    service: str  # "s3" or "sqs"
+
+
+Plan = Callable[[Call], Fault | None]
+
+
+def every_kth(k: dict[str, int], faults: tuple[Fault, ...] = tuple(Fault)) -> Plan:
+    """Every `k[service]`-th request to that service fails, the faults taken in turn."""
+    turn = itertools.cycle(faults)
+    counts: Counter[str] = Counter()
+
+    def plan(call: Call) -> Fault | None:
+        counts[call.service] += 1
+        return next(turn) if counts[call.service] % k[call.service] == 0 else None
+
+    return plan
+
+
+def lose_responses(puts: dict[str, set[int]]) -> Plan:
+    """The n-th PUTs (counted from 1, retries included) to a key ending in a suffix land; their responses are lost."""
+    counts: Counter[str] = Counter()
+
+    def plan(call: Call) -> Fault | None:
+        for suffix, lost in puts.items():
+            if call.method == "PUT" and call.path.split("?")[0].endswith(suffix):
+                counts[suffix] += 1
+                return Fault.LOST_RESPONSE if counts[suffix] in lost else None
+        return None
+
+    return plan
+
+
+class FlakyProxy:
+    """An HTTP proxy in front of the moto server that fails the requests `plan` picks; one per test.
+
+    The job's S3 and SQS clients, in the driver and in the Spark workers alike, reach AWS through it when
+    `settings.endpoint_url` names it.
+    """
+
+    def __init__(self, upstream: str, plan: Plan) -> None:
+        target = urlsplit(upstream)
+        self.upstream = (target.hostname or "127.0.0.1", target.port or 80)
+        self.plan = plan
+        self.injected: list[tuple[Fault, Call]] = []
+        self._count = itertools.count(1)
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="flaky-proxy", daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def decide(self, method: str, path: str, service: str) -> tuple[Fault | None, Call]:
+        with self._lock:
+            call = Call(number=next(self._count), method=method, path=path, service=service)
+            fault = self.plan(call)
+            if fault is not None:
+                self.injected.append((fault, call))
+            return fault, call
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
+
+
+_HOP_BY_HOP = {
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "expect",
+    "content-length",
+    "proxy-connection",
+}
+
+
+def _handler_for(proxy: FlakyProxy) -> type[BaseHTTPRequestHandler]:
+    class Relay(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, as botocore's pool expects, and 100-continue for S3 PUTs
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            self._relay()
+
+        do_PUT = do_POST = do_HEAD = do_DELETE = do_GET
+
+        def _relay(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            service = "sqs" if self.headers.get("X-Amz-Target", "").startswith("AmazonSQS") else "s3"
+            fault, _ = proxy.decide(self.command, self.path, service)
+            if fault is Fault.RESET:
+                self._reset()
+                return
+            if fault in {Fault.THROTTLE, Fault.SERVER_ERROR}:
+                self._error(fault, service)
+                return
+            upstream = http.client.HTTPConnection(*proxy.upstream, timeout=60)
+            try:
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
+                upstream.request(self.command, self.path, body=body, headers=headers)
+                response = upstream.getresponse()
+                data = response.read()
+            finally:
+                upstream.close()
+            if fault is Fault.LOST_RESPONSE:
+                self._reset()
+                return
+            self.send_response_only(response.status, response.reason)
+            for name, value in response.getheaders():
+                if name.lower() not in _HOP_BY_HOP:
+                    self.send_header(name, value)
+            # A HEAD response announces the object's length and carries no body.
+            length = response.getheader("Content-Length", "0") if self.command == "HEAD" else str(len(data))
+            self.send_header("Content-Length", length)
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(data)
+
+        def _error(self, fault: Fault, service: str) -> None:
+            status, code = (503, "SlowDown") if fault is Fault.THROTTLE else (500, "InternalError")
+            if service == "sqs":
+                if fault is Fault.THROTTLE:
+                    status, code = 400, "RequestThrottled"
+                body = f'{{"__type": "com.amazonaws.sqs#{code}", "message": "injected"}}'.encode()
+                content_type = "application/x-amz-json-1.0"
+            else:
+                body = f"<Error><Code>{code}</Code><Message>injected</Message></Error>".encode()
+                content_type = "application/xml"
+            self.send_response_only(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _reset(self) -> None:
+            # SO_LINGER 0: closing sends a TCP RST, as a dropped connection does; the client sees no response.
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.close_connection = True
+
+    return Relay
+
+
+def test_transient_errors_are_retried_and_commit_every_image_once(
+    spark: Any, uploaded: Uploaded, options: JobOptions
+) -> None:
+    settings = uploaded.settings
+
+    # GIVEN a network where every 5th S3 and every 3rd SQS request fails: throttled, 500, reset, response lost
+    with FlakyProxy(settings.endpoint_url or "", every_kth({"s3": 5, "sqs": 3})) as proxy:
+        flaky = settings.replace(endpoint_url=proxy.url)
+
+        # WHEN the job runs through it until the queue is empty
+        results = _run_until_drained(spark, flaky, dataclasses.replace(options, visibility_timeout_s=10))
+
+    # THEN faults of every kind hit both driver and executors, and still every image is committed once
+    kinds = Counter(fault for fault, _ in proxy.injected)
+    assert set(kinds) == set(Fault), kinds
+    assert {call.service for _, call in proxy.injected} == {"s3", "sqs"}
+    executors = [c for _, c in proxy.injected if "versionId=" in c.path or "/part-" in c.path]
+    assert executors, "expected faults in the Spark workers' requests too"
+    assert results[0].manifest is not None
+    _assert_committed_exactly_once(settings, uploaded.shas)
+
+
+def test_a_conditional_write_whose_response_was_lost_is_not_a_conflict(
+    spark: Any, uploaded: Uploaded, options: JobOptions, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = uploaded.settings
+
+    # GIVEN a network that loses the responses of the run's conditional writes after S3 has applied them:
+    # taking the lock, its first renewal, moving LATEST and writing the manifest. botocore retries each, and
+    # the retry meets the precondition its own first attempt broke.
+    # The lock's 2nd PUT is the retry of the 1st; its 3rd is the first renewal.
+    plan = lose_responses({"locks/featurize.json": {1, 3}, "models/pca/LATEST": {1}, "/manifest.json": {1}})
+    with FlakyProxy(settings.endpoint_url or "", plan) as proxy:
+        # WHEN one run goes through it, renewing its lock every second
+        result = run_job(
+            spark, settings.replace(endpoint_url=proxy.url), dataclasses.replace(options, heartbeat_s=1)
+        )
+
+    # THEN that run commits every image once and kept its lock throughout
+    assert len(proxy.injected) == 4, [(c.number, c.method, c.path) for _, c in proxy.injected]
+    assert result.manifest is not None
+    assert not [r for r in caplog.records if r.getMessage() == "Heartbeat failed"]
+    _assert_committed_exactly_once(settings, uploaded.shas)
