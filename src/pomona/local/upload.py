@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import mimetypes
+import os
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,8 +18,12 @@ from pomona.store import RETRIES
 
 def labelled_files(folder: Path) -> list[tuple[Path, str]]:
     """Every file under `folder`, with its label: the name of the folder it sits in (Fruits-360's layout)."""
+    # os.walk, unlike Path.rglob on Python 3.11, follows symlinked label folders.
     return sorted(
-        (path, path.parent.name) for path in folder.rglob("*") if path.is_file() and path.parent != folder
+        (Path(root) / name, Path(root).name)
+        for root, _, names in os.walk(folder, followlinks=True)
+        if Path(root) != folder
+        for name in names
     )
 
 

@@ -1,0 +1,103 @@
+"""The whole pipeline on the real Fruits-360 sample with the real weights: upload → Lambda → Spark → report."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+from rich.console import Console
+
+from pomona.contract import Reason
+from pomona.demo import run_demo
+from pomona.featurize.pca import project
+from pomona.report import read_outputs, write_report
+from pomona.samples import bad_uploads
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def demo_run(
+    tmp_path_factory: pytest.TempPathFactory, sample_dir: Path, weights_path: Path
+) -> tuple[Path, dict[str, Any]]:
+    # GIVEN the 540 sample photos in their label folders, plus the deliberately bad uploads under "Unknown"
+    images = tmp_path_factory.mktemp("images")
+    for label_dir in sample_dir.iterdir():
+        if label_dir.is_dir():
+            (images / label_dir.name).symlink_to(label_dir, target_is_directory=True)
+    (images / "Unknown").mkdir()
+    for name, body, reason in bad_uploads():
+        (images / "Unknown" / f"{reason.value}-{name}").write_bytes(body)
+    out = tmp_path_factory.mktemp("out")
+
+    # WHEN the demo runs them through the embedded stack in two waves
+    summary = run_demo(
+        images=images, out=out, weights=str(weights_path), batches=2, console=Console(quiet=True)
+    )
+    write_report(out, summary)
+    return out, summary
+
+
+def test_every_photo_is_accepted_and_every_bad_upload_quarantined(
+    demo_run: tuple[Path, dict[str, Any]],
+) -> None:
+    _, summary = demo_run
+    expected = {reason.value: 0 for _, _, reason in bad_uploads()}
+    for _, _, reason in bad_uploads():
+        expected[reason.value] += 1
+    assert summary["quarantined"] == expected
+    assert summary["accepted"] == 540
+
+
+def test_the_accounting_adds_up(demo_run: tuple[Path, dict[str, Any]]) -> None:
+    out, summary = demo_run
+    stored = json.loads((out / "summary.json").read_text())
+    assert stored["uploaded"] == stored["accepted"] + sum(stored["quarantined"].values())
+    assert stored["featurized"] + sum(stored["failed"].values()) == stored["accepted"] - stored["duplicates"]
+    assert stored["pca_versions"] == [1, 2]
+    assert stored["weights_note"] is None
+    assert stored["weights_id"].startswith("sha256:")
+
+
+def test_probe_accuracy_on_real_photos(demo_run: tuple[Path, dict[str, Any]]) -> None:
+    _, summary = demo_run
+    assert summary["probe"]["accuracy"] >= 0.95
+    assert summary["probe"]["net_revenue_per_1000"] > 0
+
+
+def test_nearest_neighbour_on_pca_projections(demo_run: tuple[Path, dict[str, Any]]) -> None:
+    # Leave-one-out 1-NN on every committed image, projected with the latest PCA version.
+    out, _ = demo_run
+    outputs = read_outputs(out)
+    assert outputs.model is not None
+    x = project(outputs.model, outputs.features).astype(np.float64)
+    labels = np.asarray(outputs.labels)
+    distances = ((x[:, None, :] - x[None, :, :]) ** 2).sum(axis=-1)
+    np.fill_diagonal(distances, np.inf)
+    accuracy = float((labels[distances.argmin(axis=1)] == labels).mean())
+    assert len(labels) == 540
+    assert accuracy >= 0.95
+
+
+def test_report_references_pngs_that_open(demo_run: tuple[Path, dict[str, Any]]) -> None:
+    out, _ = demo_run
+    html = (out / "report.html").read_text()
+    sources = re.findall(r'<img src="([^"]+)"', html)
+    assert len(sources) >= 5
+    for source in sources:
+        with Image.open(out / source) as image:
+            assert image.format == "PNG"
+            assert image.width > 300
+
+
+def test_quarantine_is_mirrored_with_sidecars(demo_run: tuple[Path, dict[str, Any]]) -> None:
+    out, _ = demo_run
+    sidecars = list((out / "quarantine").rglob("*.reason.json"))
+    reasons = {json.loads(p.read_text())["reason"] for p in sidecars}
+    assert reasons == {reason.value for _, _, reason in bad_uploads()}
+    assert Reason.TRUNCATED.value in reasons
