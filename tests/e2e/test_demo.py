@@ -55,7 +55,7 @@ def test_every_photo_is_accepted_and_every_bad_upload_quarantined(
 
 
 def test_the_accounting_adds_up(demo_run: tuple[Path, dict[str, Any]]) -> None:
-    out, summary = demo_run
+    out, _ = demo_run
     stored = json.loads((out / "summary.json").read_text())
     assert stored["uploaded"] == stored["accepted"] + sum(stored["quarantined"].values())
     assert stored["featurized"] + sum(stored["failed"].values()) == stored["accepted"] - stored["duplicates"]
