@@ -93,6 +93,27 @@ def bench_validate(
     sys.stdout.write(json.dumps(bench.run(), indent=None if as_json else 2) + "\n")
 
 
+@bench_app.command("featurize")
+def bench_featurize(
+    images: Annotated[
+        Path, typer.Option(help="A folder of <label>/<image> files.", exists=True, file_okay=False)
+    ],
+    weights: Annotated[str, typer.Option(help="A POMONA_WEIGHTS value (a local .h5 offline).")] = "imagenet",
+    backend: Annotated[
+        list[str] | None, typer.Option(help="Backends to measure, first is the headline.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (the only output format).")] = True,
+) -> None:
+    """Plain-loop vs whole-job images/s per backend, peak RSS per Python worker, Spark start-up, PCA refit time."""
+    from pomona import bench_featurize as bench
+
+    with _one_line_errors():
+        result = bench.run(
+            images=images, weights=weights, backends=tuple(backend or ("litert", "tensorflow"))
+        )
+    sys.stdout.write(json.dumps(result, indent=None if as_json else 2) + "\n")
+
+
 @job_app.command("run")
 def job_run(
     workers: Annotated[int, typer.Option(help="Spark local[N] workers.")] = 2,

@@ -1,0 +1,127 @@
+"""`pomona bench featurize`: the featurizer in a plain loop against the whole job on the embedded stack.
+
+For each backend, in one run on the same images:
+- bare: decode + preprocess + model in a plain loop (no Spark, no S3), in a fresh process for a clean peak RSS;
+- job: upload, ingest through the Lambda handler, then the Spark job on `local[2]` (S3 → features + PCA → S3).
+  Spark start-up is timed apart, and so is the drain of the queue: the embedded SQS (moto) answers a receive in
+  time proportional to the queue's depth, which real SQS does not, so it would measure moto, not Pomona.
+Peak RSS per Python worker is read from /proc for the Spark Python workers while their session is alive.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from pomona.local.upload import labelled_files, upload_files, upload_key
+
+
+def run(
+    *, images: Path, weights: str, backends: tuple[str, ...] = ("litert", "tensorflow")
+) -> dict[str, Any]:
+    from pomona.featurize.pca import bench_refit
+
+    files = [path for path, _ in labelled_files(images)]
+    results = {backend: _measure(images, files, weights=weights, backend=backend) for backend in backends}
+    first = results[backends[0]]
+    return {**first, **{b: results[b] for b in backends[1:]}, "pca_refit": bench_refit()}
+
+
+def _measure(images: Path, files: list[Path], *, weights: str, backend: str) -> dict[str, Any]:
+    bare = _bare(files, weights=weights, backend=backend)
+    job = _job(images, weights=weights, backend=backend)
+    return {
+        "backend": backend,
+        "images": len(files),
+        "bare_img_s": bare["bare_img_s"],
+        "bare_peak_rss_mb": bare["peak_rss_mb"],
+        **job,
+        "ratio": round(job["job_img_s"] / bare["bare_img_s"], 3),
+    }
+
+
+def _bare(files: list[Path], *, weights: str, backend: str) -> dict[str, Any]:
+    """The plain loop, in its own process: nothing else's memory counts, and TensorFlow leaves with it."""
+    code = (
+        "import json, sys; from pathlib import Path; from pomona.featurize.bench_bare import run; "
+        "files = [Path(p) for p in sys.argv[3:]]; "
+        "print(json.dumps(run(files, weights=sys.argv[1], backend=sys.argv[2], "
+        "batch_size=8 if sys.argv[2] == 'litert' else 32, num_threads=2)))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, weights, backend, *map(str, files)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    ).stdout
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return result
+
+
+def _job(images: Path, *, weights: str, backend: str) -> dict[str, Any]:
+    from pomona.featurize.job import options_from, prepare_model, run_job, spark_session
+    from pomona.local.poller import EventSourcePoller
+    from pomona.local.stack import embedded_stack
+
+    with embedded_stack() as stack, contextlib.redirect_stdout(io.StringIO()):
+        settings = stack.settings.replace(weights=weights, backend=backend)
+        upload_files(
+            [
+                (upload_key(settings, label, path.name), path.read_bytes())
+                for path, label in labelled_files(images)
+            ],
+            settings,
+        )
+        from pomona.ingest import handler
+
+        handler._ingestor.cache_clear()
+        EventSourcePoller(settings.events_queue_url, handler.lambda_handler).drain()
+        options = options_from(settings)
+        prepare_model(options)
+        clock = time.monotonic()
+        spark = spark_session("local[2]", app_name=f"pomona-bench-{backend}")
+        spark.range(1).count()  # the JVM and the Python daemon are up
+        startup_s = time.monotonic() - clock
+        try:
+            manifest = run_job(spark, settings, options).manifest
+            worker_rss = _python_worker_peak_rss_mb()
+        finally:
+            spark.stop()
+    assert manifest is not None, "the benchmark's batch did not commit"
+    timings = manifest["timings"]
+    work_s = timings["total_s"] - timings["drain_s"]
+    return {
+        "job_img_s": round(manifest["counts"]["featurized"] / work_s, 1),
+        "job_s": round(work_s, 2),
+        "drain_s": timings["drain_s"],
+        "timings": timings,
+        "spark_startup_s": round(startup_s, 2),
+        "worker_peak_rss_mb": max(worker_rss, default=None),
+        "workers": len(worker_rss),
+    }
+
+
+def _python_worker_peak_rss_mb() -> list[float]:
+    """Peak RSS (VmHWM) of each live Spark Python worker process on this machine."""
+    peaks = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+            if b"pyspark.daemon" not in cmdline and b"pyspark/daemon" not in cmdline:
+                continue
+            for line in (proc / "status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peaks.append(round(int(line.split()[1]) / 1024, 1))
+        except OSError:
+            continue
+    return peaks
