@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export SPARK_LOCAL_IP ?= 127.0.0.1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test lint fast venv clean
+.PHONY: demo test lint fast venv clean kind-e2e
 
 venv: $(VENV)/.installed
 
@@ -30,6 +30,10 @@ test: lint
 
 fast: venv
 	$(BIN)/pytest -m "not slow"
+
+# The whole platform on a kind cluster (needs Docker, kind, kubectl, helm); --dry-run prints the steps.
+kind-e2e:
+	scripts/kind-e2e.sh
 
 clean:
 	rm -rf $(VENV) pomona-out .pytest_cache .mypy_cache .ruff_cache
