@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
@@ -25,6 +26,8 @@ model_app = typer.Typer(help="The MobileNetV2 featurizer's model files.", no_arg
 app.add_typer(bench_app, name="bench")
 app.add_typer(model_app, name="model")
 app.add_typer(cluster_app, name="cluster")
+local_app = typer.Typer(help="The embedded AWS stack.", no_args_is_help=True)
+app.add_typer(local_app, name="local")
 app.add_typer(job_app, name="job")
 
 console = Console(stderr=True)
@@ -283,6 +286,43 @@ def model_prepare(
             JobOptions(weights=weights, backend=backend, cache_dir=str(cache_dir) if cache_dir else None)
         )
     console.print(f"model ready: weights {weights_id}, backend {backend}")
+
+
+@local_app.command("up")
+def local_up(
+    port: Annotated[int, typer.Option(help="Port of the embedded AWS endpoint on 127.0.0.1.")] = 4566,
+    schedule: Annotated[
+        str, typer.Option(help="How often the job runs when there is work: 30s, 1m, 2h.")
+    ] = "1m",
+    workers: Annotated[int, typer.Option(help="Spark local[N] workers.")] = 2,
+    weights: Annotated[str | None, typer.Option(help="imagenet | random | PATH (POMONA_WEIGHTS).")] = None,
+) -> None:
+    """Keep the embedded stack up in the foreground: Lambda poller always on, the job on a schedule. Ctrl-C stops."""
+    import os
+
+    from pomona.featurize.job import options_from, prepare_model
+    from pomona.local.stack import start_stack
+    from pomona.local.up import export_lines, parse_interval, serve
+
+    with _one_line_errors():
+        every = parse_interval(schedule)
+        stack = start_stack(port=port)
+        if weights:
+            stack = dataclasses.replace(stack, settings=stack.settings.replace(weights=weights))
+    try:
+        os.environ.update(stack.env())
+        console.print(f"endpoint [bold]{stack.endpoint_url}[/], bucket [bold]{stack.settings.bucket}[/]")
+        console.print(f"images queue {stack.settings.images_queue_url}")
+        console.print("in another terminal (then `pomona status`, `pomona job run`, `aws s3 cp`…):")
+        for line in export_lines(stack.env()):
+            sys.stdout.write(line + "\n")
+        with _one_line_errors():
+            with console.status("preparing the model…"):
+                prepare_model(options_from(stack.settings))  # fail now, not at the first scheduled run
+            console.print(f"the job runs every {schedule} while the images queue holds work; Ctrl-C stops")
+            serve(stack, every=every, workers=workers, console=console)
+    finally:
+        stack.stop()
 
 
 @app.command()

@@ -159,3 +159,17 @@ def test_settings_from_env_parse_types_and_formats() -> None:
 def test_settings_errors_name_the_variable() -> None:
     with pytest.raises(SettingsError, match="POMONA_MAX_BYTES: expected an integer, got 'lots'"):
         Settings.from_env({"POMONA_MAX_BYTES": "lots"})
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("30s", 30), ("1m", 60), ("2h", 7200)])
+def test_local_up_schedule_intervals(text: str, seconds: int) -> None:
+    from pomona.local.up import parse_interval
+
+    assert parse_interval(text).total_seconds() == seconds
+
+
+def test_local_up_schedule_rejects_other_forms() -> None:
+    from pomona.local.up import parse_interval
+
+    with pytest.raises(SettingsError, match="expected a number and s, m or h such as 1m, got '1 day'"):
+        parse_interval("1 day")

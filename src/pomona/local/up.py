@@ -1,0 +1,93 @@
+"""`pomona local up`: the embedded stack in the foreground, for real clients to upload to and watch.
+
+The Lambda poller runs continuously; the Spark job runs on a schedule when the images queue holds work.
+Ctrl-C stops everything cleanly. State lives in memory: it does not survive a restart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import signal
+import threading
+import time
+from datetime import timedelta
+from typing import Any
+
+from rich.console import Console
+
+from pomona.errors import PomonaError, SettingsError
+from pomona.local.poller import EventSourcePoller
+from pomona.local.stack import EmbeddedStack
+
+_INTERVAL = re.compile(r"(\d+)([smh])")
+
+
+def parse_interval(text: str) -> timedelta:
+    """`30s`, `1m`, `2h` → a timedelta."""
+    match = _INTERVAL.fullmatch(text.strip())
+    if not match:
+        raise SettingsError(f"--schedule: expected a number and s, m or h such as 1m, got {text!r}")
+    units = {"s": "seconds", "m": "minutes", "h": "hours"}
+    return timedelta(**{units[match.group(2)]: int(match.group(1))})
+
+
+def export_lines(env: dict[str, str]) -> list[str]:
+    return [f"export {name}={value}" for name, value in sorted(env.items())]
+
+
+def serve(stack: EmbeddedStack, *, every: timedelta, workers: int, console: Console) -> None:
+    """Poll the events queue into the handler, and run the job every `every` while there is work, until Ctrl-C."""
+    from pomona.featurize.job import options_from, run_job, spark_session
+
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    settings = stack.settings
+    with contextlib.redirect_stdout(
+        io.StringIO()
+    ):  # the handler's JSON logs: CloudWatch's, not the console's
+        from pomona.ingest import handler
+    handler._ingestor.cache_clear()
+    poller = EventSourcePoller(settings.events_queue_url, handler.lambda_handler, retry_after_s=5)
+    spark: Any = None
+    next_run = time.monotonic() + every.total_seconds()
+    try:
+        while not stop.is_set():
+            with contextlib.redirect_stdout(io.StringIO()):
+                stats = poller.poll_once()
+            if stats.received:
+                console.print(f"ingested {stats.succeeded} events ({stats.failed} failed)")
+            if time.monotonic() >= next_run:
+                next_run = time.monotonic() + every.total_seconds()
+                if _backlog(stack) > 0:
+                    spark = spark or spark_session(f"local[{workers}]", app_name="pomona-local")
+                    try:
+                        result = run_job(spark, settings, options_from(settings))
+                    except (
+                        PomonaError
+                    ) as err:  # a failed run is retried at the next tick, as the operator would
+                        console.print(f"[bold red]run failed:[/] {err}")
+                        continue
+                    console.print(
+                        f"batch {result.manifest['batch_id']} committed: PCA v{result.manifest['pca_version']}"
+                        if result.manifest
+                        else f"no batch committed: {result.skipped}"
+                    )
+            if not stats.received:
+                stop.wait(1.0)
+    finally:
+        if spark is not None:
+            spark.stop()
+        console.print("stopped")
+
+
+def _backlog(stack: EmbeddedStack) -> int:
+    import boto3
+
+    sqs = boto3.client("sqs", endpoint_url=stack.endpoint_url)
+    attributes = sqs.get_queue_attributes(
+        QueueUrl=stack.settings.images_queue_url, AttributeNames=["ApproximateNumberOfMessages"]
+    )["Attributes"]
+    return int(attributes["ApproximateNumberOfMessages"])
