@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -62,6 +63,8 @@ def start_stack(
 ) -> EmbeddedStack:
     """Start a moto server on 127.0.0.1 (`port` 0 picks a free one) and provision a deployment called `name`."""
     server, endpoint = start_server(port=port)
+    # moto keeps its state per process, not per server: a second stack in this process starts empty too.
+    urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST"), timeout=30).close()
     resources = describe(name)
     settings = provision(
         resources, session=local_session(), endpoint_url=endpoint, base=Settings.from_env(environ)
