@@ -18,6 +18,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
@@ -47,8 +48,9 @@ def run(
 ) -> dict[str, Any]:
     """Featurize `images` uploads on `workers` one-core workers, sampling executors until `after_s` past the end.
 
-    `samples` holds `[t_s, executors]` pairs, t from the job's start, and `changes` the samples where the count
-    moved; the job may have at most `workers` executors, each released after `idle_timeout_s` without tasks.
+    `samples` holds `[t_s, executors]` pairs, t from the job's start, `changes` the samples where the count moved
+    and `executors` when each executor was added and removed, as the driver recorded it. The job may have at most
+    `workers` executors at once, each released after `idle_timeout_s` without tasks.
     """
     from pomona.featurize.job import JobOptions, prepare_model, run_job
 
@@ -71,6 +73,7 @@ def run(
                 result = run_job(spark, stack.settings, options)
                 job_s = sampler.elapsed()
                 time.sleep(after_s)
+            lifetimes = sampler.lifetimes()
         finally:
             spark.stop()
     samples = sampler.samples
@@ -88,6 +91,7 @@ def run(
         "first_executor_s": next((t for t, n in samples if n > 0), None),
         "released_s": _released_at(samples),
         "job_timings": manifest.get("timings", {}),
+        "executors": lifetimes,
         "changes": changes(samples),
         "samples": samples,
     }
@@ -149,16 +153,17 @@ class ExecutorSampler:
             raise PomonaError(
                 "expected the Spark UI on (its REST API counts the executors), found it disabled"
             )
-        self.url = f"{context.uiWebUrl}/api/v1/applications/{context.applicationId}/executors"
+        self.url = f"{context.uiWebUrl}/api/v1/applications/{context.applicationId}"
         self.every_s = every_s
         self.samples: list[tuple[float, int]] = []
         self._started = time.monotonic()
+        self._started_at = time.time()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="pomona-executor-sampler", daemon=True)
 
     def __enter__(self) -> Self:
         self.executors()  # the UI's first answer is slow (seconds on a busy machine): not part of the timeline
-        self._started = time.monotonic()
+        self._started, self._started_at = time.monotonic(), time.time()
         self._thread.start()
         return self
 
@@ -170,8 +175,29 @@ class ExecutorSampler:
         return time.monotonic() - self._started
 
     def executors(self) -> int:
-        with urllib.request.urlopen(self.url, timeout=5) as response:
-            return sum(1 for executor in json.load(response) if executor["id"] != "driver")
+        return sum(1 for executor in self._get("executors") if executor["id"] != "driver")
+
+    def lifetimes(self) -> list[dict[str, Any]]:
+        """Every executor the application had, with when it was added and removed (seconds on the timeline)."""
+        return [
+            {
+                "id": executor["id"],
+                "added_s": self._offset(executor["addTime"]),
+                "removed_s": self._offset(executor["removeTime"]) if "removeTime" in executor else None,
+            }
+            for executor in self._get("allexecutors")
+            if executor["id"] != "driver"
+        ]
+
+    def _get(self, path: str) -> list[dict[str, Any]]:
+        with urllib.request.urlopen(f"{self.url}/{path}", timeout=5) as response:
+            found: list[dict[str, Any]] = json.load(response)
+        return found
+
+    def _offset(self, stamp: str) -> float:
+        """Seconds from the timeline's start to one of the REST API's times ("2026-11-25T06:29:10.123GMT")."""
+        when = datetime.strptime(stamp.replace("GMT", "+0000"), "%Y-%m-%dT%H:%M:%S.%f%z")
+        return round(when.timestamp() - self._started_at, 1)
 
     def _run(self) -> None:
         while True:

@@ -201,7 +201,10 @@ class RunLock:
             self.etag = found[1]  # our renewal landed, its response was lost, the retry met it
 
     def release(self) -> None:
-        self.s3.delete_object(Bucket=self.bucket, Key=self.key)
+        """Delete the lock if it is still ours: a run that lost it must not free the run that took it over."""
+        found = get_json(self.s3, self.bucket, self.key)
+        if found is not None and found[0]["owner"] == self.owner:
+            self.s3.delete_object(Bucket=self.bucket, Key=self.key)
 
     def _document(self, now: datetime) -> dict[str, Any]:
         return {

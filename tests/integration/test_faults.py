@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import hashlib
 import http.client
 import io
 import itertools
@@ -26,6 +27,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
+from unittest.mock import ANY
 from urllib.parse import urlsplit
 
 import boto3
@@ -40,7 +42,7 @@ from pomona.local.poller import EventSourcePoller
 from pomona.local.stack import LOCAL_ENV
 from pomona.samples import SYNTHETIC_LABELS, fruit_image
 from pomona.settings import Settings
-from pomona.store import LOCK_KEY, committed_batches, get_json, put_json, read_latest
+from pomona.store import LOCK_KEY, RunLock, committed_batches, get_json, put_json, read_latest
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -76,7 +78,7 @@ def spark() -> Iterator[Any]:
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model cache shared by every run, converted once up front so concurrent runs do not race for it."""
-    path = tmp_path_factory.mktemp("pomona-cache")
+    path = tmp_path_factory.getbasetemp() / "pomona-model-cache"  # shared with test_lambda_faults.py
     prepare_model(JobOptions(weights="random", cache_dir=str(path)))
     return path
 
@@ -101,8 +103,6 @@ def uploaded(deployment: Settings) -> Iterator[Uploaded]:
     for key, body in images.items():
         s3.put_object(Bucket=deployment.bucket, Key=key, Body=body)
     EventSourcePoller(deployment.events_queue_url, handler.lambda_handler).drain()
-    import hashlib
-
     shas = frozenset(hashlib.sha256(body).hexdigest() for body in images.values())
     assert _queue_depth(deployment) == (len(images), 0)
     yield Uploaded(settings=deployment, shas=shas, queued=len(images))
@@ -112,8 +112,14 @@ def uploaded(deployment: Settings) -> Iterator[Uploaded]:
 # -- running the job ---------------------------------------------------------------------------------------------
 
 
-def _start_job(settings: Settings, cache_dir: Path, *, fault: str | None = None) -> subprocess.Popen[str]:
-    """The job as its pod runs it: spark/main.py in its own process, against `settings`."""
+def _start_job(
+    settings: Settings, cache_dir: Path, *, fault: str | None = None, short_visibility: bool = False
+) -> subprocess.Popen[str]:
+    """The job as its pod runs it: spark/main.py in its own process, against `settings`.
+
+    A run that is killed or stopped holds its messages for SHORT_VISIBILITY_S only: once it is gone they come
+    back sooner than the production 300 s, as if that much time had passed.
+    """
     env = {
         **os.environ,
         **LOCAL_ENV,
@@ -122,9 +128,11 @@ def _start_job(settings: Settings, cache_dir: Path, *, fault: str | None = None)
         "SPARK_LOCAL_IP": "127.0.0.1",
     }
     env.pop("POMONA_FAULT", None)
+    args = ["--master", "local[1]", "--weights", "random"]
     if fault:
         env["POMONA_FAULT"] = fault
-    args = ["--master", "local[1]", "--weights", "random", "--visibility-timeout", str(SHORT_VISIBILITY_S)]
+    if fault or short_visibility:
+        args += ["--visibility-timeout", str(SHORT_VISIBILITY_S)]
     return subprocess.Popen(
         [sys.executable, "spark/main.py", *args],
         cwd=ROOT,
@@ -310,6 +318,37 @@ def test_two_runs_started_at_once_commit_once(
     # AND a later run finds nothing left to do: every image is committed exactly once
     (later,) = _run_until_drained(spark, settings, options)
     assert later.manifest is None
+    _assert_committed_exactly_once(settings, uploaded.shas)
+
+
+def test_a_run_whose_lock_was_taken_over_commits_nothing(
+    spark: Any, uploaded: Uploaded, options: JobOptions, cache_dir: Path
+) -> None:
+    settings = uploaded.settings
+    s3 = boto3.client("s3")
+
+    # GIVEN a run that has taken the lock and is working
+    process = _start_job(settings, cache_dir, short_visibility=True)
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while get_json(s3, settings.bucket, LOCK_KEY) is None and process.poll() is None:
+        assert time.monotonic() < deadline, "expected the run to take the lock"
+        time.sleep(0.2)
+
+    # WHEN its lease lapses (as if its heartbeat had failed for the whole TTL) and another run takes over
+    _expire_lock(settings)
+    other = RunLock(s3, settings.bucket)
+    other.acquire()
+    code, output = _finish(process)
+
+    # THEN the first run stops before it writes a PCA version or moves LATEST, and leaves the other's lock be
+    assert code == EXIT_CONCURRENT_RUN, output[-3000:]
+    assert committed_batches(s3, settings.bucket, settings.output_prefix) == []
+    assert _keys(settings, "models/") == []
+    assert get_json(s3, settings.bucket, LOCK_KEY) == (ANY, other.etag)
+
+    # AND once the other run is done, clean runs commit every image exactly once
+    other.release()
+    _run_until_drained(spark, settings, options)
     _assert_committed_exactly_once(settings, uploaded.shas)
 
 

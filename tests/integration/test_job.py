@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import io
 import json
 from collections.abc import Iterator
@@ -141,8 +143,6 @@ def test_duplicates_poison_and_malformed(spark: object, ingest: Settings, option
     s3, sqs = boto3.client("s3"), boto3.client("sqs")
     broken = b"\xff\xd8\xff\xe0" + b"\x00" * 200
     put = s3.put_object(Bucket=ingest.bucket, Key="uploads/Plum/broken.jpg.raw", Body=broken)
-    import hashlib
-
     poison = ImageMessage(
         bucket=ingest.bucket,
         key="uploads/Plum/broken.jpg.raw",
@@ -210,3 +210,66 @@ def test_two_runs_accumulate_into_one_shot_pca(spark: object, ingest: Settings, 
     np.testing.assert_allclose(
         np.abs(model.components @ one_shot.components.T).diagonal()[:5], 1.0, atol=1e-6
     )
+
+
+def _queued(settings: Settings) -> list[ImageMessage]:
+    """Take every message off the images queue (deleting it), to be sent back as the test needs."""
+    sqs = boto3.client("sqs")
+    messages = []
+    while batch := sqs.receive_message(QueueUrl=settings.images_queue_url, MaxNumberOfMessages=10).get(
+        "Messages", []
+    ):
+        for message in batch:
+            messages.append(ImageMessage.from_json(message["Body"]))
+            sqs.delete_message(QueueUrl=settings.images_queue_url, ReceiptHandle=message["ReceiptHandle"])
+    return sorted(messages, key=lambda m: m.key)
+
+
+def test_messages_naming_gone_or_changed_objects_are_reported_not_featurized(
+    spark: object, ingest: Settings, options: JobOptions
+) -> None:
+    # GIVEN five validated uploads whose messages then stop matching the bucket in every way they can
+    _upload(ingest, _synthetic(5))
+    gone, other_etag, other_bytes, overwritten, intact = _queued(ingest)
+    s3, sqs = boto3.client("s3"), boto3.client("sqs")
+    s3.delete_object(Bucket=ingest.bucket, Key=gone.key, VersionId=gone.version_id)  # the version itself
+    s3.put_object(Bucket=ingest.bucket, Key=overwritten.key, Body=fruit_image("Lime", 99))  # a newer version
+    forged = [
+        gone,
+        dataclasses.replace(other_etag, etag='"0123456789abcdef0123456789abcdef"'),
+        dataclasses.replace(other_bytes, sha256=hashlib.sha256(b"other bytes").hexdigest()),
+        overwritten,
+        intact,
+    ]
+    EventSourcePoller(ingest.events_queue_url, handler.lambda_handler).drain()
+    for message in _queued(ingest):  # the overwrite's own message: not this test's subject
+        assert message.key == overwritten.key
+    for message in forged:
+        sqs.send_message(QueueUrl=ingest.images_queue_url, MessageBody=message.to_json())
+
+    # WHEN the job runs
+    manifest = run_job(spark, ingest, options).manifest
+
+    # THEN the overwritten key is featurized from the version its message names, the others are reported
+    # with what was expected and what was found, quarantined with their reason, and their messages deleted
+    assert manifest is not None
+    assert manifest["counts"]["featurized"] == 2
+    assert manifest["counts"]["failed"] == {Reason.OBJECT_GONE.value: 1, Reason.OBJECT_CHANGED.value: 2}
+    features = _read_parquet(ingest, manifest["files"]["features"])
+    assert sorted(zip(features["key"], features["version_id"], strict=True)) == sorted(
+        [(overwritten.key, overwritten.version_id), (intact.key, intact.version_id)]
+    )
+    details = {}
+    for message, reason in [
+        (gone, Reason.OBJECT_GONE),
+        (forged[1], Reason.OBJECT_CHANGED),
+        (forged[2], Reason.OBJECT_CHANGED),
+    ]:
+        target = sidecar_key(quarantine_key(reason, message.key, quarantine_prefix=ingest.quarantine_prefix))
+        sidecar = json.loads(s3.get_object(Bucket=ingest.bucket, Key=target)["Body"].read())
+        assert (sidecar["reason"], sidecar["version_id"]) == (reason.value, message.version_id)
+        details[message.key] = sidecar["detail"]
+    assert details[gone.key].startswith(f"expected version {gone.version_id} of {gone.key}, found none")
+    assert details[other_etag.key] == 'expected ETag "0123456789abcdef0123456789abcdef", found another'
+    assert details[other_bytes.key].startswith(f"expected sha256 {forged[2].sha256}, got ")
+    assert _queue_depth(ingest) == 0

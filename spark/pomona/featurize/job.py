@@ -570,6 +570,9 @@ class Job:
                 "projections": self._keys(f"{self.prefix}projections/batch_id={batch_id}/"),
             },
         }
+        # Fencing: a run whose lease lapsed and was taken over stops here, before it writes models/; the renewal
+        # gives it a full TTL for the few writes left, so no run can take over in between.
+        heartbeat.lock.renew()
         self._write_version(version, model, model_npz, seen | set(projected["sha256"]), manifest, quality)
         _fault("after_pca_version")
         advance_latest(

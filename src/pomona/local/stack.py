@@ -64,7 +64,9 @@ def start_stack(
     """Start a moto server on 127.0.0.1 (`port` 0 picks a free one) and provision a deployment called `name`."""
     server, endpoint = start_server(port=port)
     # moto keeps its state per process, not per server: a second stack in this process starts empty too.
-    urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST"), timeout=30).close()
+    urllib.request.urlopen(
+        urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST"), timeout=30
+    ).close()
     resources = describe(name)
     settings = provision(
         resources, session=local_session(), endpoint_url=endpoint, base=Settings.from_env(environ)
@@ -77,11 +79,30 @@ def start_server(*, port: int = 0) -> tuple[ThreadedMotoServer, str]:
     """A moto server in a thread of this process, on loopback; returns it and its endpoint URL."""
     from moto.server import ThreadedMotoServer
 
+    _speed_up_moto_receive()
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one access-log line per request is noise here
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     host, bound = server.get_host_and_port()
     return server, f"http://{host}:{bound}"
+
+
+def _speed_up_moto_receive() -> None:
+    """moto 5's SQS receive recomputes every queue attribute (a scan of the whole queue) for each message it
+    returns, so a receive costs O(depth) and draining n messages O(n²): 0.4 s a receive at a depth of 540.
+    Only the retention period is needed there; reading it directly makes local drains scale like real SQS.
+    """
+    from moto.core.utils import unix_time
+    from moto.sqs.models import Message, SQSBackend
+
+    def is_message_valid_based_on_retention_period(
+        self: SQSBackend, queue_name: str, message: Message
+    ) -> bool:
+        queue = self.get_queue(queue_name)
+        retention_s = int(queue.message_retention_period)  # type: ignore[attr-defined]  # set from attributes
+        return bool(retention_s + message.sent_timestamp / 1000 > unix_time())  # type: ignore[operator]
+
+    SQSBackend.is_message_valid_based_on_retention_period = is_message_valid_based_on_retention_period  # type: ignore[method-assign]
 
 
 def local_session() -> boto3.session.Session:
