@@ -2,27 +2,31 @@
 
 Times are per call on one core, after a warm-up call. Peak RSS is measured in fresh child processes (this
 module run with `python -m`), so the parent's own imports and caches don't count; each child also reports its
-peak before validating anything: what Python, Pillow and the generated inputs alone cost.
+peak before validating anything: what Python, Pillow and the generated inputs alone cost. The inputs: the hostile
+matrix, a 12 MP JPEG, and `FUZZ_COUNT` random mutations of a 640×640 photo in each of JPEG, PNG and WebP.
 """
 
 from __future__ import annotations
 
 import json
 import platform
+import random
 import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import PIL
 
 from pomona.ingest.checks import Limits, validate_image
-from pomona.samples import fruit_image, hostile_cases, large_jpeg
+from pomona.samples import FUZZ_FORMATS, fruit_image, hostile_cases, large_jpeg, random_mutations
 
 _KIB = 1024
+FUZZ_COUNT = 300  # per format
 
 
 def run(*, repeats: int = 200) -> dict[str, float | str]:
@@ -34,7 +38,8 @@ def run(*, repeats: int = 200) -> dict[str, float | str]:
         # The child reads the large JPEG from a file: generating it costs more memory than validating it.
         path = Path(tmp) / "large.jpg"
         path.write_bytes(large_jpeg())
-        hostile, large = _child_rss("hostile"), _child_rss("large", str(path))
+        hostile, large = measure_peak_rss("hostile"), measure_peak_rss("large", str(path))
+    fuzz = measure_peak_rss("fuzz")
     return {
         "small_p50_ms": statistics.median(small_ms),
         "small_p99_ms": _p99(small_ms),
@@ -44,7 +49,10 @@ def run(*, repeats: int = 200) -> dict[str, float | str]:
         "hostile_baseline_rss_mb": hostile["baseline_mb"],
         "large_peak_rss_mb": large["peak_mb"],
         "large_baseline_rss_mb": large["baseline_mb"],
+        "fuzz_peak_rss_mb": fuzz["peak_mb"],
+        "fuzz_slowest_ms": fuzz["slowest_ms"],
         "cases": hostile["cases"],
+        "fuzz_cases": fuzz["cases"],
         "python": platform.python_version(),
         "pillow": PIL.__version__,
     }
@@ -66,7 +74,8 @@ def _p99(times: list[float]) -> float:
     return statistics.quantiles(times, n=100, method="inclusive")[98]
 
 
-def _child_rss(*args: str) -> dict[str, float]:
+def measure_peak_rss(*args: str) -> dict[str, float]:
+    """Validate one input set (`hostile`, `fuzz`, or `large PATH`) in a fresh process: its peak RSS, in MB."""
     command = [sys.executable, "-m", "pomona.bench_validate", *args]
     done = subprocess.run(command, capture_output=True, text=True, check=True, timeout=600)
     result: dict[str, float] = json.loads(done.stdout)
@@ -85,17 +94,29 @@ def _peak_mb() -> float:
 
 
 def _measure_in_child(which: str, path: str | None = None) -> dict[str, float]:
-    """Get the inputs, note the peak so far, validate them all, note the peak again."""
-    limits = Limits()
-    if which == "hostile":
-        inputs = [(case.data, case.declared_type, case.filename) for case in hostile_cases()]
-    else:
-        inputs = [(Path(str(path)).read_bytes(), None, "large.jpg")]
+    """Note the peak so far, validate every input, note the peak again and the slowest input."""
     baseline = _peak_mb()
-    for data, declared_type, filename in inputs:
+    limits = Limits()
+    slowest, cases = 0.0, 0
+    for data, declared_type, filename in _inputs(which, path):
+        start = time.perf_counter()
         validate_image(data, limits=limits, declared_type=declared_type, filename=filename)
-    return {"baseline_mb": baseline, "peak_mb": _peak_mb(), "cases": len(inputs)}
+        slowest, cases = max(slowest, time.perf_counter() - start), cases + 1
+    return {"baseline_mb": baseline, "peak_mb": _peak_mb(), "cases": cases, "slowest_ms": slowest * 1000}
 
 
-if __name__ == "__main__":  # the child process of `_child_rss`; its stdout is the parent's input
+def _inputs(which: str, path: str | None) -> Iterator[tuple[bytes, str | None, str | None]]:
+    """(bytes, declared type, file name) of each input, made one at a time: only the validation should count."""
+    if which == "hostile":
+        yield from ((case.data, case.declared_type, case.filename) for case in hostile_cases())
+    elif which == "fuzz":
+        rng = random.Random(0)
+        for fmt in FUZZ_FORMATS:
+            seed = fruit_image("Apple Red", 0, size=640, fmt=fmt)
+            yield from ((data, None, None) for data in random_mutations(seed, FUZZ_COUNT, rng=rng))
+    else:
+        yield Path(str(path)).read_bytes(), None, "large.jpg"
+
+
+if __name__ == "__main__":  # the child process of `measure_peak_rss`; its stdout is the parent's input
     print(json.dumps(_measure_in_child(*sys.argv[1:])))

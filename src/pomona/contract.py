@@ -24,6 +24,9 @@ MAX_LABEL_CHARS = 64
 MAX_KEY_BYTES = 1024  # S3's own limit
 IMAGE_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "GIF", "TIFF", "BMP"})
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# Format (zero-width, bidi overrides), private-use, surrogate and unassigned code points: a label holding one
+# looks like another label, or reorders the text it is shown in.
+_INVISIBLE_CATEGORIES = frozenset({"Cf", "Co", "Cs", "Cn"})
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -57,6 +60,12 @@ def sanitize_label(raw: str) -> str:
         raise BadKeyError(f"expected a non-empty label, got {raw!r}")
     if _CONTROL.search(label):
         raise BadKeyError(f"expected a label without control characters, got {raw!r}")
+    invisible = next((c for c in label if unicodedata.category(c) in _INVISIBLE_CATEGORIES), None)
+    if invisible is not None:
+        raise BadKeyError(
+            f"expected a label of visible characters, got {raw!r} (U+{ord(invisible):04X} is invisible or "
+            "reorders text)"
+        )
     if "/" in label or "\\" in label or label in {".", ".."} or ".." in label:
         raise BadKeyError(f"expected a label without '/', '\\' or '..', got {raw!r}")
     if len(label) > MAX_LABEL_CHARS:

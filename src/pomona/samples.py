@@ -1,4 +1,4 @@
-"""Deterministic sample images: synthetic fruit, a 12 MP photo-like JPEG, and the hostile-upload matrix.
+"""Deterministic sample images: synthetic fruit, a 12 MP photo-like JPEG, the hostile-upload matrix, mutations.
 
 Used by the tests, the validation benchmark and the demo, so each bad upload is defined once. Pillow and the
 standard library only: the Lambda extra has no numpy.
@@ -12,6 +12,7 @@ import io
 import random
 import struct
 import zlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from PIL import ExifTags, Image, ImageDraw, ImageFilter
@@ -118,6 +119,35 @@ def large_jpeg(width: int = 4000, height: int = 3000) -> bytes:
         fruit = _draw_fruit(label, i, side)
         photo.paste(fruit, (i * (width - side) // 3, rng.randrange(max(1, height - side))))
     return _encode(_add_noise(photo, rng, amount=0.12), "JPEG")
+
+
+# -- mutations: what a fuzzer makes of a real file -----------------------------------------------------------
+
+FUZZ_FORMATS = ("JPEG", "PNG", "WEBP")
+
+
+def mutate(
+    seed: bytes, *, flips: Sequence[tuple[int, int]] = (), cut: int | None = None, tail: bytes = b""
+) -> bytes:
+    """`seed` corrupted: each (position, mask) XORed in (position modulo the length), cut to `cut` bytes, `tail`
+    appended."""
+    data = bytearray(seed)
+    for position, mask in flips:
+        data[position % len(data)] ^= mask
+    return bytes(data[:cut]) + tail
+
+
+def random_mutations(seed: bytes, count: int, *, rng: random.Random) -> Iterator[bytes]:
+    """`count` mutations of `seed`: up to 8 flipped bytes, a random cut, up to 64 random bytes appended."""
+    for _ in range(count):
+        flips = [(rng.randrange(len(seed)), rng.randrange(1, 256)) for _ in range(rng.randint(0, 8))]
+        yield mutate(seed, flips=flips, cut=rng.randint(1, len(seed)), tail=rng.randbytes(rng.randint(0, 64)))
+
+
+def reencode(data: bytes, fmt: str) -> bytes:
+    """The image in `data` saved as `fmt`: one real photo gives a seed of each format."""
+    with Image.open(io.BytesIO(data)) as image:
+        return _encode(image.convert("RGB"), fmt)
 
 
 # -- the hostile matrix ----------------------------------------------------------------------------------------

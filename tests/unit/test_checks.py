@@ -8,6 +8,7 @@ import io
 import json
 import re
 import zlib
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -16,9 +17,10 @@ from hypothesis import strategies as st
 from PIL import Image
 from PIL import _imaging as pillow_core  # Image.core: its allocation counters
 
+from pomona.bench_validate import measure_peak_rss
 from pomona.contract import Reason
 from pomona.ingest.checks import ImageVerdict, Limits, validate_image
-from pomona.samples import Case, fruit_image, hostile_cases, large_jpeg
+from pomona.samples import FUZZ_FORMATS, Case, fruit_image, hostile_cases, large_jpeg, mutate, reencode
 from pomona.settings import Settings
 
 SHARED = Path(__file__).resolve().parents[2] / ".." / "shared"
@@ -373,30 +375,45 @@ def test_bytes_behind_real_magic_get_a_verdict(data: bytes, prefix: bytes) -> No
     _assert_well_formed(validate_image(prefix + data, limits=LIMITS), prefix + data)
 
 
-def _seed_jpeg() -> bytes:
-    """A real photo from shared/, or a synthetic one where shared/ is absent."""
+def _seeds() -> dict[str, bytes]:
+    """A real photo from shared/ (a synthetic one where shared/ is absent) as JPEG, PNG and WebP."""
     real = sorted(SAMPLE_DIR.glob("*/*.jpg")) if SAMPLE_DIR.is_dir() else []
-    return real[0].read_bytes() if real else fruit_image("Apple Red", 0)
+    photo = real[0].read_bytes() if real else fruit_image("Apple Red", 0)
+    return {fmt: photo if fmt == "JPEG" else reencode(photo, fmt) for fmt in FUZZ_FORMATS}
 
 
-_SEED_JPEG = _seed_jpeg()
+_SEEDS = _seeds()
+_EXTENSIONS = {"JPEG": "photo.jpg", "PNG": "photo.png", "WEBP": "photo.webp"}
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@pytest.mark.parametrize("fmt", FUZZ_FORMATS)
+# The deadline bounds each input's time: a hang, not a speed target (one input takes milliseconds).
+@settings(max_examples=150, deadline=timedelta(seconds=5), suppress_health_check=[HealthCheck.too_slow])
 @given(
-    flips=st.lists(st.tuples(st.integers(0, len(_SEED_JPEG) - 1), st.integers(1, 255)), max_size=8),
-    cut=st.integers(1, len(_SEED_JPEG)),
+    flips=st.lists(st.tuples(st.integers(0, 1 << 20), st.integers(1, 255)), max_size=8),
+    cut=st.floats(0.0, 1.0),
     tail=st.binary(max_size=64),
 )
-def test_mutations_of_a_real_jpeg_get_a_verdict(flips: list[tuple[int, int]], cut: int, tail: bytes) -> None:
-    # GIVEN a real JPEG with bytes flipped, cut short and something appended
-    mutated = bytearray(_SEED_JPEG)
-    for position, mask in flips:
-        mutated[position] ^= mask
-    data = bytes(mutated[:cut]) + tail
+def test_mutations_of_a_real_image_get_a_verdict(
+    fmt: str, flips: list[tuple[int, int]], cut: float, tail: bytes
+) -> None:
+    # GIVEN a real photo in `fmt` with bytes flipped, cut short and something appended
+    seed = _SEEDS[fmt]
+    data = mutate(seed, flips=flips, cut=max(1, round(cut * len(seed))), tail=tail)
 
     # WHEN / THEN
-    _assert_well_formed(validate_image(data, limits=LIMITS, filename="photo.jpg"), data)
+    _assert_well_formed(validate_image(data, limits=LIMITS, filename=_EXTENSIONS[fmt]), data)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("inputs", ["hostile", "fuzz"])
+def test_judging_hostile_or_fuzzed_inputs_stays_under_256_mb(inputs: str) -> None:
+    # GIVEN a fresh process (this one's imports and caches must not count), WHEN it judges the whole set
+    measured = measure_peak_rss(inputs)
+
+    # THEN its peak resident memory stays within the Lambda's budget
+    assert measured["cases"] >= 60
+    assert measured["peak_mb"] < 256, measured
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------

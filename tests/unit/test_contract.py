@@ -100,11 +100,32 @@ def test_labels(key: str, override: str | None, label: str) -> None:
         ),
         pytest.param("uploads/Apple/" + "x" * 1100, "at most 1024 bytes", id="long-key"),
         pytest.param("uploads/a\u2024\u2024b/x.jpg", "without '/', '\\\\' or '..'", id="one-dot-leaders"),
+        pytest.param("uploads/\uff0e\uff0e/x.jpg", "without '/', '\\\\' or '..'", id="fullwidth-dots"),
+        pytest.param("uploads/a\uff0fb/x.jpg", "without '/', '\\\\' or '..'", id="fullwidth-solidus"),
+        pytest.param("uploads/a\uff3cb/x.jpg", "without '/', '\\\\' or '..'", id="fullwidth-backslash"),
+        pytest.param("uploads/Apple\u200bRed/x.jpg", "U\\+200B is invisible", id="zero-width-space"),
+        pytest.param(
+            "uploads/Lime\u202egnarO/x.jpg", "U\\+202E is invisible or reorders", id="bidi-override"
+        ),
+        pytest.param("uploads/\ue000Kiwi/x.jpg", "U\\+E000 is invisible", id="private-use"),
     ],
 )
 def test_unsafe_keys_are_bad_keys(key: str, match: str) -> None:
     with pytest.raises(BadKeyError, match=match):
         label_from_key(key, uploads_prefix=UPLOADS)
+
+
+def test_labels_that_collide_after_normalisation_are_one_label() -> None:
+    # Width, compatibility and composition variants of one name are the same class, whatever the app sent.
+    variants = ["Apple Red", "\uff21\uff50\uff50\uff4c\uff45 Red", "Apple\u00a0Red", "  Apple Red  "]
+    assert {label_from_key(f"uploads/{v}/a.jpg", uploads_prefix=UPLOADS) for v in variants} == {"Apple Red"}
+    assert sanitize_label("Pe\u0302che") == sanitize_label("P\u00eache") == "P\u00eache"
+
+
+def test_confusables_from_another_script_stay_a_label_of_their_own() -> None:
+    # A Cyrillic "А" makes another string, not a path trick: it is kept apart, never merged into "Apple".
+    assert sanitize_label("\u0410pple") == "\u0410pple"
+    assert sanitize_label("\u0410pple") != sanitize_label("Apple")
 
 
 def test_bad_key_error_is_a_value_error() -> None:
