@@ -234,9 +234,10 @@ def test_messages_naming_gone_or_changed_objects_are_reported_not_featurized(
     s3, sqs = boto3.client("s3"), boto3.client("sqs")
     s3.delete_object(Bucket=ingest.bucket, Key=gone.key, VersionId=gone.version_id)  # the version itself
     s3.put_object(Bucket=ingest.bucket, Key=overwritten.key, Body=fruit_image("Lime", 99))  # a newer version
+    wrong_etag = '"0123456789abcdef0123456789abcdef"'  # pragma: allowlist secret (an ETag)
     forged = [
         gone,
-        dataclasses.replace(other_etag, etag='"0123456789abcdef0123456789abcdef"'),
+        dataclasses.replace(other_etag, etag=wrong_etag),
         dataclasses.replace(other_bytes, sha256=hashlib.sha256(b"other bytes").hexdigest()),
         overwritten,
         intact,
@@ -270,6 +271,6 @@ def test_messages_naming_gone_or_changed_objects_are_reported_not_featurized(
         assert (sidecar["reason"], sidecar["version_id"]) == (reason.value, message.version_id)
         details[message.key] = sidecar["detail"]
     assert details[gone.key].startswith(f"expected version {gone.version_id} of {gone.key}, found none")
-    assert details[other_etag.key] == 'expected ETag "0123456789abcdef0123456789abcdef", found another'
+    assert details[other_etag.key] == f"expected ETag {wrong_etag}, found another"
     assert details[other_bytes.key].startswith(f"expected sha256 {forged[2].sha256}, got ")
     assert _queue_depth(ingest) == 0

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 # moto accepts any credentials; these keep boto3 from looking for real ones.
 LOCAL_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",  # pragma: allowlist secret (moto accepts any)
     "AWS_DEFAULT_REGION": "us-east-1",
     "POWERTOOLS_SERVICE_NAME": "pomona-ingest",
     "POWERTOOLS_METRICS_NAMESPACE": "Pomona",
