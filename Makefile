@@ -6,14 +6,15 @@ BIN := $(VENV)/bin
 export SPARK_LOCAL_IP ?= 127.0.0.1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test lint fast venv clean kind-e2e
+.PHONY: demo test lint fast venv clean kind-e2e lock
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# The versions in constraints/dev.txt, as the images install theirs from constraints/{lambda,spark}.txt.
+$(VENV)/.installed: pyproject.toml constraints/dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --upgrade pip uv
+	$(BIN)/uv pip install --python $(BIN)/python --quiet -e '.[dev]' --constraint constraints/dev.txt
 	$(BIN)/python scripts/install_helm.py $(BIN)
 	touch $@
 
@@ -34,6 +35,17 @@ fast: venv
 # The whole platform on a kind cluster (needs Docker, kind, kubectl, helm); --dry-run prints the steps.
 kind-e2e:
 	scripts/kind-e2e.sh
+
+# Re-resolve the pinned versions (after a pyproject.toml change, or to take upgrades): one file per install.
+SPARK_VERSION := $(shell sed -n 's/^ARG SPARK_VERSION=//p' Dockerfile.spark)
+lock: venv
+	echo "pyspark==$(SPARK_VERSION)" > constraints/spark-version.txt
+	for extra in lambda spark dev; do \
+	  $(BIN)/uv pip compile pyproject.toml --quiet --extra $$extra --constraint constraints/spark-version.txt \
+	    --python-version 3.11 --python-platform x86_64-unknown-linux-gnu --upgrade \
+	    --custom-compile-command "make lock" --output-file constraints/$$extra.txt || exit 1; \
+	done
+	rm constraints/spark-version.txt
 
 clean:
 	rm -rf $(VENV) pomona-out .pytest_cache .mypy_cache .ruff_cache

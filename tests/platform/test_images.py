@@ -98,7 +98,7 @@ def test_lambda_image_ships_only_ingestion_code() -> None:
     copied = {args.split()[0] for args in arguments(LAMBDA, "COPY")}
     (install,) = [args for args in arguments(LAMBDA, "RUN") if "pip install" in args]
 
-    assert copied == {"pyproject.toml", "src/", "lambdas/"}
+    assert copied == {"pyproject.toml", "constraints/lambda.txt", "src/", "lambdas/"}
     assert "README.md" in arguments(LAMBDA, "COPY")[0]
     assert "--no-cache-dir" in install
     assert re.search(r"\[lambda\]\"$", install)
@@ -116,6 +116,7 @@ def test_spark_image_matches_pyspark_and_the_chart() -> None:
     assert spark_version == chart_version == metadata.version("pyspark")
     assert froms[-1] == "apache/spark:${SPARK_VERSION}-scala2.13-java17-ubuntu"
     assert any('"pyspark==${SPARK_VERSION}"' in run for run in arguments(SPARK, "RUN"))
+    assert pins("spark")["pyspark"] == spark_version
 
 
 def test_spark_image_bakes_verified_weights_where_the_featurizer_looks() -> None:
@@ -137,6 +138,50 @@ def test_spark_image_runs_as_the_charts_user_and_entry_file() -> None:
     assert arguments(SPARK, "USER")[-1] == str(values["securityContext"]["runAsUser"])
     assert any(f"spark/main.py {entry}" in run for run in arguments(SPARK, "RUN"))
     assert (ROOT / "spark" / "main.py").is_file()
+
+
+# -- pinned dependencies ---------------------------------------------------------------------------------------
+
+
+def pins(name: str) -> dict[str, str]:
+    """constraints/<name>.txt as {normalised package name: version}; every line must be an exact pin."""
+    found = {}
+    for line in (ROOT / "constraints" / f"{name}.txt").read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            package, exact, version = line.partition("==")
+            assert exact, f"expected 'package==version' in constraints/{name}.txt, got {line!r}"
+            found[canonical(package)] = version.strip()
+    return found
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+@pytest.mark.parametrize(("dockerfile", "extra"), [(LAMBDA, "lambda"), (SPARK, "spark")])
+def test_each_image_installs_its_extra_at_the_pinned_versions(dockerfile: Path, extra: str) -> None:
+    (install,) = [run for run in arguments(dockerfile, "RUN") if f"[{extra}]" in run]
+    requirements = metadata.requires("pomona") or []
+    wanted = {
+        canonical(re.split(r"[\s<>=!~;\[]", requirement, maxsplit=1)[0])
+        for requirement in requirements
+        if f'extra == "{extra}"' in requirement or "extra ==" not in requirement
+    }
+
+    assert f"--constraint constraints/{extra}.txt" in install
+    assert f"constraints/{extra}.txt" in " ".join(arguments(dockerfile, "COPY"))
+    assert wanted - {"pomona"} <= pins(extra).keys()
+
+
+@pytest.mark.parametrize("extra", ["lambda", "spark"])
+def test_tests_run_the_versions_the_images_ship(extra: str) -> None:
+    dev = pins("dev")
+    image = pins(extra)
+
+    assert {name: version for name, version in image.items() if dev.get(name) != version} == {}
+    for name in ("pillow", "pyspark", "tensorflow-cpu", "ai-edge-litert", "aws-lambda-powertools", "boto3"):
+        if name in image:
+            assert metadata.version(name) == image[name], f"{name}: run `make venv` after `make lock`"
 
 
 def test_dockerignore_lets_in_only_what_the_images_copy() -> None:
