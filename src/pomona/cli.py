@@ -117,6 +117,41 @@ def bench_featurize(
     sys.stdout.write(json.dumps(result, indent=None if as_json else 2) + "\n")
 
 
+@bench_app.command("ingest")
+def bench_ingest(
+    count: Annotated[int, typer.Option(help="Uploads.", min=1)] = 5000,
+    bad_every: Annotated[int, typer.Option(help="Every Nth upload is a bad one (0: none).", min=0)] = 100,
+    duplicate_every: Annotated[
+        int, typer.Option(help="Every Nth upload repeats the one before (0: none).", min=0)
+    ] = 50,
+    workers: Annotated[int, typer.Option(help="Spark local[N] workers for the job.", min=1)] = 2,
+    weights: Annotated[
+        str, typer.Option(help="A POMONA_WEIGHTS value; the rate does not depend on it.")
+    ] = "random",
+    backend: Annotated[str, typer.Option(help="litert | tensorflow.")] = "litert",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (the only output format).")] = True,
+) -> None:
+    """N uploads through the embedded stack: images/s per stage, queue depth over time, the accounting.
+
+    Exits 1 when the accounting does not close (an upload missing, or a message left on a queue).
+    """
+    from pomona import bench_ingest as bench
+
+    with _one_line_errors():
+        result = bench.run(
+            count=count,
+            bad_every=bad_every,
+            duplicate_every=duplicate_every,
+            workers=workers,
+            weights=weights,
+            backend=backend,
+        )
+    sys.stdout.write(json.dumps(result, indent=None if as_json else 2) + "\n")
+    if not bench.accounting_holds(result):
+        console.print("[bold red]error:[/] the accounting does not close: see missing and left_on_queues")
+        raise typer.Exit(1)
+
+
 @job_app.command("run")
 def job_run(
     workers: Annotated[int, typer.Option(help="Spark local[N] workers.")] = 2,
@@ -187,7 +222,7 @@ def _print_summary(summary: dict[str, object]) -> None:
     from rich.table import Table
 
     table = Table("", "", title="Pomona demo", show_header=False)
-    for key in ("uploaded", "accepted", "quarantined", "featurized", "failed", "duplicates", "pca_versions", "k",
+    for key in ("uploaded", "accepted", "quarantined", "featurized", "failed", "duplicates", "missing", "pca_versions", "k",
                 "explained_variance", "throughput", "weights_id", "backend", "weights_note"):  # fmt: skip
         value = summary.get(key)
         table.add_row(key, json.dumps(value) if isinstance(value, dict | list) else str(value))

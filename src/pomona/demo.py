@@ -8,6 +8,8 @@ downloaded next to a summary and a report.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import io
 import json
 import logging
 import shutil
@@ -15,7 +17,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import boto3
 from rich.console import Console
@@ -26,6 +28,9 @@ from pomona.local.stack import embedded_stack
 from pomona.local.upload import labelled_files, upload_files, upload_key
 from pomona.settings import Settings
 from pomona.store import RETRIES, committed_batches
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 log = logging.getLogger(__name__)
 
@@ -197,17 +202,11 @@ def summarize(
     manifests: list[dict[str, Any]],
     timings: dict[str, float],
 ) -> dict[str, Any]:
-    """The accounting: uploaded = accepted + quarantined; accepted = featurized + failed + duplicates."""
+    """The accounting: uploaded = accepted + quarantined; accepted = featurized + failed + duplicates; and the
+    uploads that ended nowhere (`missing`, which must be empty)."""
     s3 = boto3.client("s3", endpoint_url=settings.endpoint_url, config=RETRIES)
-    quarantined: Counter[str] = Counter()
-    for page in s3.get_paginator("list_objects_v2").paginate(
-        Bucket=settings.bucket, Prefix=settings.quarantine_prefix
-    ):
-        for item in page.get("Contents", []):
-            if item["Key"].endswith(".reason.json"):
-                sidecar = json.loads(s3.get_object(Bucket=settings.bucket, Key=item["Key"])["Body"].read())
-                if sidecar.get("stage") != "featurize":
-                    quarantined[sidecar["reason"]] += 1
+    sidecars = quarantine_sidecars(s3, settings)
+    quarantined = Counter(s["reason"] for s in sidecars if s.get("stage") != "featurize")
     committed = committed_batches(s3, settings.bucket, settings.output_prefix)
     failed: Counter[str] = Counter()
     for manifest in committed:
@@ -223,6 +222,9 @@ def summarize(
         "featurized": featurized,
         "failed": dict(failed),
         "duplicates": duplicates,
+        "missing": missing_uploads(
+            files, sidecars=sidecars, committed=committed_shas(s3, settings, committed)
+        ),
         "pca_versions": [m["pca_version"] for m in committed],
         "k": latest["k"] if latest else None,
         "explained_variance": latest["explained_variance"] if latest else None,
@@ -236,3 +238,42 @@ def summarize(
         "probe": latest.get("quality") if latest else None,
         "batches": [m["batch_id"] for m in manifests],
     }
+
+
+def missing_uploads(
+    files: list[tuple[str, bytes]], *, sidecars: list[dict[str, Any]], committed: set[str]
+) -> list[str]:
+    """Keys of uploads that ended nowhere: not quarantined (by the Lambda or the job) and their image (sha256) in
+    no committed batch. A duplicate upload counts as committed through the copy that was featurized."""
+    quarantined = {sidecar["original_key"] for sidecar in sidecars}
+    return [
+        key
+        for key, body in files
+        if key not in quarantined and hashlib.sha256(body).hexdigest() not in committed
+    ]
+
+
+def quarantine_sidecars(s3: S3Client, settings: Settings) -> list[dict[str, Any]]:
+    """Every `.reason.json` under the quarantine prefix, the Lambda's and the job's (`stage: featurize`)."""
+    sidecars = []
+    for page in s3.get_paginator("list_objects_v2").paginate(
+        Bucket=settings.bucket, Prefix=settings.quarantine_prefix
+    ):
+        for item in page.get("Contents", []):
+            if item["Key"].endswith(".reason.json"):
+                sidecars.append(
+                    json.loads(s3.get_object(Bucket=settings.bucket, Key=item["Key"])["Body"].read())
+                )
+    return sidecars
+
+
+def committed_shas(s3: S3Client, settings: Settings, manifests: list[dict[str, Any]]) -> set[str]:
+    """sha256 of every image in the features part files of committed batches."""
+    import pyarrow.parquet as pq
+
+    shas: set[str] = set()
+    for manifest in manifests:
+        for key in manifest["files"]["features"]:
+            body = s3.get_object(Bucket=settings.bucket, Key=key)["Body"].read()
+            shas.update(pq.read_table(io.BytesIO(body), columns=["sha256"]).column("sha256").to_pylist())
+    return shas

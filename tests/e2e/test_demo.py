@@ -59,6 +59,7 @@ def test_the_accounting_adds_up(demo_run: tuple[Path, dict[str, Any]]) -> None:
     stored = json.loads((out / "summary.json").read_text())
     assert stored["uploaded"] == stored["accepted"] + sum(stored["quarantined"].values())
     assert stored["featurized"] + sum(stored["failed"].values()) == stored["accepted"] - stored["duplicates"]
+    assert stored["missing"] == []
     assert stored["pca_versions"] == [1, 2]
     assert stored["weights_note"] is None
     assert stored["weights_id"].startswith("sha256:")
