@@ -118,6 +118,7 @@ def test_queue_to_committed_outputs(spark: object, ingest: Settings, options: Jo
         "duplicates": 0,
         "featurized": 24,
         "failed": {},
+        "labels": {"Apple Red": 8, "Banana": 8, "Lime": 8},
     }
     assert json.loads(s3.get_object(Bucket=ingest.bucket, Key=pca_latest_key(""))["Body"].read()) == {
         "version": 1
