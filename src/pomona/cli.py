@@ -117,6 +117,24 @@ def bench_featurize(
     sys.stdout.write(json.dumps(result, indent=None if as_json else 2) + "\n")
 
 
+@bench_app.command("autoscale")
+def bench_autoscale(
+    images: Annotated[int, typer.Option(help="Backlog of synthetic uploads.", min=1)] = 256,
+    workers: Annotated[int, typer.Option(help="One-core standalone workers, the executor cap.", min=1)] = 2,
+    after_s: Annotated[float, typer.Option(help="Seconds sampled after the job ends.")] = 15.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (the only output format).")] = True,
+) -> None:
+    """Executors over time as the job runs with dynamic allocation on a Spark standalone cluster on loopback."""
+    import contextlib
+
+    from pomona import bench_autoscale as bench
+
+    # The ingestion handler logs to stdout; stdout carries the result alone.
+    with _one_line_errors(), contextlib.redirect_stdout(sys.stderr):
+        result = bench.run(images=images, workers=workers, after_s=after_s)
+    sys.stdout.write(json.dumps(result, indent=None if as_json else 2) + "\n")
+
+
 @bench_app.command("ingest")
 def bench_ingest(
     count: Annotated[int, typer.Option(help="Uploads.", min=1)] = 5000,
