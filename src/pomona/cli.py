@@ -35,11 +35,20 @@ console = Console(stderr=True)
 
 @contextmanager
 def _one_line_errors() -> Iterator[None]:
-    """Errors Pomona raises on purpose become one clear line and exit code 1, not a traceback."""
+    """Errors Pomona raises on purpose, and AWS being out of reach or refusing, become one clear line and exit
+    code 1, not a traceback."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
     try:
         yield
     except PomonaError as err:
         console.print(f"[bold red]error:[/] {err}")
+        raise typer.Exit(1) from err
+    except (BotoCoreError, ClientError) as err:
+        console.print(
+            f"[bold red]error:[/] AWS said: {str(err).rstrip('.')}. Check AWS_ENDPOINT_URL (`pomona local up` prints it), the "
+            "credentials and the POMONA_* settings."
+        )
         raise typer.Exit(1) from err
 
 

@@ -118,15 +118,30 @@ def status(
     context: Context = None,
     kubeconfig: Kubeconfig = None,
 ) -> None:
-    """The schedule's recent runs, newest first."""
+    """The schedule's recent runs, newest first, and the images queue's backlog beside them."""
+    import boto3
     from rich.table import Table
 
     from pomona import cluster
+    from pomona.settings import Settings
 
     with _one_line_errors():
         runs = cluster.status(
             _custom_objects(context, kubeconfig), namespace=namespace, scheduled_name=name, limit=limit
         )
+        settings = Settings.from_env()
+        backlog = (
+            cluster.queue_backlog(
+                boto3.client("sqs", region_name=settings.region, endpoint_url=settings.endpoint_url),
+                settings.images_queue_url,
+            )
+            if settings.images_queue_url
+            else None
+        )
+    if backlog is None:
+        console.print("backlog: unknown (set POMONA_IMAGES_QUEUE_URL to see the images queue's depth)")
+    else:
+        console.print(f"backlog: [bold]{backlog}[/] images waiting on the images queue")
     if not runs:
         console.print(f"no runs of {namespace}/{name} yet")
         return

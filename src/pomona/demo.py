@@ -203,7 +203,11 @@ def summarize(
     timings: dict[str, float],
 ) -> dict[str, Any]:
     """The accounting: uploaded = accepted + quarantined; accepted = featurized + failed + duplicates; and the
-    uploads that ended nowhere (`missing`, which must be empty)."""
+    uploads that ended nowhere (`missing`, which must be empty).
+
+    Each side is counted where it happened: quarantined from the Lambda's sidecars, accepted from the messages
+    the committed batches took off the queue, featurized, failed and duplicates from their manifests.
+    """
     s3 = boto3.client("s3", endpoint_url=settings.endpoint_url, config=RETRIES)
     sidecars = quarantine_sidecars(s3, settings)
     quarantined = Counter(s["reason"] for s in sidecars if s.get("stage") != "featurize")
@@ -217,7 +221,7 @@ def summarize(
     latest = committed[-1] if committed else None
     return {
         "uploaded": uploaded,
-        "accepted": uploaded - sum(quarantined.values()),
+        "accepted": sum(m["counts"]["received"] - m["counts"]["malformed"] for m in committed),
         "quarantined": dict(quarantined),
         "featurized": featurized,
         "failed": dict(failed),

@@ -8,6 +8,7 @@ import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import boto3
 import numpy as np
@@ -135,6 +136,33 @@ def test_queue_to_committed_outputs(spark: object, ingest: Settings, options: Jo
     assert metadata["n_seen"] == 24
     assert metadata["weights_id"] == "random"
     assert _queue_depth(ingest) == 0
+
+
+def test_part_files_record_their_weights_and_read_back_in_spark(
+    spark: Any, ingest: Settings, options: JobOptions, tmp_path: Path
+) -> None:
+    # GIVEN a committed batch, its part files downloaded as a reader would fetch them
+    _upload(ingest, _synthetic(8))
+    manifest = run_job(spark, ingest, options).manifest
+    assert manifest is not None
+    s3 = boto3.client("s3")
+    for kind in ("features", "projections"):
+        for key in manifest["files"][kind]:
+            (tmp_path / kind).mkdir(exist_ok=True)
+            s3.download_file(ingest.bucket, key, str(tmp_path / kind / key.rsplit("/", 1)[1]))
+
+    # WHEN Spark and pyarrow read them
+    features = spark.read.parquet(str(tmp_path / "features"))
+    projections = spark.read.parquet(str(tmp_path / "projections"))
+    schemas = [pq.read_schema(path) for path in sorted(tmp_path.glob("*/*.parquet"))]
+
+    # THEN every row is there with its documented types, and every file says which weights made it
+    assert features.count() == projections.count() == 8
+    assert dict(features.dtypes)["features"] == "array<float>"
+    assert dict(projections.dtypes)["projection"] == "array<float>"
+    assert {(s.metadata[b"pomona.weights_id"], s.metadata[b"pomona.backend"]) for s in schemas} == {
+        (b"random", b"litert")
+    }
 
 
 def test_duplicates_poison_and_malformed(spark: object, ingest: Settings, options: JobOptions) -> None:

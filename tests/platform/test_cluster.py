@@ -345,15 +345,37 @@ def test_cli_errors_are_one_line(kubeconfig: list[str]) -> None:
     assert "Traceback" not in result.output
 
 
-def test_cli_status_shows_runs(kubeconfig: list[str]) -> None:
+def test_cli_status_shows_runs_and_the_backlog(
+    kubeconfig: list[str], images_queue: tuple[Any, str], moto_endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sqs, queue_url = images_queue
+    _send(sqs, queue_url, 3)
+    for var, value in {
+        **LOCAL_ENV,
+        "POMONA_IMAGES_QUEUE_URL": queue_url,
+        "AWS_ENDPOINT_URL": moto_endpoint,
+    }.items():
+        monkeypatch.setenv(var, value)
     started = CliRunner().invoke(app, ["run", *kubeconfig])
     assert started.exit_code == 0, started.output
 
     result = CliRunner().invoke(app, ["status", *kubeconfig], env={"COLUMNS": "200"})
 
     assert result.exit_code == 0, result.output
+    assert "backlog: 3 images waiting on the images queue" in result.stdout
     assert "pomona-manual-" in result.stdout
     assert "manual" in result.stdout
+
+
+def test_cli_status_without_a_queue_says_the_backlog_is_unknown(
+    kubeconfig: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("POMONA_IMAGES_QUEUE_URL", raising=False)
+
+    result = CliRunner().invoke(app, ["status", *kubeconfig], env={"COLUMNS": "200"})
+
+    assert result.exit_code == 0, result.output
+    assert "backlog: unknown (set POMONA_IMAGES_QUEUE_URL" in result.stdout
 
 
 def test_cli_trigger_reads_the_queue_from_settings(

@@ -14,6 +14,7 @@ after 4 only redelivers messages, which dedupe finds committed. A lock in S3 kee
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import logging
 import math
@@ -239,7 +240,7 @@ def fetch_image(s3: S3Client, row: Any) -> tuple[bytes | None, Reason | None, st
 
 
 def featurize_partitions(
-    settings: Settings, options: JobOptions, *, batch_id: str, pca_version: int
+    settings: Settings, options: JobOptions, *, batch_id: str, pca_version: int, provenance: dict[str, str]
 ) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
     """The executor function: fetch, decode, featurize, and write this partition's features part file."""
 
@@ -271,7 +272,8 @@ def featurize_partitions(
         ok = result[result["reason"].isna()]
         if len(ok):
             table = _features_table(ok, batch_id=batch_id, pca_version=pca_version)
-            _put_parquet(s3, settings.bucket, features_key(settings.output_prefix, batch_id, part), table)
+            key = features_key(settings.output_prefix, batch_id, part)
+            _put_parquet(s3, settings.bucket, key, table.replace_schema_metadata(provenance))
         log.info(
             "Partition featurized",
             extra={"part": part, "images": len(result), "s": time.monotonic() - started},
@@ -339,7 +341,7 @@ def partition_states(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
 
 
 def project_partitions(
-    settings: Settings, model_npz: bytes, *, batch_id: str, pca_version: int
+    settings: Settings, model_npz: bytes, *, batch_id: str, pca_version: int, provenance: dict[str, str]
 ) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
     """The executor function of the second pass: project with this batch's refit and write the part file."""
 
@@ -359,7 +361,8 @@ def project_partitions(
                 "batch_id": pa.array([batch_id] * len(frame), pa.string()),
                 "pca_version": pa.array([pca_version] * len(frame), pa.int32()),
                 "projection": pa.array(list(projected), pa.list_(pa.float32())),
-            }
+            },
+            metadata=provenance,
         )
         s3 = boto3.client("s3", endpoint_url=settings.endpoint_url, config=RETRIES)
         _put_parquet(s3, settings.bucket, projections_key(settings.output_prefix, batch_id, part), table)
@@ -368,6 +371,11 @@ def project_partitions(
         )
 
     return run
+
+
+def file_provenance(*, weights_id: str, backend: str) -> dict[str, str]:
+    """Key-value metadata of every part file: which weights and backend made its features (`random` shows)."""
+    return {"pomona.weights_id": weights_id, "pomona.backend": backend}
 
 
 def _features_table(frame: pd.DataFrame, *, batch_id: str, pca_version: int) -> pa.Table:
@@ -530,7 +538,13 @@ class Job:
         projected = pd.DataFrame(
             featured.filter("reason IS NULL")
             .mapInPandas(
-                project_partitions(self.settings, model_npz, batch_id=batch_id, pca_version=version),
+                project_partitions(
+                    self.settings,
+                    model_npz,
+                    batch_id=batch_id,
+                    pca_version=version,
+                    provenance=self._provenance,
+                ),
                 "sha256 string, label string, projection array<float>",
             )
             .toPandas()
@@ -559,7 +573,7 @@ class Job:
             "n_seen": model.n_seen,
             "k": model.n_components,
             "explained_variance": float(model.explained_variance_ratio.sum()),
-            "weights_id": self._weights_id(),
+            "weights_id": self._provenance["pomona.weights_id"],
             "backend": self.options.backend,
             "counts": counts,
             "timings": {k: round(v, 3) for k, v in timings.items()},
@@ -604,7 +618,13 @@ class Job:
         parts = min(parts, max(1, 4 * self.spark.sparkContext.defaultParallelism))
         frame = self.spark.sparkContext.parallelize(rows, parts).toDF(list(META_COLUMNS))
         featured = frame.mapInPandas(
-            featurize_partitions(self.settings, self.options, batch_id=batch_id, pca_version=version),
+            featurize_partitions(
+                self.settings,
+                self.options,
+                batch_id=batch_id,
+                pca_version=version,
+                provenance=self._provenance,
+            ),
             FEATURED_SCHEMA,
         )
         return featured.persist(StorageLevel.MEMORY_AND_DISK)
@@ -680,6 +700,10 @@ class Job:
 
         x = np.stack(projected["projection"].to_numpy())
         return quality_report(x, list(projected["label"]), gain=self.settings.gain, loss=self.settings.loss)
+
+    @functools.cached_property
+    def _provenance(self) -> dict[str, str]:
+        return file_provenance(weights_id=self._weights_id(), backend=self.options.backend)
 
     def _weights_id(self) -> str:
         from pomona.featurize.featurize import default_cache_dir, resolve_weights
@@ -759,7 +783,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the SparkApplication (spark/main.py), spark-submit and `pomona job run`."""
+    """Entry point of the SparkApplication (spark/main.py) and spark-submit. `pomona job run` calls the same
+    `run_job` with a local session, and reports a concurrent run as one error line."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     settings = Settings.from_env()
