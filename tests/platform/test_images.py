@@ -101,7 +101,13 @@ def test_lambda_image_ships_only_ingestion_code() -> None:
     assert copied == {"pyproject.toml", "constraints/lambda.txt", "src/", "lambdas/"}
     assert "README.md" in arguments(LAMBDA, "COPY")[0]
     assert "--no-cache-dir" in install
-    assert re.search(r"\[lambda\]\"$", install)
+    assert re.search(r"\[lambda\]\"\s+&& rm -rf /tmp/pomona$", install)
+
+
+def test_lambda_image_runs_as_a_non_root_user() -> None:
+    user = arguments(LAMBDA, "USER")[-1]
+
+    assert user.split(":")[0] not in {"0", "root"}
 
 
 # -- Spark -------------------------------------------------------------------------------------------------------
