@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from pomona.featurize.featurize import Backend, make_featurizer, preprocess_batch
+from pomona.featurize.featurize import BEST_BATCH, Backend, make_featurizer, preprocess_batch
 
 
 def run(
@@ -22,11 +22,13 @@ def run(
     *,
     weights: str,
     backend: Backend,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     num_threads: int = 2,
     cache_dir: Path | None = None,
 ) -> dict[str, float | int | str | bool]:
-    """Throughput in images per second after one warm-up batch, and the process's peak RSS."""
+    """Throughput in images per second after one warm-up batch, and the process's peak RSS. The batch size
+    defaults to the one the job uses for `backend`."""
+    batch_size = batch_size or BEST_BATCH[backend]
     featurizer = make_featurizer(
         weights, backend=backend, cache_dir=cache_dir, batch_size=batch_size, num_threads=num_threads
     )
@@ -76,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("folders", nargs="+", type=Path, help="folders searched recursively for *.jpg")
     parser.add_argument("--weights", required=True, help="a POMONA_WEIGHTS value")
     parser.add_argument("--backend", choices=["litert", "tensorflow"], default="litert")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=None, help="default: the job's for the backend")
     parser.add_argument("--num-threads", type=int, default=2)
     parser.add_argument("--cache-dir", type=Path, default=None)
     args = parser.parse_args(argv)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import functools
 import io
+import itertools
 import logging
 import math
 import os
@@ -24,6 +25,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
@@ -73,7 +75,9 @@ log = logging.getLogger(__name__)
 EXIT_CONCURRENT_RUN = 75  # EX_TEMPFAIL: another run was working; retry later
 FAULT_ENV = "POMONA_FAULT"  # names a phase at which the process kills itself: the fault-injection point
 CHUNK = 64  # images decoded and featurized together in an executor
+FETCH_THREADS = 8  # concurrent GETs per Python worker: S3 latency hides behind the model
 META_COLUMNS = ("sha256", "key", "label", "version_id", "etag", "bucket")
+META_SCHEMA = ", ".join(f"{column} string" for column in META_COLUMNS)
 FEATURED_SCHEMA = (
     "sha256 string, key string, label string, version_id string, features array<float>, "
     "reason string, detail string"
@@ -247,27 +251,25 @@ def featurize_partitions(
     def run(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         from pyspark import TaskContext
 
-        from pomona.featurize.featurize import get_featurizer, preprocess_batch
+        from pomona.featurize.featurize import BEST_BATCH, get_featurizer, preprocess_batch
 
         context = TaskContext.get()
         part = context.partitionId() if context else 0
         s3 = boto3.client("s3", endpoint_url=settings.endpoint_url, config=RETRIES)
         cache_dir = Path(options.cache_dir) if options.cache_dir else None
-        # LiteRT/XNNPACK runs fastest on small batches here (measured: 8 beats 32); TensorFlow prefers larger.
-        batch_size = 8 if options.backend == "litert" else 32
         featurizer = get_featurizer(
             options.weights,
             options.backend,  # type: ignore[arg-type]
             cache_dir=cache_dir,
-            batch_size=batch_size,
+            batch_size=BEST_BATCH[options.backend],  # type: ignore[index]
         )
-        outputs = []
         started = time.monotonic()
-        for frame in frames:
-            for start in range(0, len(frame), CHUNK):
-                outputs.append(
-                    _featurize_chunk(s3, frame.iloc[start : start + CHUNK], featurizer, preprocess_batch)
-                )
+        chunks = (frame.iloc[i : i + CHUNK] for frame in frames for i in range(0, len(frame), CHUNK))
+        with ThreadPoolExecutor(max_workers=FETCH_THREADS) as pool:
+            outputs = [
+                _featurize_chunk(chunk, fetched, featurizer, preprocess_batch)
+                for chunk, fetched in _fetch_ahead(s3, chunks, pool)
+            ]
         result = pd.concat(outputs, ignore_index=True) if outputs else _empty_featured()
         ok = result[result["reason"].isna()]
         if len(ok):
@@ -283,11 +285,26 @@ def featurize_partitions(
     return run
 
 
+def _fetch_ahead(
+    s3: S3Client, chunks: Iterator[pd.DataFrame], pool: ThreadPoolExecutor
+) -> Iterator[tuple[pd.DataFrame, list[tuple[bytes | None, Reason | None, str]]]]:
+    """Each chunk with its images fetched, the next chunk's GETs in flight while the caller works on this one."""
+    ahead: tuple[pd.DataFrame, list[Future[tuple[bytes | None, Reason | None, str]]]] | None = None
+    for chunk in itertools.chain(chunks, [None]):
+        current = ahead
+        if chunk is not None:
+            ahead = (chunk, [pool.submit(fetch_image, s3, row) for row in chunk.itertuples(index=False)])
+        if current is not None:
+            yield current[0], [future.result() for future in current[1]]
+
+
 def _featurize_chunk(
-    s3: S3Client, chunk: pd.DataFrame, featurizer: Any, preprocess_batch: Any
+    chunk: pd.DataFrame,
+    fetched: list[tuple[bytes | None, Reason | None, str]],
+    featurizer: Any,
+    preprocess_batch: Any,
 ) -> pd.DataFrame:
     rows = list(chunk.itertuples(index=False))
-    fetched = [fetch_image(s3, row) for row in rows]
     images = [body for body, _, _ in fetched if body is not None]
     batch, decode_errors = preprocess_batch(images)
     features = iter(featurizer(batch))
@@ -616,7 +633,8 @@ class Job:
         rows = [tuple(getattr(m, c) for c in META_COLUMNS) for m in messages]
         parts = max(1, math.ceil(len(rows) / self.options.images_per_partition))
         parts = min(parts, max(1, 4 * self.spark.sparkContext.defaultParallelism))
-        frame = self.spark.sparkContext.parallelize(rows, parts).toDF(list(META_COLUMNS))
+        # An explicit schema: inferring one would run a Spark job over the rows first.
+        frame = self.spark.createDataFrame(self.spark.sparkContext.parallelize(rows, parts), META_SCHEMA)
         featured = frame.mapInPandas(
             featurize_partitions(
                 self.settings,
