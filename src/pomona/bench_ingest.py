@@ -107,6 +107,7 @@ def run(
         "featurize_img_s": round(featurized / timings["featurize"], 1) if featurized else 0.0,
         "end_to_end_img_s": round(count / sum(timings.values()), 1),
         "timings_s": {stage: round(seconds, 2) for stage, seconds in timings.items()},
+        "job_timings_s": manifest["timings"] if manifest else None,
         "quarantined_by_reason": summary["quarantined"],
         "failed_by_reason": summary["failed"],
         "lambda_invocations": invocations.batches,
