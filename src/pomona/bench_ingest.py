@@ -29,6 +29,7 @@ from pomona.local.stack import EmbeddedStack, embedded_stack
 from pomona.local.upload import upload_files, upload_key
 from pomona.samples import SYNTHETIC_LABELS, bad_uploads, fruit_image
 from pomona.settings import Settings
+from pomona.status import queue_depth
 from pomona.store import RETRIES
 
 if TYPE_CHECKING:
@@ -154,12 +155,8 @@ def _queue_depths(stack: EmbeddedStack) -> dict[str, int]:
 
 
 def _depth(sqs: SQSClient, url: str) -> int:
-    attributes = sqs.get_queue_attributes(
-        QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
-    )["Attributes"]
-    return int(attributes["ApproximateNumberOfMessages"]) + int(
-        attributes["ApproximateNumberOfMessagesNotVisible"]
-    )
+    """Messages on the queue, visible and in flight."""
+    return sum(queue_depth(sqs, url).values())
 
 
 class QueueSampler:
