@@ -61,6 +61,21 @@ def images_queue(moto_endpoint: str) -> tuple[Any, str]:
     return sqs, sqs.create_queue(QueueName=f"images-{uuid.uuid4().hex[:8]}")["QueueUrl"]
 
 
+@pytest.fixture
+def queue_settings(
+    images_queue: tuple[Any, str], moto_endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Any, str]:
+    """The images queue, named in the environment as the CLI's settings read it."""
+    _, queue_url = images_queue
+    for var, value in {
+        **LOCAL_ENV,
+        "POMONA_IMAGES_QUEUE_URL": queue_url,
+        "AWS_ENDPOINT_URL": moto_endpoint,
+    }.items():
+        monkeypatch.setenv(var, value)
+    return images_queue
+
+
 def _send(sqs: Any, queue_url: str, count: int) -> None:
     for start in range(0, count, 10):
         entries = [{"Id": str(i), "MessageBody": "{}"} for i in range(start, min(start + 10, count))]
@@ -346,16 +361,9 @@ def test_cli_errors_are_one_line(kubeconfig: list[str]) -> None:
 
 
 def test_cli_status_shows_runs_and_the_backlog(
-    kubeconfig: list[str], images_queue: tuple[Any, str], moto_endpoint: str, monkeypatch: pytest.MonkeyPatch
+    kubeconfig: list[str], queue_settings: tuple[Any, str]
 ) -> None:
-    sqs, queue_url = images_queue
-    _send(sqs, queue_url, 3)
-    for var, value in {
-        **LOCAL_ENV,
-        "POMONA_IMAGES_QUEUE_URL": queue_url,
-        "AWS_ENDPOINT_URL": moto_endpoint,
-    }.items():
-        monkeypatch.setenv(var, value)
+    _send(*queue_settings, 3)
     started = CliRunner().invoke(app, ["run", *kubeconfig])
     assert started.exit_code == 0, started.output
 
@@ -379,16 +387,9 @@ def test_cli_status_without_a_queue_says_the_backlog_is_unknown(
 
 
 def test_cli_trigger_reads_the_queue_from_settings(
-    kubeconfig: list[str], images_queue: tuple[Any, str], moto_endpoint: str, monkeypatch: pytest.MonkeyPatch
+    kubeconfig: list[str], queue_settings: tuple[Any, str]
 ) -> None:
-    sqs, queue_url = images_queue
-    _send(sqs, queue_url, 2)
-    for var, value in {
-        **LOCAL_ENV,
-        "POMONA_IMAGES_QUEUE_URL": queue_url,
-        "AWS_ENDPOINT_URL": moto_endpoint,
-    }.items():
-        monkeypatch.setenv(var, value)
+    _send(*queue_settings, 2)
 
     result = CliRunner().invoke(app, ["trigger", "--min-backlog", "2", *kubeconfig])
 
