@@ -36,14 +36,17 @@ fast: venv
 kind-e2e:
 	scripts/kind-e2e.sh
 
-# Re-resolve the pinned versions (after a pyproject.toml change, or to take upgrades): one file per install.
+# Re-resolve the pinned versions (after a pyproject.toml change, or to take upgrades): one file per install;
 SPARK_VERSION := $(shell sed -n 's/^ARG SPARK_VERSION=//p' Dockerfile.spark)
+# dev.txt (everything) first; the images' files are then resolved within it, so the tests run their versions.
+UV_COMPILE := $(BIN)/uv pip compile pyproject.toml --quiet --python-version 3.11 \
+  --python-platform x86_64-unknown-linux-gnu --custom-compile-command "make lock"
 lock: venv
 	echo "pyspark==$(SPARK_VERSION)" > constraints/spark-version.txt
-	for extra in lambda spark dev; do \
-	  $(BIN)/uv pip compile pyproject.toml --quiet --extra $$extra --constraint constraints/spark-version.txt \
-	    --python-version 3.11 --python-platform x86_64-unknown-linux-gnu --upgrade \
-	    --custom-compile-command "make lock" --output-file constraints/$$extra.txt || exit 1; \
+	$(UV_COMPILE) --extra dev --constraint constraints/spark-version.txt --upgrade --output-file constraints/dev.txt
+	for extra in lambda spark; do \
+	  $(UV_COMPILE) --extra $$extra --constraint constraints/dev.txt --output-file constraints/$$extra.txt \
+	    || exit 1; \
 	done
 	rm constraints/spark-version.txt
 

@@ -17,6 +17,8 @@ from pomona.errors import PomonaError
 if TYPE_CHECKING:
     from kubernetes.client import CustomObjectsApi
 
+    from pomona.settings import Settings
+
 app = typer.Typer(
     help="Run and watch the featurization job on Kubernetes (Spark Operator).", no_args_is_help=True
 )
@@ -119,7 +121,6 @@ def status(
     kubeconfig: Kubeconfig = None,
 ) -> None:
     """The schedule's recent runs, newest first, and the images queue's backlog beside them."""
-    import boto3
     from rich.table import Table
 
     from pomona import cluster
@@ -130,18 +131,7 @@ def status(
             _custom_objects(context, kubeconfig), namespace=namespace, scheduled_name=name, limit=limit
         )
         settings = Settings.from_env()
-        backlog = (
-            cluster.queue_backlog(
-                boto3.client("sqs", region_name=settings.region, endpoint_url=settings.endpoint_url),
-                settings.images_queue_url,
-            )
-            if settings.images_queue_url
-            else None
-        )
-    if backlog is None:
-        console.print("backlog: unknown (set POMONA_IMAGES_QUEUE_URL to see the images queue's depth)")
-    else:
-        console.print(f"backlog: [bold]{backlog}[/] images waiting on the images queue")
+    console.print(f"backlog: {_backlog(settings)}")
     if not runs:
         console.print(f"no runs of {namespace}/{name} yet")
         return
@@ -156,6 +146,22 @@ def status(
             str(r.duration) if r.duration is not None else "",
         )
     console.print(table)
+
+
+def _backlog(settings: Settings) -> str:
+    """The images queue's depth in words; the runs are worth showing even when the queue cannot be read."""
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from pomona import cluster
+
+    if not settings.images_queue_url:
+        return "unknown (set POMONA_IMAGES_QUEUE_URL to see the images queue's depth)"
+    sqs = boto3.client("sqs", region_name=settings.region, endpoint_url=settings.endpoint_url)
+    try:
+        return f"[bold]{cluster.queue_backlog(sqs, settings.images_queue_url)}[/] images waiting on the images queue"
+    except (BotoCoreError, ClientError) as err:
+        return f"unknown (the images queue did not answer: {err})"
 
 
 @app.command()

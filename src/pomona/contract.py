@@ -24,9 +24,12 @@ MAX_LABEL_CHARS = 64
 MAX_KEY_BYTES = 1024  # S3's own limit
 IMAGE_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "GIF", "TIFF", "BMP"})
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-# Format (zero-width, bidi overrides), private-use, surrogate and unassigned code points: a label holding one
-# looks like another label, or reorders the text it is shown in.
-_INVISIBLE_CATEGORIES = frozenset({"Cf", "Co", "Cs", "Cn"})
+# Bidi controls reorder the text a label is shown in; these invisible characters make a label look like another.
+# Joiners (U+200C/D, in Persian, Indic scripts and emoji sequences) and emoji tags are part of real names: kept.
+_HIDDEN = frozenset(
+    "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"  # bidi controls
+    "\u00ad\u200b\u2060\ufeff"  # soft hyphen, zero-width space, word joiner, zero-width no-break space
+)
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -60,7 +63,7 @@ def sanitize_label(raw: str) -> str:
         raise BadKeyError(f"expected a non-empty label, got {raw!r}")
     if _CONTROL.search(label):
         raise BadKeyError(f"expected a label without control characters, got {raw!r}")
-    invisible = next((c for c in label if unicodedata.category(c) in _INVISIBLE_CATEGORIES), None)
+    invisible = next((c for c in label if c in _HIDDEN), None)
     if invisible is not None:
         raise BadKeyError(
             f"expected a label of visible characters, got {raw!r} (U+{ord(invisible):04X} is invisible or "

@@ -206,7 +206,9 @@ def summarize(
     uploads that ended nowhere (`missing`, which must be empty).
 
     Each side is counted where it happened: quarantined from the Lambda's sidecars, accepted from the messages
-    the committed batches took off the queue, featurized, failed and duplicates from their manifests.
+    the committed batches took off the queue, featurized, failed and duplicates from their manifests. The queue
+    is at least once: a Lambda retried after queueing adds a message (a duplicate for the job), so `accepted`
+    then exceeds the accepted uploads; `missing`, by key and sha256, is the check that holds regardless.
     """
     s3 = boto3.client("s3", endpoint_url=settings.endpoint_url, config=RETRIES)
     sidecars = quarantine_sidecars(s3, settings)

@@ -193,7 +193,8 @@ class RunLock:
                 self.s3, self.bucket, self.key, self._document(now or datetime.now(UTC)), if_match=self.etag
             )
         except ClientError as err:
-            if not is_precondition_failed(err):
+            # S3 answers a conditional write to a key that is gone with 404: the lock was deleted under us.
+            if not (is_precondition_failed(err) or is_missing(err)):
                 raise
             found = get_json(self.s3, self.bucket, self.key)
             if found is None or found[0]["owner"] != self.owner:
@@ -201,10 +202,15 @@ class RunLock:
             self.etag = found[1]  # our renewal landed, its response was lost, the retry met it
 
     def release(self) -> None:
-        """Delete the lock if it is still ours: a run that lost it must not free the run that took it over."""
-        found = get_json(self.s3, self.bucket, self.key)
-        if found is not None and found[0]["owner"] == self.owner:
-            self.s3.delete_object(Bucket=self.bucket, Key=self.key)
+        """Delete the lock if it is still ours: a run that lost it must not free the run that took it over.
+
+        The conditional renewal first makes it ours for a full TTL, so no run can take it over before the delete.
+        """
+        try:
+            self.renew()
+        except ConcurrentRunError:
+            return
+        self.s3.delete_object(Bucket=self.bucket, Key=self.key)
 
     def _document(self, now: datetime) -> dict[str, Any]:
         return {

@@ -135,6 +135,7 @@ def test_executors_scale_up_with_the_backlog_and_back_to_zero(tmp_path: Path) ->
     assert max(n for t, n in samples if t <= job_s) == 2
     assert job_s < result["released_s"] <= job_s + 20
     assert result["executors_at_end"] == 0
+    assert all(e["removed_s"] is not None for e in result["executors"]), result["executors"]
     assert all(e["added_s"] < e["removed_s"] <= result["released_s"] + 1 for e in result["executors"])
     # THEN the batch commits every image
     assert result["queued"] == 128

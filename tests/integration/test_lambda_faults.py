@@ -163,11 +163,11 @@ def test_a_crash_after_queueing_queues_twice_and_the_job_featurizes_once(
 def test_a_sandbox_killed_after_queueing_is_retried_once_its_invocation_has_expired(
     ingest: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # GIVEN an upload, and a Lambda with a 1 s timeout whose sandbox dies right after queueing it
+    # GIVEN an upload, and a Lambda with a 5 s timeout whose sandbox dies right after queueing it
     boto3.client("sqs").purge_queue(QueueUrl=ingest.events_queue_url)  # the s3:TestEvent would ride along
     (key,) = _upload(ingest, 1)
     _crash_after_queueing(monkeypatch, key, SandboxKilledError())
-    timeout_s = 1.0
+    timeout_s = 5.0  # long enough that the early retry below lands within it on a loaded machine
 
     def invocation(event: dict[str, Any], _: Any) -> Any:
         try:

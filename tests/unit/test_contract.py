@@ -107,12 +107,29 @@ def test_labels(key: str, override: str | None, label: str) -> None:
         pytest.param(
             "uploads/Lime\u202egnarO/x.jpg", "U\\+202E is invisible or reorders", id="bidi-override"
         ),
-        pytest.param("uploads/\ue000Kiwi/x.jpg", "U\\+E000 is invisible", id="private-use"),
+        pytest.param("uploads/Kiwi\u00ad/x.jpg", "U\\+00AD is invisible", id="soft-hyphen"),
     ],
 )
 def test_unsafe_keys_are_bad_keys(key: str, match: str) -> None:
     with pytest.raises(BadKeyError, match=match):
         label_from_key(key, uploads_prefix=UPLOADS)
+
+
+@pytest.mark.parametrize(
+    "label",
+    [
+        pytest.param("\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645", id="persian-zwnj"),
+        pytest.param("\u0936\u094d\u200d\u0930\u0940", id="indic-zwj"),
+        pytest.param("\U0001f468\u200d\U0001f469\u200d\U0001f467", id="emoji-zwj-sequence"),
+        pytest.param(
+            "\U0001f3f4\U000e0067\U000e0062\U000e0065\U000e006e\U000e0067\U000e007f", id="emoji-tags"
+        ),
+        pytest.param("\U0001fae8 Kiwi", id="emoji-newer-than-python"),
+        pytest.param("\u308a\u3093\u3054", id="japanese"),
+    ],
+)
+def test_real_names_in_any_script_are_labels(label: str) -> None:
+    assert sanitize_label(label) == label
 
 
 def test_labels_that_collide_after_normalisation_are_one_label() -> None:
