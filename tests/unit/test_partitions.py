@@ -1,0 +1,23 @@
+"""How the job splits a batch into Spark partitions: whole rounds over the task slots, bounded."""
+
+from __future__ import annotations
+
+import pytest
+
+from pomona.featurize.job import partition_count
+
+
+@pytest.mark.parametrize(
+    ("images", "per_partition", "parallelism", "expected"),
+    [
+        pytest.param(540, 512, 2, 2, id="sample-one-round"),
+        pytest.param(1500, 512, 2, 4, id="three-wanted-two-rounds"),
+        pytest.param(50_000, 512, 2, 8, id="at-most-four-rounds"),
+        pytest.param(24, 8, 2, 4, id="small-partitions"),
+        pytest.param(1, 512, 2, 1, id="one-image"),
+        pytest.param(3, 1, 8, 3, id="fewer-images-than-slots"),
+        pytest.param(100, 512, 0, 1, id="no-slots-yet"),
+    ],
+)
+def test_partition_count(images: int, per_partition: int, parallelism: int, expected: int) -> None:
+    assert partition_count(images, images_per_partition=per_partition, parallelism=parallelism) == expected
