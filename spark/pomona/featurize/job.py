@@ -378,8 +378,10 @@ def project_partitions(
         context = TaskContext.get()
         part = context.partitionId() if context else 0
         model, _ = load_npz(model_npz)
-        frame = pd.concat(list(frames), ignore_index=True)
-        if not len(frame):
+        # A partition whose every image failed gets no frame at all here: there is nothing to project.
+        received = list(frames)
+        frame = pd.concat(received, ignore_index=True) if received else None
+        if frame is None or not len(frame):
             return
         projected = project(model, np.stack(frame["features"].to_numpy()))
         table = pa.table(
