@@ -1,10 +1,14 @@
-"""How the job splits a batch into Spark partitions: whole rounds over the task slots, bounded."""
+"""How the job splits a batch into Spark partitions: whole rounds over the task slots, bounded; and partitions
+that end up empty."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
-from pomona.featurize.job import partition_count
+from pomona.featurize.job import partition_count, partition_states, project_partitions
+from pomona.featurize.pca import PcaState, fit_pca, state_to_npz
+from pomona.settings import Settings
 
 
 @pytest.mark.parametrize(
@@ -21,3 +25,14 @@ from pomona.featurize.job import partition_count
 )
 def test_partition_count(images: int, per_partition: int, parallelism: int, expected: int) -> None:
     assert partition_count(images, images_per_partition=per_partition, parallelism=parallelism) == expected
+
+
+def test_a_partition_whose_every_image_failed_projects_nothing_and_holds_no_state() -> None:
+    # GIVEN a refit model, and a partition the failed-rows filter left without a single frame
+    state = PcaState.from_rows(np.random.default_rng(0).normal(size=(8, 4)))
+    model_npz = state_to_npz(fit_pca(state, n_components=2), state)
+    project = project_partitions(Settings(), model_npz, batch_id="b", pca_version=1, provenance={})
+
+    # WHEN / THEN both executor passes yield nothing, rather than fail the stage
+    assert list(project(iter([]))) == []
+    assert list(partition_states(iter([]))) == []
