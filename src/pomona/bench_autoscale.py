@@ -25,13 +25,14 @@ from typing import TYPE_CHECKING, Any, Self
 import boto3
 from rich.console import Console
 
+from pomona.bench_ingest import bench_files
 from pomona.errors import PomonaError
 from pomona.local.cluster import LOOPBACK, standalone_cluster
 from pomona.local.poller import EventSourcePoller
 from pomona.local.stack import embedded_stack
-from pomona.local.upload import upload_files, upload_key
-from pomona.samples import SYNTHETIC_LABELS, fruit_image
+from pomona.local.upload import upload_files
 from pomona.settings import Settings
+from pomona.status import queue_depth
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -213,19 +214,12 @@ def _ingest(settings: Settings, images: int) -> int:
     """Upload `images` synthetic fruits and run the ingestion handler over them; returns the queue's depth."""
     from pomona.ingest import handler
 
-    files = [
-        (upload_key(settings, label, f"img_{i}.jpg"), fruit_image(label, i))
-        for i in range(images)
-        for label in [SYNTHETIC_LABELS[i % len(SYNTHETIC_LABELS)]]
-    ]
+    files = bench_files(images, settings, bad_every=0, duplicate_every=0)
     upload_files(files, settings, console=Console(quiet=True))
     handler._ingestor.cache_clear()  # its clients were built for whatever environment came before the stack's
     EventSourcePoller(settings.events_queue_url, handler.lambda_handler, retry_after_s=1).drain()
     sqs = boto3.client("sqs", endpoint_url=settings.endpoint_url)
-    attributes = sqs.get_queue_attributes(
-        QueueUrl=settings.images_queue_url, AttributeNames=["ApproximateNumberOfMessages"]
-    )["Attributes"]
-    return int(attributes["ApproximateNumberOfMessages"])
+    return queue_depth(sqs, settings.images_queue_url)["visible"]
 
 
 def _released_at(samples: list[tuple[float, int]]) -> float | None:

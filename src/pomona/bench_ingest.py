@@ -7,7 +7,7 @@ images queues over the whole run. The accounting closes the run: uploaded = acce
 accepted = featurized + failed + duplicates, and `missing` (uploads that ended nowhere) must be 0.
 
 Uploads: synthetic 100×100 fruit; every `bad_every`-th is one of the demo's bad uploads (quarantined) and every
-`duplicate_every`-th repeats the bytes of the upload before it under another key (a duplicate for the job).
+`duplicate_every`-th repeats the last good upload's bytes under another key (a duplicate for the job).
 """
 
 from __future__ import annotations
