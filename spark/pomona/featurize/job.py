@@ -14,6 +14,7 @@ after 4 only redelivers messages, which dedupe finds committed. A lock in S3 kee
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import io
 import itertools
@@ -68,7 +69,7 @@ from pomona.store import (
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_sqs import SQSClient
-    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql import SparkSession
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +79,13 @@ CHUNK = 64  # images decoded and featurized together in an executor
 FETCH_THREADS = 8  # concurrent GETs per Python worker: S3 latency hides behind the model
 META_COLUMNS = ("sha256", "key", "label", "version_id", "etag", "bucket")
 META_SCHEMA = ", ".join(f"{column} string" for column in META_COLUMNS)
-FEATURED_SCHEMA = (
-    "sha256 string, key string, label string, version_id string, features array<float>, "
-    "reason string, detail string"
-)
+# What a partition of the featurize pass tells the driver, besides the features part file it wrote: one row per
+# image that failed (sha256, reason, detail), and one row for that part file (its number, and the PCA statistics
+# of its features). The features themselves stay in S3, where the projection pass reads them back: they never
+# travel through Spark.
+OUTCOME_SCHEMA = "sha256 string, reason string, detail string, part int, state binary"
+OUTCOME_COLUMNS = [field.split()[0] for field in OUTCOME_SCHEMA.split(", ")]
+PROJECTED_SCHEMA = "sha256 string, label string, projection array<float>"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -256,7 +260,8 @@ def fetch_image(s3: S3Client, row: Any) -> tuple[bytes | None, Reason | None, st
 def featurize_partitions(
     settings: Settings, options: JobOptions, *, batch_id: str, pca_version: int, provenance: dict[str, str]
 ) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
-    """The executor function: fetch, decode, featurize, and write this partition's features part file."""
+    """The executor function: fetch, decode, featurize, write this partition's features part file, and yield
+    its outcome rows (OUTCOME_SCHEMA)."""
 
     def run(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         from pyspark import TaskContext
@@ -280,7 +285,9 @@ def featurize_partitions(
                 _featurize_chunk(chunk, fetched, featurizer, preprocess_batch)
                 for chunk, fetched in _fetch_ahead(s3, chunks, pool)
             ]
-        result = pd.concat(outputs, ignore_index=True) if outputs else _empty_featured()
+        if not outputs:
+            return
+        result = pd.concat(outputs, ignore_index=True)
         ok = result[result["reason"].isna()]
         if len(ok):
             table = _features_table(ok, batch_id=batch_id, pca_version=pca_version)
@@ -290,7 +297,11 @@ def featurize_partitions(
             "Partition featurized",
             extra={"part": part, "images": len(result), "s": time.monotonic() - started},
         )
-        yield result
+        outcomes = [result.loc[result["reason"].notna(), ["sha256", "reason", "detail"]]]
+        if len(ok):
+            state = PcaState.from_rows(np.stack(ok["features"].to_numpy()))
+            outcomes.append(pd.DataFrame({"part": [part], "state": [_state_bytes(state)]}))
+        yield pd.concat(outcomes, ignore_index=True).reindex(columns=OUTCOME_COLUMNS)
 
     return run
 
@@ -350,54 +361,49 @@ def _featurize_chunk(
     )
 
 
-def _empty_featured() -> pd.DataFrame:
-    return pd.DataFrame(
-        {c: [] for c in ("sha256", "key", "label", "version_id", "features", "reason", "detail")}
-    )
-
-
-def partition_states(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-    """One PCA sufficient-statistics state per partition, merged later on the driver."""
-    state: PcaState | None = None
-    for frame in frames:
-        if len(frame):
-            rows = PcaState.from_rows(np.stack(frame["features"].to_numpy()))
-            state = rows if state is None else merge_pca_state(state, rows)
-    if state is not None:
-        yield pd.DataFrame({"n": [state.n], "state": [_state_bytes(state)]})
-
-
 def project_partitions(
-    settings: Settings, model_npz: bytes, *, batch_id: str, pca_version: int, provenance: dict[str, str]
+    settings: Settings,
+    model_npz: bytes,
+    *,
+    parts: Sequence[int],
+    batch_id: str,
+    pca_version: int,
+    provenance: dict[str, str],
 ) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
-    """The executor function of the second pass: project with this batch's refit and write the part file."""
+    """The executor function of the second pass, over row ids `i` of `spark.range(len(parts))`: read features
+    part file `parts[i]` back from S3, project it with this batch's refit, write its projections part file."""
 
     def run(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        from pyspark import TaskContext
-
-        context = TaskContext.get()
-        part = context.partitionId() if context else 0
         model, _ = load_npz(model_npz)
-        # A partition whose every image failed gets no frame at all here: there is nothing to project.
-        received = list(frames)
-        frame = pd.concat(received, ignore_index=True) if received else None
-        if frame is None or not len(frame):
-            return
-        projected = project(model, np.stack(frame["features"].to_numpy()))
-        table = pa.table(
-            {
-                **{c: pa.array(frame[c], pa.string()) for c in ("sha256", "key", "label", "version_id")},
-                "batch_id": pa.array([batch_id] * len(frame), pa.string()),
-                "pca_version": pa.array([pca_version] * len(frame), pa.int32()),
-                "projection": pa.array(list(projected), pa.list_(pa.float32())),
-            },
-            metadata=provenance,
-        )
         s3 = boto3.client("s3", endpoint_url=settings.endpoint_url, config=RETRIES)
-        _put_parquet(s3, settings.bucket, projections_key(settings.output_prefix, batch_id, part), table)
-        yield pd.DataFrame(
-            {"sha256": frame["sha256"], "label": frame["label"], "projection": list(projected)}
-        )
+        for frame in frames:
+            for i in frame["id"]:
+                part = parts[i]
+                body = s3.get_object(
+                    Bucket=settings.bucket, Key=features_key(settings.output_prefix, batch_id, part)
+                )["Body"].read()
+                features = pq.read_table(io.BytesIO(body))
+                projected = project(
+                    model, np.stack(features.column("features").to_numpy(zero_copy_only=False))
+                )
+                table = pa.table(
+                    {
+                        **{c: features.column(c) for c in ("sha256", "key", "label", "version_id")},
+                        "batch_id": pa.array([batch_id] * len(projected), pa.string()),
+                        "pca_version": pa.array([pca_version] * len(projected), pa.int32()),
+                        "projection": pa.array(list(projected), pa.list_(pa.float32())),
+                    },
+                    metadata=provenance,
+                )
+                key = projections_key(settings.output_prefix, batch_id, part)
+                _put_parquet(s3, settings.bucket, key, table)
+                yield pd.DataFrame(
+                    {
+                        "sha256": features.column("sha256").to_pandas(),
+                        "label": features.column("label").to_pandas(),
+                        "projection": list(projected),
+                    }
+                )
 
     return run
 
@@ -541,17 +547,16 @@ class Job:
             return BatchResult(manifest=None, skipped=f"all {len(duplicates)} images already committed")
 
         clock = time.monotonic()
-        featured = self._featurize([m for m, _ in fresh], batch_id=batch_id, version=version)
-        states = (
-            featured.filter("reason IS NULL").mapInPandas(partition_states, "n long, state binary").collect()
-        )
+        outcomes = self._featurize([m for m, _ in fresh], batch_id=batch_id, version=version)
+        written = outcomes[outcomes["part"].notna()]
+        failures = outcomes[outcomes["sha256"].notna()]
         timings["featurize_s"] = time.monotonic() - clock
         _fault("after_features")
 
         clock = time.monotonic()
         state = stored_state or PcaState.empty(_feature_dim())
-        for row in states:
-            state = merge_pca_state(state, _state_from_bytes(row["state"]))
+        for state_bytes in written["state"]:
+            state = merge_pca_state(state, _state_from_bytes(state_bytes))
         if state.n < 2:
             raise PomonaError(f"expected at least 2 images seen to fit a PCA, got {state.n}")
         model = fit_pca(
@@ -564,31 +569,17 @@ class Job:
         timings["refit_s"] = time.monotonic() - clock
 
         clock = time.monotonic()
-        projected = pd.DataFrame(
-            featured.filter("reason IS NULL")
-            .mapInPandas(
-                project_partitions(
-                    self.settings,
-                    model_npz,
-                    batch_id=batch_id,
-                    pca_version=version,
-                    provenance=self._provenance,
-                ),
-                "sha256 string, label string, projection array<float>",
-            )
-            .toPandas()
+        projected = self._project(
+            sorted(written["part"].astype(int)), model_npz, batch_id=batch_id, version=version
         )
-        failures = pd.DataFrame(
-            featured.filter("reason IS NOT NULL").select("sha256", "reason", "detail").toPandas()
-        )
-        featured.unpersist()
         timings["project_s"] = time.monotonic() - clock
 
         clock = time.monotonic()
         by_sha = {m.sha256: m for m, _ in fresh}
         for failure in failures.itertuples(index=False):
             self._quarantine(by_sha[failure.sha256], Reason(failure.reason), failure.detail)
-        quality = self._quality(projected)
+        with _timed(timings, "quality_s"):
+            quality = self._quality(projected)
         counts |= {
             "featurized": len(projected),
             "failed": dict(Counter(failures["reason"])),
@@ -639,9 +630,8 @@ class Job:
             if not is_precondition_failed(err):
                 raise
 
-    def _featurize(self, messages: Sequence[ImageMessage], *, batch_id: str, version: int) -> DataFrame:
-        from pyspark import StorageLevel
-
+    def _featurize(self, messages: Sequence[ImageMessage], *, batch_id: str, version: int) -> pd.DataFrame:
+        """Run the featurize pass; its outcome rows (OUTCOME_SCHEMA)."""
         rows = [tuple(getattr(m, c) for c in META_COLUMNS) for m in messages]
         parts = partition_count(
             len(rows),
@@ -650,17 +640,27 @@ class Job:
         )
         # An explicit schema: inferring one would run a Spark job over the rows first.
         frame = self.spark.createDataFrame(self.spark.sparkContext.parallelize(rows, parts), META_SCHEMA)
-        featured = frame.mapInPandas(
-            featurize_partitions(
-                self.settings,
-                self.options,
-                batch_id=batch_id,
-                pca_version=version,
-                provenance=self._provenance,
-            ),
-            FEATURED_SCHEMA,
+        featurize = featurize_partitions(
+            self.settings, self.options, batch_id=batch_id, pca_version=version, provenance=self._provenance
         )
-        return featured.persist(StorageLevel.MEMORY_AND_DISK)
+        return pd.DataFrame(frame.mapInPandas(featurize, OUTCOME_SCHEMA).toPandas())
+
+    def _project(
+        self, parts: Sequence[int], model_npz: bytes, *, batch_id: str, version: int
+    ) -> pd.DataFrame:
+        """Run the projection pass, a task per features part file; (sha256, label, projection) per image."""
+        if not parts:
+            return pd.DataFrame({"sha256": [], "label": [], "projection": []})
+        project_parts = project_partitions(
+            self.settings,
+            model_npz,
+            parts=parts,
+            batch_id=batch_id,
+            pca_version=version,
+            provenance=self._provenance,
+        )
+        ids = self.spark.range(0, len(parts), 1, numPartitions=len(parts))
+        return pd.DataFrame(ids.mapInPandas(project_parts, PROJECTED_SCHEMA).toPandas())
 
     def _load_version(self, version: int) -> tuple[PcaState | None, set[str]]:
         """The merge state and the hashes of every image committed up to `version`."""
@@ -762,6 +762,13 @@ def _feature_dim() -> int:
     return FEATURE_DIM
 
 
+@contextlib.contextmanager
+def _timed(timings: dict[str, float], name: str) -> Iterator[None]:
+    started = time.monotonic()
+    yield
+    timings[name] = time.monotonic() - started
+
+
 def _fault(phase: str) -> None:
     """The fault-injection point: with POMONA_FAULT=<phase>, the process dies here as a killed pod would."""
     if os.environ.get(FAULT_ENV) == phase:
@@ -784,6 +791,10 @@ def spark_session(master: str | None = None, app_name: str = "pomona-featurize")
     builder = SparkSession.builder.appName(app_name)
     if master:
         builder = builder.master(master)
+    if master and master.startswith("local"):
+        # One short-lived JVM is driver and executor: C2's compilations cost more CPU than they pay back in a run
+        # (JVM CPU per 540-image run measured 5.3 s with tiered C2, 2.7 s with C1 alone), on cores the model needs.
+        builder = builder.config("spark.driver.extraJavaOptions", "-XX:TieredStopAtLevel=1")
     return (
         builder.config("spark.python.worker.reuse", "true")
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")

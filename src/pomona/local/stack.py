@@ -83,6 +83,7 @@ def start_server(*, port: int = 0) -> tuple[ThreadedMotoServer, str]:
     from moto.server import ThreadedMotoServer
 
     _speed_up_moto_sqs()
+    _speed_up_moto_dispatch()
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one access-log line per request is noise here
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
@@ -142,6 +143,28 @@ def _speed_up_moto_sqs() -> None:
         return time.time() * 1000 if dt is None else float(clock_millis(dt))
 
     models.unix_time_millis = unix_time_millis  # type: ignore[attr-defined]
+
+
+@functools.cache  # once per process, as above
+def _speed_up_moto_dispatch() -> None:
+    """Remember which service answers each host name.
+
+    moto's server finds the service of every request anew, under a lock that serialises all requests: it lists
+    moto's package folder (a `stat` per service, ~200) and then tries every service's URL patterns. That was
+    0.65 ms of CPU per request, and a third of the CPU of an S3 GET (4.4 → 3.1 ms, measured with 8 concurrent
+    GETs). The answer depends on the host name alone, and moto's folders and patterns never change while it runs.
+    """
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication
+
+    find_backend = DomainDispatcherApplication.get_backend_for_host
+    backends: dict[str | None, Any] = {}
+
+    def get_backend_for_host(self: DomainDispatcherApplication, host: str | None) -> Any:
+        if host not in backends:
+            backends[host] = find_backend(self, host)
+        return backends[host]
+
+    DomainDispatcherApplication.get_backend_for_host = get_backend_for_host  # type: ignore[method-assign]
 
 
 def local_session() -> boto3.session.Session:
