@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from pomona.featurize.job import partition_count
+from pomona.featurize.job import partition_count, split_evenly
 
 
 @pytest.mark.parametrize(
@@ -24,3 +24,11 @@ from pomona.featurize.job import partition_count
 )
 def test_partition_count(images: int, per_partition: int, parallelism: int, expected: int) -> None:
     assert partition_count(images, images_per_partition=per_partition, parallelism=parallelism) == expected
+
+
+@pytest.mark.parametrize(("items", "parts"), [(540, 2), (541, 2), (7, 3), (3, 3), (1, 1), (50_000, 8)])
+def test_split_evenly_keeps_order_and_balances_to_one(items: int, parts: int) -> None:
+    groups = split_evenly(range(items), parts)
+    assert len(groups) == parts
+    assert [i for group in groups for i in group] == list(range(items))
+    assert max(map(len, groups)) - min(map(len, groups)) <= 1

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import boto3
 import numpy as np
@@ -69,16 +69,17 @@ from pomona.store import (
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_sqs import SQSClient
+    from pyspark import Broadcast
     from pyspark.sql import SparkSession
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 EXIT_CONCURRENT_RUN = 75  # EX_TEMPFAIL: another run was working; retry later
 FAULT_ENV = "POMONA_FAULT"  # names a phase at which the process kills itself: the fault-injection point
 CHUNK = 64  # images decoded and featurized together in an executor
 FETCH_THREADS = 8  # concurrent GETs per Python worker: S3 latency hides behind the model
 META_COLUMNS = ("sha256", "key", "label", "version_id", "etag", "bucket")
-META_SCHEMA = ", ".join(f"{column} string" for column in META_COLUMNS)
 # What a partition of the featurize pass tells the driver, besides the features part file it wrote: one row per
 # image that failed (sha256, reason, detail), and one row for that part file (its number, and the PCA statistics
 # of its features). The features themselves stay in S3, where the projection pass reads them back: they never
@@ -210,6 +211,13 @@ def partition_count(images: int, *, images_per_partition: int, parallelism: int)
     return max(1, min(images, rounds * max(1, parallelism)))
 
 
+def split_evenly(items: Sequence[_T], parts: int) -> list[list[_T]]:
+    """`items` in order, cut into `parts` runs whose lengths differ by at most one."""
+    size, extra = divmod(len(items), parts)
+    bounds = itertools.accumulate([0] + [size + (i < extra) for i in range(parts)])
+    return [list(items[a:b]) for a, b in itertools.pairwise(bounds)]
+
+
 # -- dedupe ------------------------------------------------------------------------------------------------------
 
 
@@ -258,18 +266,21 @@ def fetch_image(s3: S3Client, row: Any) -> tuple[bytes | None, Reason | None, st
 
 
 def featurize_partitions(
-    settings: Settings, options: JobOptions, *, batch_id: str, pca_version: int, provenance: dict[str, str]
+    settings: Settings,
+    options: JobOptions,
+    groups: Broadcast[list[list[tuple[str, ...]]]],
+    *,
+    batch_id: str,
+    pca_version: int,
+    provenance: dict[str, str],
 ) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
-    """The executor function: fetch, decode, featurize, write this partition's features part file, and yield
-    its outcome rows (OUTCOME_SCHEMA)."""
+    """The executor function, over row ids `i` of `spark.range(len(groups))`: fetch, decode and featurize the
+    images of message group `i` (rows of META_COLUMNS), write features part file `i`, and yield the outcome rows
+    (OUTCOME_SCHEMA)."""
 
     def run(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        from pyspark import TaskContext
-
         from pomona.featurize.featurize import BEST_BATCH, get_featurizer, preprocess_batch
 
-        context = TaskContext.get()
-        part = context.partitionId() if context else 0
         s3 = boto3.client("s3", endpoint_url=settings.endpoint_url, config=RETRIES)
         cache_dir = Path(options.cache_dir) if options.cache_dir else None
         featurizer = get_featurizer(
@@ -278,30 +289,32 @@ def featurize_partitions(
             cache_dir=cache_dir,
             batch_size=BEST_BATCH[options.backend],  # type: ignore[index]
         )
-        started = time.monotonic()
-        chunks = (frame.iloc[i : i + CHUNK] for frame in frames for i in range(0, len(frame), CHUNK))
-        with ThreadPoolExecutor(max_workers=FETCH_THREADS) as pool:
-            outputs = [
-                _featurize_chunk(chunk, fetched, featurizer, preprocess_batch)
-                for chunk, fetched in _fetch_ahead(s3, chunks, pool)
-            ]
-        if not outputs:
-            return
-        result = pd.concat(outputs, ignore_index=True)
-        ok = result[result["reason"].isna()]
-        if len(ok):
-            table = _features_table(ok, batch_id=batch_id, pca_version=pca_version)
-            key = features_key(settings.output_prefix, batch_id, part)
-            _put_parquet(s3, settings.bucket, key, table.replace_schema_metadata(provenance))
-        log.info(
-            "Partition featurized",
-            extra={"part": part, "images": len(result), "s": time.monotonic() - started},
-        )
-        outcomes = [result.loc[result["reason"].notna(), ["sha256", "reason", "detail"]]]
-        if len(ok):
-            state = PcaState.from_rows(np.stack(ok["features"].to_numpy()))
-            outcomes.append(pd.DataFrame({"part": [part], "state": [_state_bytes(state)]}))
-        yield pd.concat(outcomes, ignore_index=True).reindex(columns=OUTCOME_COLUMNS)
+        for frame in frames:
+            for part in frame["id"]:
+                started = time.monotonic()
+                messages = pd.DataFrame(groups.value[part], columns=META_COLUMNS)
+                chunks = (messages.iloc[i : i + CHUNK] for i in range(0, len(messages), CHUNK))
+                with ThreadPoolExecutor(max_workers=FETCH_THREADS) as pool:
+                    result = pd.concat(
+                        [
+                            _featurize_chunk(chunk, fetched, featurizer, preprocess_batch)
+                            for chunk, fetched in _fetch_ahead(s3, chunks, pool)
+                        ],
+                        ignore_index=True,
+                    )
+                ok = result[result["reason"].isna()]
+                outcomes = [result.loc[result["reason"].notna(), ["sha256", "reason", "detail"]]]
+                if len(ok):
+                    table = _features_table(ok, batch_id=batch_id, pca_version=pca_version)
+                    key = features_key(settings.output_prefix, batch_id, part)
+                    _put_parquet(s3, settings.bucket, key, table.replace_schema_metadata(provenance))
+                    state = PcaState.from_rows(np.stack(ok["features"].to_numpy()))
+                    outcomes.append(pd.DataFrame({"part": [part], "state": [_state_bytes(state)]}))
+                log.info(
+                    "Part featurized",
+                    extra={"part": part, "images": len(result), "s": time.monotonic() - started},
+                )
+                yield pd.concat(outcomes, ignore_index=True).reindex(columns=OUTCOME_COLUMNS)
 
     return run
 
@@ -638,12 +651,22 @@ class Job:
             images_per_partition=self.options.images_per_partition,
             parallelism=self.spark.sparkContext.defaultParallelism,
         )
-        # An explicit schema: inferring one would run a Spark job over the rows first.
-        frame = self.spark.createDataFrame(self.spark.sparkContext.parallelize(rows, parts), META_SCHEMA)
+        # Task i featurizes group i. The groups are broadcast, and the tasks run over `spark.range`: a DataFrame
+        # made from Python rows would convert them in an extra Python worker per task (~1 s to start one).
+        groups = self.spark.sparkContext.broadcast(split_evenly(rows, parts))
         featurize = featurize_partitions(
-            self.settings, self.options, batch_id=batch_id, pca_version=version, provenance=self._provenance
+            self.settings,
+            self.options,
+            groups,
+            batch_id=batch_id,
+            pca_version=version,
+            provenance=self._provenance,
         )
-        return pd.DataFrame(frame.mapInPandas(featurize, OUTCOME_SCHEMA).toPandas())
+        try:
+            ids = self.spark.range(0, parts, 1, numPartitions=parts)
+            return pd.DataFrame(ids.mapInPandas(featurize, OUTCOME_SCHEMA).toPandas())
+        finally:
+            groups.destroy()
 
     def _project(
         self, parts: Sequence[int], model_npz: bytes, *, batch_id: str, version: int
