@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import importlib
 import io
 import itertools
 import logging
@@ -473,6 +474,9 @@ class Job:
 
     def run(self) -> BatchResult:
         started = time.monotonic()
+        # The quality probe's scikit-learn takes ~0.7 s of CPU to import. Imported while the run takes its lock
+        # and drains the queue, mostly waiting, it is off the batch's path (`_quality` waits for it if needed).
+        threading.Thread(target=importlib.import_module, args=("pomona.featurize.quality",)).start()
         lock = RunLock(self.s3, self.bucket)
         lock.acquire()
         try:
