@@ -114,6 +114,9 @@ def _speed_up_moto_sqs() -> None:
     - Every receive and depth still looks at every message, and each look builds two datetimes to read the
       clock (a quarter of the embedded stack's time at a depth of 5,000): the clock is read directly, the same
       epoch milliseconds.
+    - DeleteMessageBatch scans the whole queue twice per receipt: the job's commit at 4,900 images spent 17 s
+      deleting. One scan per batch now deletes all of its receipts, with SQS's answers unchanged (a receipt
+      already deleted succeeds, an unknown one fails with ReceiptHandleIsInvalid).
     """
     from moto.core.utils import camelcase_to_underscores, unix_time
     from moto.sqs import models
@@ -143,6 +146,30 @@ def _speed_up_moto_sqs() -> None:
         return time.time() * 1000 if dt is None else float(clock_millis(dt))
 
     models.unix_time_millis = unix_time_millis  # type: ignore[attr-defined]
+
+    delete_one_by_one = SQSBackend.delete_message_batch
+
+    def delete_message_batch(
+        self: SQSBackend, queue_name: str, receipts: list[dict[str, Any]]
+    ) -> tuple[list[str], list[dict[str, str]]]:
+        queue = self.get_queue(queue_name)
+        wanted = {entry["ReceiptHandle"] for entry in receipts} - queue.deleted_messages
+        kept, found = [], set()
+        for message in queue._messages:
+            handles = wanted.intersection(message.all_receipt_handles)
+            if handles:
+                found |= handles
+                queue.pending_messages.discard(message)
+                queue.deleted_messages.update(message.all_receipt_handles)  # type: ignore[arg-type]
+            else:
+                kept.append(message)
+        queue._messages = kept
+        # What is left (unknown receipts) gets moto's own error entries.
+        unknown = [entry for entry in receipts if entry["ReceiptHandle"] not in queue.deleted_messages]
+        _, errors = delete_one_by_one(self, queue_name, unknown)
+        return [entry["Id"] for entry in receipts if entry not in unknown], errors
+
+    SQSBackend.delete_message_batch = delete_message_batch  # type: ignore[method-assign]
 
 
 @functools.cache  # once per process, as above
