@@ -154,11 +154,9 @@ def _speed_up_moto_sqs() -> None:
     ) -> tuple[list[str], list[dict[str, str]]]:
         queue = self.get_queue(queue_name)
         wanted = {entry["ReceiptHandle"] for entry in receipts} - queue.deleted_messages
-        kept, found = [], set()
+        kept = []
         for message in queue._messages:
-            handles = wanted.intersection(message.all_receipt_handles)
-            if handles:
-                found |= handles
+            if wanted.intersection(message.all_receipt_handles):
                 queue.pending_messages.discard(message)
                 queue.deleted_messages.update(message.all_receipt_handles)  # type: ignore[arg-type]
             else:
