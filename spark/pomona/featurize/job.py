@@ -276,8 +276,8 @@ def featurize_partitions(
     provenance: dict[str, str],
 ) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
     """The executor function, over row ids `i` of `spark.range(len(groups))`: fetch, decode and featurize the
-    images of message group `i` (rows of META_COLUMNS), write features part file `i`, and yield the outcome rows
-    (OUTCOME_SCHEMA)."""
+    images of message group `i` (rows of META_COLUMNS), write features part file `i` if any image succeeded, and
+    yield the outcome rows (OUTCOME_SCHEMA)."""
 
     def run(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         from pomona.featurize.featurize import BEST_BATCH, get_featurizer, preprocess_batch
@@ -305,12 +305,16 @@ def featurize_partitions(
                     )
                 ok = result[result["reason"].isna()]
                 outcomes = [result.loc[result["reason"].notna(), ["sha256", "reason", "detail"]]]
+                key = features_key(settings.output_prefix, batch_id, part)
                 if len(ok):
                     table = _features_table(ok, batch_id=batch_id, pca_version=pca_version)
-                    key = features_key(settings.output_prefix, batch_id, part)
                     _put_parquet(s3, settings.bucket, key, table.replace_schema_metadata(provenance))
                     state = PcaState.from_rows(np.stack(ok["features"].to_numpy()))
                     outcomes.append(pd.DataFrame({"part": [part], "state": [_state_bytes(state)]}))
+                else:
+                    # An earlier attempt of this task may have written the file before its images went away:
+                    # the manifest lists the folder, so a stale file must not stay there.
+                    s3.delete_object(Bucket=settings.bucket, Key=key)
                 log.info(
                     "Part featurized",
                     extra={"part": part, "images": len(result), "s": time.monotonic() - started},
@@ -818,9 +822,10 @@ def spark_session(master: str | None = None, app_name: str = "pomona-featurize")
     builder = SparkSession.builder.appName(app_name)
     if master:
         builder = builder.master(master)
-    if master and master.startswith("local"):
+    if master and (master == "local" or master.startswith("local[")):
         # One short-lived JVM is driver and executor: C2's compilations cost more CPU than they pay back in a run
         # (JVM CPU per 540-image run measured 5.3 s with tiered C2, 2.7 s with C1 alone), on cores the model needs.
+        # Set in code, so it replaces a spark-defaults.conf value for local runs.
         builder = builder.config("spark.driver.extraJavaOptions", "-XX:TieredStopAtLevel=1")
     return (
         builder.config("spark.python.worker.reuse", "true")
