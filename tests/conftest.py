@@ -68,6 +68,16 @@ def moto_endpoint() -> Iterator[str]:
 
 
 @pytest.fixture
+def ingest(deployment: Settings) -> Iterator[Settings]:
+    """The deployment, with the Lambda handler's cached clients rebuilt for it (and again afterwards)."""
+    from pomona.ingest import handler
+
+    handler._ingestor.cache_clear()
+    yield deployment
+    handler._ingestor.cache_clear()
+
+
+@pytest.fixture
 def deployment(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Settings:
     """A freshly provisioned deployment of its own on the session's moto server, its settings exported."""
     name = f"t{uuid.uuid4().hex[:10]}"

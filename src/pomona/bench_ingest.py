@@ -16,7 +16,6 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
@@ -66,7 +65,7 @@ def run(
     duplicate_every: int = 50,
     sample_every_s: float = 0.5,
 ) -> dict[str, Any]:
-    from pomona.featurize.job import options_from, prepare_model, run_job, spark_session
+    from pomona.featurize.job import options_from, prepare_model, run_job, spark_session, timed
 
     timings: dict[str, float] = {}
     with embedded_stack() as stack:
@@ -83,11 +82,11 @@ def run(
             spark = spark_session(f"local[{workers}]", app_name="pomona-bench-ingest")
             try:
                 with QueueSampler(settings, every_s=sample_every_s) as sampler:
-                    with _timed(timings, "upload"):
+                    with timed(timings, "upload"):
                         upload_files(files, settings)
-                    with _timed(timings, "ingest"):
+                    with timed(timings, "ingest"):
                         invocations = _drain_events(poller, settings)
-                    with _timed(timings, "featurize"):
+                    with timed(timings, "featurize"):
                         manifest = run_job(spark, settings, options).manifest
             finally:
                 spark.stop()
@@ -143,13 +142,6 @@ def accounting_holds(result: dict[str, Any]) -> bool:
         and result["missing"] == 0
         and not any(result["left_on_queues"].values())
     )
-
-
-@contextlib.contextmanager
-def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
-    start = time.monotonic()
-    yield
-    timings[stage] = time.monotonic() - start
 
 
 def _queue_depths(stack: EmbeddedStack) -> dict[str, int]:

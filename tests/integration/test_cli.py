@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,13 +13,6 @@ from pomona.ingest import handler
 from pomona.local.poller import EventSourcePoller
 from pomona.samples import fruit_image
 from pomona.settings import Settings
-
-
-@pytest.fixture
-def ingest(deployment: Settings) -> Iterator[Settings]:
-    handler._ingestor.cache_clear()
-    yield deployment
-    handler._ingestor.cache_clear()
 
 
 def test_validate_prints_one_json_object_per_file_and_exits_0_whatever_the_verdicts(tmp_path: Path) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import boto3
@@ -16,14 +16,6 @@ from pomona.samples import bad_uploads, fruit_image
 from pomona.settings import Settings
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def ingest(deployment: Settings) -> Iterator[Settings]:
-    """The deployment, with the handler's cached clients rebuilt for it."""
-    handler._ingestor.cache_clear()
-    yield deployment
-    handler._ingestor.cache_clear()
 
 
 def _poller(settings: Settings, **kwargs: Any) -> EventSourcePoller:

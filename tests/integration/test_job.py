@@ -56,13 +56,6 @@ def options(cache_dir: Path) -> JobOptions:
     )
 
 
-@pytest.fixture
-def ingest(deployment: Settings) -> Iterator[Settings]:
-    handler._ingestor.cache_clear()
-    yield deployment
-    handler._ingestor.cache_clear()
-
-
 def _upload(settings: Settings, images: dict[str, bytes]) -> None:
     s3 = boto3.client("s3")
     for key, body in images.items():

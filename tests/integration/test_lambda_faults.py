@@ -52,13 +52,6 @@ def spark() -> Iterator[Any]:
     session.stop()
 
 
-@pytest.fixture
-def ingest(deployment: Settings) -> Iterator[Settings]:
-    handler._ingestor.cache_clear()
-    yield deployment
-    handler._ingestor.cache_clear()
-
-
 def _upload(settings: Settings, count: int, *, offset: int = 0) -> dict[str, bytes]:
     s3 = boto3.client("s3")
     images = {}

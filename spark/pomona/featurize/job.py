@@ -280,7 +280,7 @@ def featurize_partitions(
     yield the outcome rows (OUTCOME_SCHEMA)."""
 
     def run(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        from pomona.featurize.featurize import BEST_BATCH, get_featurizer, preprocess_batch
+        from pomona.featurize.featurize import BEST_BATCH, get_featurizer
 
         s3 = boto3.client("s3", endpoint_url=settings.endpoint_url, config=RETRIES)
         cache_dir = Path(options.cache_dir) if options.cache_dir else None
@@ -290,38 +290,74 @@ def featurize_partitions(
             cache_dir=cache_dir,
             batch_size=BEST_BATCH[options.backend],  # type: ignore[index]
         )
-        for frame in frames:
-            for part in frame["id"]:
-                started = time.monotonic()
-                messages = pd.DataFrame(groups.value[part], columns=META_COLUMNS)
-                chunks = (messages.iloc[i : i + CHUNK] for i in range(0, len(messages), CHUNK))
-                with ThreadPoolExecutor(max_workers=FETCH_THREADS) as pool:
-                    result = pd.concat(
-                        [
-                            _featurize_chunk(chunk, fetched, featurizer, preprocess_batch)
-                            for chunk, fetched in _fetch_ahead(s3, chunks, pool)
-                        ],
-                        ignore_index=True,
-                    )
-                ok = result[result["reason"].isna()]
-                outcomes = [result.loc[result["reason"].notna(), ["sha256", "reason", "detail"]]]
-                key = features_key(settings.output_prefix, batch_id, part)
-                if len(ok):
-                    table = _features_table(ok, batch_id=batch_id, pca_version=pca_version)
-                    _put_parquet(s3, settings.bucket, key, table.replace_schema_metadata(provenance))
-                    state = PcaState.from_rows(np.stack(ok["features"].to_numpy()))
-                    outcomes.append(pd.DataFrame({"part": [part], "state": [_state_bytes(state)]}))
-                else:
-                    # An earlier attempt of this task may have written the file before its images went away:
-                    # the manifest lists the folder, so a stale file must not stay there.
-                    s3.delete_object(Bucket=settings.bucket, Key=key)
-                log.info(
-                    "Part featurized",
-                    extra={"part": part, "images": len(result), "s": time.monotonic() - started},
-                )
-                yield pd.concat(outcomes, ignore_index=True).reindex(columns=OUTCOME_COLUMNS)
+        for part in _task_ids(frames):
+            started = time.monotonic()
+            outcomes = _featurize_group(
+                s3,
+                featurizer,
+                pd.DataFrame(groups.value[part], columns=META_COLUMNS),
+                bucket=settings.bucket,
+                key=features_key(settings.output_prefix, batch_id, part),
+                part=part,
+                batch_id=batch_id,
+                pca_version=pca_version,
+                provenance=provenance,
+            )
+            log.info(
+                "Part featurized",
+                extra={"part": part, "images": len(groups.value[part]), "s": time.monotonic() - started},
+            )
+            yield outcomes
 
     return run
+
+
+def _task_ids(frames: Iterator[pd.DataFrame]) -> Iterator[int]:
+    """The row ids of a `spark.range` partition, as the pandas UDF receives them."""
+    for frame in frames:
+        yield from (int(i) for i in frame["id"])
+
+
+def _featurize_group(
+    s3: S3Client,
+    featurizer: Any,
+    messages: pd.DataFrame,
+    *,
+    bucket: str,
+    key: str,
+    part: int,
+    batch_id: str,
+    pca_version: int,
+    provenance: dict[str, str],
+) -> pd.DataFrame:
+    """Fetch, decode and featurize one group; write its features to `key` if any image succeeded (else make sure
+    no file of an earlier attempt is left there); its outcome rows (OUTCOME_SCHEMA)."""
+    from pomona.featurize.featurize import preprocess_batch
+
+    chunks = (messages.iloc[i : i + CHUNK] for i in range(0, len(messages), CHUNK))
+    with ThreadPoolExecutor(max_workers=FETCH_THREADS) as pool:
+        result = pd.concat(
+            [
+                _featurize_chunk(chunk, fetched, featurizer, preprocess_batch)
+                for chunk, fetched in _fetch_ahead(s3, chunks, pool)
+            ],
+            ignore_index=True,
+        )
+    ok = result[result["reason"].isna()]
+    outcomes = [result.loc[result["reason"].notna(), ["sha256", "reason", "detail"]]]
+    if len(ok):
+        vectors = [np.asarray(f, dtype=np.float32) for f in ok["features"]]
+        table = _part_table(
+            ok, "features", vectors, batch_id=batch_id, pca_version=pca_version, provenance=provenance
+        )
+        _put_parquet(s3, bucket, key, table)
+        state = PcaState.from_rows(np.stack(vectors))
+        outcomes.append(pd.DataFrame({"part": [part], "state": [_state_bytes(state)]}))
+    else:
+        # An earlier attempt of this task may have written the file before its images went away: the manifest
+        # lists the folder, so a stale file must not stay there.
+        s3.delete_object(Bucket=bucket, Key=key)
+    return pd.concat(outcomes, ignore_index=True).reindex(columns=OUTCOME_COLUMNS)
 
 
 def _fetch_ahead(
@@ -394,34 +430,25 @@ def project_partitions(
     def run(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         model, _ = load_npz(model_npz)
         s3 = boto3.client("s3", endpoint_url=settings.endpoint_url, config=RETRIES)
-        for frame in frames:
-            for i in frame["id"]:
-                part = parts[i]
-                body = s3.get_object(
-                    Bucket=settings.bucket, Key=features_key(settings.output_prefix, batch_id, part)
-                )["Body"].read()
-                features = pq.read_table(io.BytesIO(body))
-                projected = project(
-                    model, np.stack(features.column("features").to_numpy(zero_copy_only=False))
-                )
-                table = pa.table(
-                    {
-                        **{c: features.column(c) for c in ("sha256", "key", "label", "version_id")},
-                        "batch_id": pa.array([batch_id] * len(projected), pa.string()),
-                        "pca_version": pa.array([pca_version] * len(projected), pa.int32()),
-                        "projection": pa.array(list(projected), pa.list_(pa.float32())),
-                    },
-                    metadata=provenance,
-                )
-                key = projections_key(settings.output_prefix, batch_id, part)
-                _put_parquet(s3, settings.bucket, key, table)
-                yield pd.DataFrame(
-                    {
-                        "sha256": features.column("sha256").to_pandas(),
-                        "label": features.column("label").to_pandas(),
-                        "projection": list(projected),
-                    }
-                )
+        for part in (parts[i] for i in _task_ids(frames)):
+            key = features_key(settings.output_prefix, batch_id, part)
+            features = pq.read_table(
+                io.BytesIO(s3.get_object(Bucket=settings.bucket, Key=key)["Body"].read())
+            )
+            meta = features.select(["sha256", "key", "label", "version_id"]).to_pandas()
+            projected = list(
+                project(model, np.stack(features.column("features").to_numpy(zero_copy_only=False)))
+            )
+            table = _part_table(
+                meta,
+                "projection",
+                projected,
+                batch_id=batch_id,
+                pca_version=pca_version,
+                provenance=provenance,
+            )
+            _put_parquet(s3, settings.bucket, projections_key(settings.output_prefix, batch_id, part), table)
+            yield pd.DataFrame({"sha256": meta["sha256"], "label": meta["label"], "projection": projected})
 
     return run
 
@@ -431,16 +458,26 @@ def file_provenance(*, weights_id: str, backend: str) -> dict[str, str]:
     return {"pomona.weights_id": weights_id, "pomona.backend": backend}
 
 
-def _features_table(frame: pd.DataFrame, *, batch_id: str, pca_version: int) -> pa.Table:
+def _part_table(
+    frame: pd.DataFrame,
+    name: str,
+    vectors: Sequence[np.ndarray],
+    *,
+    batch_id: str,
+    pca_version: int,
+    provenance: dict[str, str],
+) -> pa.Table:
+    """A features or projections part file: the images' identity, the batch id and PCA version on every row, the
+    vectors as float32 lists under `name`, and the provenance as file metadata."""
+    n = len(frame)
     return pa.table(
         {
             **{c: pa.array(frame[c], pa.string()) for c in ("sha256", "key", "label", "version_id")},
-            "batch_id": pa.array([batch_id] * len(frame), pa.string()),
-            "pca_version": pa.array([pca_version] * len(frame), pa.int32()),
-            "features": pa.array(
-                [np.asarray(f, dtype=np.float32) for f in frame["features"]], pa.list_(pa.float32())
-            ),
-        }
+            "batch_id": pa.array([batch_id] * n, pa.string()),
+            "pca_version": pa.array([pca_version] * n, pa.int32()),
+            name: pa.array(vectors, pa.list_(pa.float32())),
+        },
+        metadata=provenance,
     )
 
 
@@ -539,16 +576,15 @@ class Job:
 
     def _run_batch(self, heartbeat: Heartbeat, started: float) -> BatchResult:
         timings: dict[str, float] = {}
-        clock = time.monotonic()
-        received = drain_queue(
-            self.sqs,
-            self.settings.images_queue_url,
-            max_images=self.options.max_images,
-            visibility_timeout_s=self.options.visibility_timeout_s,
-            wait_s=self.options.wait_s,
-        )
+        with timed(timings, "drain_s"):
+            received = drain_queue(
+                self.sqs,
+                self.settings.images_queue_url,
+                max_images=self.options.max_images,
+                visibility_timeout_s=self.options.visibility_timeout_s,
+                wait_s=self.options.wait_s,
+            )
         heartbeat.receipts = received.receipts
-        timings["drain_s"] = time.monotonic() - clock
         _fault("after_receive")
         if not received.messages:
             return BatchResult(manifest=None, skipped=f"no valid messages ({received.malformed} malformed)")
@@ -567,39 +603,35 @@ class Job:
             delete_messages(self.sqs, self.settings.images_queue_url, [r for _, r in duplicates])
             return BatchResult(manifest=None, skipped=f"all {len(duplicates)} images already committed")
 
-        clock = time.monotonic()
-        outcomes = self._featurize([m for m, _ in fresh], batch_id=batch_id, version=version)
+        with timed(timings, "featurize_s"):
+            outcomes = self._featurize([m for m, _ in fresh], batch_id=batch_id, version=version)
         written = outcomes[outcomes["part"].notna()]
         failures = outcomes[outcomes["sha256"].notna()]
-        timings["featurize_s"] = time.monotonic() - clock
         _fault("after_features")
 
-        clock = time.monotonic()
-        state = stored_state or PcaState.empty(_feature_dim())
-        for state_bytes in written["state"]:
-            state = merge_pca_state(state, _state_from_bytes(state_bytes))
-        if state.n < 2:
-            raise PomonaError(f"expected at least 2 images seen to fit a PCA, got {state.n}")
-        model = fit_pca(
-            state,
-            variance_target=self.settings.variance_target,
-            max_components=self.settings.max_components,
-            n_components=self.settings.n_components,
-        )
-        model_npz = state_to_npz(model, state)
-        timings["refit_s"] = time.monotonic() - clock
+        with timed(timings, "refit_s"):
+            state = stored_state or PcaState.empty(_feature_dim())
+            for state_bytes in written["state"]:
+                state = merge_pca_state(state, _state_from_bytes(state_bytes))
+            if state.n < 2:
+                raise PomonaError(f"expected at least 2 images seen to fit a PCA, got {state.n}")
+            model = fit_pca(
+                state,
+                variance_target=self.settings.variance_target,
+                max_components=self.settings.max_components,
+                n_components=self.settings.n_components,
+            )
+            model_npz = state_to_npz(model, state)
 
-        clock = time.monotonic()
-        projected = self._project(
-            sorted(written["part"].astype(int)), model_npz, batch_id=batch_id, version=version
-        )
-        timings["project_s"] = time.monotonic() - clock
+        with timed(timings, "project_s"):
+            parts = sorted(written["part"].astype(int))
+            projected = self._project(parts, model_npz, batch_id=batch_id, version=version)
 
         clock = time.monotonic()
         by_sha = {m.sha256: m for m, _ in fresh}
         for failure in failures.itertuples(index=False):
             self._quarantine(by_sha[failure.sha256], Reason(failure.reason), failure.detail)
-        with _timed(timings, "quality_s"):
+        with timed(timings, "quality_s"):
             quality = self._quality(projected)
         counts |= {
             "featurized": len(projected),
@@ -671,8 +703,7 @@ class Job:
             provenance=self._provenance,
         )
         try:
-            ids = self.spark.range(0, parts, 1, numPartitions=parts)
-            return pd.DataFrame(ids.mapInPandas(featurize, OUTCOME_SCHEMA).toPandas())
+            return self._run_tasks(parts, featurize, OUTCOME_SCHEMA)
         finally:
             groups.destroy()
 
@@ -690,8 +721,14 @@ class Job:
             pca_version=version,
             provenance=self._provenance,
         )
-        ids = self.spark.range(0, len(parts), 1, numPartitions=len(parts))
-        return pd.DataFrame(ids.mapInPandas(project_parts, PROJECTED_SCHEMA).toPandas())
+        return self._run_tasks(len(parts), project_parts, PROJECTED_SCHEMA)
+
+    def _run_tasks(
+        self, tasks: int, function: Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]], schema: str
+    ) -> pd.DataFrame:
+        """`function` over the row ids 0..tasks-1, one per Spark task; every row it yields, on the driver."""
+        ids = self.spark.range(0, tasks, 1, numPartitions=tasks)
+        return pd.DataFrame(ids.mapInPandas(function, schema).toPandas())
 
     def _load_version(self, version: int) -> tuple[PcaState | None, set[str]]:
         """The merge state and the hashes of every image committed up to `version`."""
@@ -794,7 +831,8 @@ def _feature_dim() -> int:
 
 
 @contextlib.contextmanager
-def _timed(timings: dict[str, float], name: str) -> Iterator[None]:
+def timed(timings: dict[str, float], name: str) -> Iterator[None]:
+    """Seconds spent in the block, recorded as `timings[name]`."""
     started = time.monotonic()
     yield
     timings[name] = time.monotonic() - started
