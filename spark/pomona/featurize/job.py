@@ -100,7 +100,8 @@ class JobOptions:
     heartbeat_s: float = 60.0
     wait_s: int = 1  # long-poll seconds per receive; the queue is empty after one empty receive
     # Each partition costs ~0.4 s here beyond its images (a task, a 13 MB PCA state to the driver): measured on
-    # the 540 sample photos, 2 partitions of 270 took 6.9 s to featurize where 8 of ~67 took 10.0 s.
+    # the 540 sample photos, 2 partitions of 270 took 6.9 s to featurize where 8 of ~67 took 10.0 s (first
+    # session of 2026-11-30, when features still went through Spark's cache; not re-measured since).
     images_per_partition: int = 512
 
 
