@@ -166,8 +166,8 @@ provision_stack() {
     --env AWS_ACCESS_KEY_ID=testing --env AWS_SECRET_ACCESS_KEY=testing --env AWS_DEFAULT_REGION=us-east-1 \
     --command -- python - <<PY
 from pomona.local.stack import local_session, provision
-from pomona.resources import describe
-from pomona.settings import Settings
+from pomona.core.resources import describe
+from pomona.core.settings import Settings
 
 settings = provision(describe("pomona"), session=local_session(), endpoint_url="${MOTO_URL}", base=Settings())
 print(settings.to_env())
@@ -215,7 +215,7 @@ spec:
             - |
               import json, urllib.request
               from pomona.local.poller import EventSourcePoller
-              from pomona.settings import Settings
+              from pomona.core.settings import Settings
               RIE = "http://127.0.0.1:8080/2015-03-31/functions/function/invocations"
               def invoke(event, context):
                   request = urllib.request.Request(RIE, data=json.dumps(event).encode())
@@ -254,7 +254,7 @@ upload_samples() {
   run_with_input host_env python - <<'PY'
 import time
 import boto3
-from pomona.settings import Settings
+from pomona.core.settings import Settings
 
 settings = Settings.from_env()
 sqs = boto3.client("sqs", endpoint_url=settings.endpoint_url)

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
+from pomona.core.resources import describe
+from pomona.core.settings import Settings
 from pomona.local.poller import LambdaContext
 from pomona.local.stack import LOCAL_ENV, local_session, provision, start_server
-from pomona.resources import describe
-from pomona.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 EVENTS = Path(__file__).resolve().parent / "events"

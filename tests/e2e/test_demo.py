@@ -12,11 +12,11 @@ import pytest
 from PIL import Image
 from rich.console import Console
 
-from pomona.contract import Reason
-from pomona.demo import run_demo
-from pomona.featurize.pca import project
-from pomona.report import read_outputs, write_report
-from pomona.samples import bad_uploads
+from pomona.core.contract import Reason
+from pomona.demo.report import read_outputs, write_report
+from pomona.demo.run import run_demo
+from pomona.ml.pca import project
+from pomona.testing.samples import bad_uploads
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

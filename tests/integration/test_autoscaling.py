@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from pomona.bench_autoscale import changes
-from pomona.local.cluster import LOOPBACK, is_running, standalone_cluster
+from pomona.bench.autoscale import changes
+from pomona.local.spark_cluster import LOOPBACK, is_running, standalone_cluster
 
 # A driver that runs one job on the cluster named by argv[1], says so, and keeps its executors until stdin closes.
 DRIVER = """
@@ -117,7 +117,7 @@ def test_cluster_stopped_under_a_running_application_leaves_nothing_behind(tmp_p
 def test_executors_scale_up_with_the_backlog_and_back_to_zero(tmp_path: Path) -> None:
     # GIVEN 128 synthetic uploads accepted by the ingestion handler, and a cluster of two one-core workers
     # WHEN the job runs with dynamic allocation from zero executors (at most two, released after 5 s idle)
-    command = [sys.executable, "-m", "pomona.bench_autoscale", "--images", "128", "--workers", "2"]
+    command = [sys.executable, "-m", "pomona.bench.autoscale", "--images", "128", "--workers", "2"]
     command += ["--after-s", "25", "--cache-dir", str(tmp_path / "cache")]
     bench = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_child_env()

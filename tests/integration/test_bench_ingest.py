@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from pomona.bench_ingest import accounting_holds, bench_files
-from pomona.settings import Settings
+from pomona.bench.ingest import accounting_holds, bench_files
+from pomona.core.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from pomona.cli import _VALIDATE_KEYS, app
+from pomona.cli.app import _VALIDATE_KEYS, app
+from pomona.core.settings import Settings
 from pomona.ingest import handler
 from pomona.local.poller import EventSourcePoller
-from pomona.samples import fruit_image
-from pomona.settings import Settings
+from pomona.testing.samples import fruit_image
 
 
 def test_validate_prints_one_json_object_per_file_and_exits_0_whatever_the_verdicts(tmp_path: Path) -> None:

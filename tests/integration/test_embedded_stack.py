@@ -5,7 +5,7 @@ from __future__ import annotations
 import boto3
 import pytest
 
-from pomona.settings import Settings
+from pomona.core.settings import Settings
 
 pytestmark = pytest.mark.integration
 

@@ -34,15 +34,15 @@ import boto3
 import pyarrow.parquet as pq
 import pytest
 
-from pomona.contract import pca_prefix
+from pomona.core.contract import pca_prefix
+from pomona.core.settings import Settings
+from pomona.core.store import LOCK_KEY, RunLock, committed_batches, get_json, put_json, read_latest
 from pomona.featurize.job import EXIT_CONCURRENT_RUN, BatchResult, JobOptions, prepare_model, run_job
-from pomona.featurize.pca import load_npz
 from pomona.ingest import handler
 from pomona.local.poller import EventSourcePoller
 from pomona.local.stack import LOCAL_ENV
-from pomona.samples import SYNTHETIC_LABELS, fruit_image
-from pomona.settings import Settings
-from pomona.store import LOCK_KEY, RunLock, committed_batches, get_json, put_json, read_latest
+from pomona.ml.pca import load_npz
+from pomona.testing.samples import SYNTHETIC_LABELS, fruit_image
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

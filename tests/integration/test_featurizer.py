@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from moto import mock_aws
 
-from pomona.featurize.featurize import (
+from pomona.ml.featurizer import (
     FEATURE_DIM,
     IMAGE_SIZE,
     Featurizer,
@@ -99,10 +99,10 @@ def test_litert_worker_never_imports_tensorflow(litert: Featurizer, weights: str
     # GIVEN a fresh Python process, as a Spark worker is, with the converted model already cached
     code = (
         "import sys; import numpy as np; from pathlib import Path;"
-        "from pomona.featurize.featurize import get_featurizer;"
+        "from pomona.ml.featurizer import get_featurizer;"
         f"f = get_featurizer({weights!r}, cache_dir=Path({str(cache_dir)!r}));"
         "f(np.zeros((32, 224, 224, 3), np.float32));"
-        "from pomona.featurize.bench_bare import peak_rss_mb;"
+        "from pomona.bench.bare import peak_rss_mb;"
         "print('tensorflow' in sys.modules, int(peak_rss_mb()))"
     )
 

@@ -9,11 +9,11 @@ from typing import Any
 import boto3
 import pytest
 
-from pomona.contract import ImageMessage, Reason, quarantine_key, sidecar_key
+from pomona.core.contract import ImageMessage, Reason, quarantine_key, sidecar_key
+from pomona.core.settings import Settings
 from pomona.ingest import handler
 from pomona.local.poller import EventSourcePoller, LambdaContext
-from pomona.samples import bad_uploads, fruit_image
-from pomona.settings import Settings
+from pomona.testing.samples import bad_uploads, fruit_image
 
 pytestmark = pytest.mark.integration
 

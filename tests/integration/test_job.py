@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pomona.contract import (
+from pomona.core.contract import (
     ImageMessage,
     Reason,
     manifest_key,
@@ -24,12 +24,12 @@ from pomona.contract import (
     quarantine_key,
     sidecar_key,
 )
+from pomona.core.settings import Settings
 from pomona.featurize.job import JobOptions, run_job
-from pomona.featurize.pca import PcaState, fit_pca, load_npz
 from pomona.ingest import handler
 from pomona.local.poller import EventSourcePoller
-from pomona.samples import SYNTHETIC_LABELS, fruit_image
-from pomona.settings import Settings
+from pomona.ml.pca import PcaState, fit_pca, load_npz
+from pomona.testing.samples import SYNTHETIC_LABELS, fruit_image
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

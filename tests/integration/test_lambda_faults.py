@@ -24,14 +24,14 @@ import boto3
 import pyarrow.parquet as pq
 import pytest
 
-from pomona.contract import ImageMessage
+from pomona.core.contract import ImageMessage
+from pomona.core.resources import describe
+from pomona.core.settings import Settings
 from pomona.featurize.job import JobOptions, run_job
 from pomona.ingest import handler
-from pomona.ingest.ingest import Ingestor
+from pomona.ingest.ingestor import Ingestor
 from pomona.local.poller import EventSourcePoller, LambdaContext
-from pomona.resources import describe
-from pomona.samples import SYNTHETIC_LABELS, fruit_image
-from pomona.settings import Settings
+from pomona.testing.samples import SYNTHETIC_LABELS, fruit_image
 
 pytestmark = pytest.mark.integration
 

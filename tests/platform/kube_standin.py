@@ -1,4 +1,4 @@
-"""A small stand-in for the Kubernetes API on 127.0.0.1: just the custom-object endpoints `pomona.cluster` uses.
+"""A small stand-in for the Kubernetes API on 127.0.0.1: just the custom-object endpoints `pomona.ops.spark_operator` uses.
 
 It stores objects in memory, answers as the API server does (JSON objects, `Status` errors, label selectors, JSON
 merge patches), validates created Spark objects against the operator's CRD schema as an API server with the CRDs

@@ -11,7 +11,7 @@ import kubernetes_validate
 import pytest
 from manifests import CHART, HelmError, Render, by_kind, crd_errors, one, run_helm
 
-from pomona.settings import ENV_VARS
+from pomona.core.settings import ENV_VARS
 
 SPARK_KINDS = {"SparkApplication", "ScheduledSparkApplication"}
 # Kinds from other operators' CRDs that kubernetes-validate has no schema for; checked by their own tests.

@@ -1,4 +1,4 @@
-"""`pomona.cluster` and `pomona cluster …`: the real kubernetes client over real HTTP to a local API stand-in.
+"""`pomona.ops.spark_operator` and `pomona cluster …`: the real kubernetes client over real HTTP to a local API stand-in.
 
 The ScheduledSparkApplication the stand-in serves is the chart's own render, so a manual run is checked against
 what the chart deploys; the stand-in rejects any SparkApplication its CRD schema would.
@@ -20,9 +20,10 @@ from kubernetes.client.exceptions import ApiException
 from manifests import Render, crd_errors, one
 from typer.testing import CliRunner
 
-from pomona import cluster
-from pomona.cli_cluster import app
-from pomona.cluster import (
+from pomona.cli.cluster import app
+from pomona.local.stack import LOCAL_ENV, local_session
+from pomona.ops import spark_operator as cluster
+from pomona.ops.spark_operator import (
     BACKLOG_SINCE_ANNOTATION,
     SCHEDULED_APP_LABEL,
     SCHEDULED_APPLICATIONS,
@@ -30,7 +31,6 @@ from pomona.cluster import (
     TRIGGERED_BY_LABEL,
     RunTimeoutError,
 )
-from pomona.local.stack import LOCAL_ENV, local_session
 
 NS = "pomona"
 NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)

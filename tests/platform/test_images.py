@@ -15,7 +15,7 @@ import pytest
 import yaml
 from manifests import CHART, ROOT
 
-from pomona.featurize.featurize import IMAGENET_FILE, IMAGENET_URL
+from pomona.ml.featurizer import IMAGENET_FILE, IMAGENET_URL
 
 LAMBDA = ROOT / "Dockerfile.lambda"
 SPARK = ROOT / "Dockerfile.spark"

@@ -1,4 +1,4 @@
-"""The CloudFormation template: cfn-lint, least-privilege IAM, and the names and settings of `pomona.resources`."""
+"""The CloudFormation template: cfn-lint, least-privilege IAM, and the names and settings of `pomona.core.resources`."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from manifests import ROOT
 
-from pomona.resources import describe
-from pomona.settings import ENV_VARS
+from pomona.core.resources import describe
+from pomona.core.settings import ENV_VARS
 
 cfnlint_api = pytest.importorskip("cfnlint.api", reason="needs cfn-lint (a dev dependency)")
 cfnlint_decode = pytest.importorskip("cfnlint.decode", reason="needs cfn-lint (a dev dependency)")
@@ -207,7 +207,7 @@ def test_trigger_role_only_reads_queue_depth(template: dict[str, Any]) -> None:
     assert allowed(template, "TriggerRole") == {"sqs:GetQueueAttributes": {"<ImagesQueue.Arn>"}}
 
 
-# -- agreement with pomona.resources ------------------------------------------------------------------------------
+# -- agreement with pomona.core.resources ------------------------------------------------------------------------------
 
 
 def test_bucket_matches_resources(template: dict[str, Any]) -> None:

@@ -17,11 +17,19 @@ from hypothesis import strategies as st
 from PIL import Image
 from PIL import _imaging as pillow_core  # Image.core: its allocation counters
 
-from pomona.bench_validate import measure_peak_rss
-from pomona.contract import Reason
+from pomona.bench.validate import measure_peak_rss
+from pomona.core.contract import Reason
+from pomona.core.settings import Settings
 from pomona.ingest.checks import ImageVerdict, Limits, validate_image
-from pomona.samples import FUZZ_FORMATS, Case, fruit_image, hostile_cases, large_jpeg, mutate, reencode
-from pomona.settings import Settings
+from pomona.testing.samples import (
+    FUZZ_FORMATS,
+    Case,
+    fruit_image,
+    hostile_cases,
+    large_jpeg,
+    mutate,
+    reencode,
+)
 
 SHARED = Path(__file__).resolve().parents[2] / ".." / "shared"
 SAMPLE_DIR = SHARED / "data" / "fruits-360-sample"

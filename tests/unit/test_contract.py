@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from pomona.contract import (
+from pomona.core.contract import (
     MAX_LABEL_CHARS,
     SCHEMA_VERSION,
     ImageMessage,
@@ -15,8 +15,8 @@ from pomona.contract import (
     quarantine_key,
     sanitize_label,
 )
-from pomona.errors import BadKeyError, ContractError
-from pomona.settings import Settings, SettingsError
+from pomona.core.errors import BadKeyError, ContractError
+from pomona.core.settings import Settings, SettingsError
 
 UPLOADS = "uploads/"
 

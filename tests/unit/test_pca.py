@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.decomposition import PCA
 
-from pomona.featurize.pca import (
+from pomona.ml.pca import (
     PcaError,
     PcaModel,
     PcaState,

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from pomona.featurize.featurize import IMAGE_SIZE, DecodeError, preprocess_batch, preprocess_image
+from pomona.ml.featurizer import IMAGE_SIZE, DecodeError, preprocess_batch, preprocess_image
 
 SHARED = Path(__file__).resolve().parents[2] / ".." / "shared"
 SAMPLE = SHARED / "data" / "fruits-360-sample"
@@ -190,7 +190,7 @@ def test_preprocess_batch_of_only_bad_images_is_an_empty_batch() -> None:
 
 
 def test_importing_the_featurizer_module_does_not_import_tensorflow() -> None:
-    code = "import sys, pomona.featurize.featurize; print('tensorflow' in sys.modules)"
+    code = "import sys, pomona.ml.featurizer; print('tensorflow' in sys.modules)"
 
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
 

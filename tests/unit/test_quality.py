@@ -10,8 +10,8 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from pomona.featurize.pca import PcaState, fit_pca, project
-from pomona.featurize.quality import (
+from pomona.ml.pca import PcaState, fit_pca, project
+from pomona.ml.quality import (
     PLOT_THRESHOLDS,
     QualityError,
     best_threshold,

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pomona.contract import (
+from pomona.core.contract import (
     Reason,
     features_key,
     manifest_key,
@@ -23,9 +23,9 @@ from pomona.contract import (
     quarantine_key,
     sidecar_key,
 )
-from pomona.featurize.pca import PcaState, fit_pca, project, state_to_npz
-from pomona.featurize.quality import quality_report
-from pomona.report import read_outputs, write_report
+from pomona.demo.report import read_outputs, write_report
+from pomona.ml.pca import PcaState, fit_pca, project, state_to_npz
+from pomona.ml.quality import quality_report
 
 D = 24  # features are 1280-wide in production; the report does not care
 

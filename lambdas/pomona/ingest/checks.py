@@ -17,8 +17,8 @@ from typing import Any, Self
 
 from PIL import ExifTags, Image, ImageFile
 
-from pomona.contract import Reason
-from pomona.settings import MIB, Settings
+from pomona.core.contract import Reason
+from pomona.core.settings import MIB, Settings
 
 # Register every plugin once at import (~20 ms of cold start) so the format, MIME and extension registries
 # below are complete; Image.open would otherwise load them lazily on the first unusual file.

@@ -19,7 +19,7 @@ from aws_lambda_powertools.utilities.batch.types import PartialItemFailureRespon
 from aws_lambda_powertools.utilities.data_classes import S3Event, SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from pomona.ingest.ingest import Ingestor, ObjectRef
+from pomona.ingest.ingestor import Ingestor, ObjectRef
 
 # POWERTOOLS_* variables configure these; the defaults name the service when they are unset (tests, local mode).
 logger = Logger(service=os.getenv("POWERTOOLS_SERVICE_NAME", "pomona-ingest"))

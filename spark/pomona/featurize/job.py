@@ -39,7 +39,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from botocore.exceptions import ClientError
 
-from pomona.contract import (
+from pomona.core.contract import (
     ImageMessage,
     Reason,
     features_key,
@@ -51,10 +51,9 @@ from pomona.contract import (
     sidecar_key,
     utc_now,
 )
-from pomona.errors import ContractError, PomonaError
-from pomona.featurize.pca import PcaModel, PcaState, fit_pca, load_npz, merge_pca_state, project, state_to_npz
-from pomona.settings import Settings
-from pomona.store import (
+from pomona.core.errors import ContractError, PomonaError
+from pomona.core.settings import Settings
+from pomona.core.store import (
     RETRIES,
     ConcurrentRunError,
     RunLock,
@@ -66,6 +65,7 @@ from pomona.store import (
     read_latest,
     read_pca_metadata,
 )
+from pomona.ml.pca import PcaModel, PcaState, fit_pca, load_npz, merge_pca_state, project, state_to_npz
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -281,7 +281,7 @@ def featurize_partitions(
     yield the outcome rows (OUTCOME_SCHEMA)."""
 
     def run(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        from pomona.featurize.featurize import BEST_BATCH, get_featurizer
+        from pomona.ml.featurizer import BEST_BATCH, get_featurizer
 
         s3 = boto3.client("s3", endpoint_url=settings.endpoint_url, config=RETRIES)
         cache_dir = Path(options.cache_dir) if options.cache_dir else None
@@ -333,7 +333,7 @@ def _featurize_group(
 ) -> pd.DataFrame:
     """Fetch, decode and featurize one group; write its features to `key` if any image succeeded (else make sure
     no file of an earlier attempt is left there); its outcome rows (OUTCOME_SCHEMA)."""
-    from pomona.featurize.featurize import preprocess_batch
+    from pomona.ml.featurizer import preprocess_batch
 
     chunks = (messages.iloc[i : i + CHUNK] for i in range(0, len(messages), CHUNK))
     with ThreadPoolExecutor(max_workers=FETCH_THREADS) as pool:
@@ -518,7 +518,7 @@ class Job:
         started = time.monotonic()
         # The quality probe's scikit-learn takes ~0.7 s of CPU to import. Imported while the run takes its lock
         # and drains the queue, mostly waiting, it is off the batch's path (`_quality` waits for it if needed).
-        threading.Thread(target=importlib.import_module, args=("pomona.featurize.quality",)).start()
+        threading.Thread(target=importlib.import_module, args=("pomona.ml.quality",)).start()
         lock = RunLock(self.s3, self.bucket)
         lock.acquire()
         try:
@@ -798,7 +798,7 @@ class Job:
     def _quality(self, projected: pd.DataFrame) -> dict[str, Any]:
         if len(projected) < 4:
             return {"skipped": f"expected at least 4 featurized images, got {len(projected)}"}
-        from pomona.featurize.quality import quality_report  # scikit-learn: the driver's import alone
+        from pomona.ml.quality import quality_report  # scikit-learn: the driver's import alone
 
         x = np.stack(projected["projection"].to_numpy())
         return quality_report(x, list(projected["label"]), gain=self.settings.gain, loss=self.settings.loss)
@@ -808,7 +808,7 @@ class Job:
         return file_provenance(weights_id=self._weights_id(), backend=self.options.backend)
 
     def _weights_id(self) -> str:
-        from pomona.featurize.featurize import default_cache_dir, resolve_weights
+        from pomona.ml.featurizer import default_cache_dir, resolve_weights
 
         cache_dir = Path(self.options.cache_dir) if self.options.cache_dir else default_cache_dir()
         return resolve_weights(self.options.weights, cache_dir=cache_dir).weights_id
@@ -816,7 +816,7 @@ class Job:
 
 def prepare_model(options: JobOptions) -> str:
     """Resolve the weights and convert them for LiteRT once, on the driver, before executors need them."""
-    from pomona.featurize.featurize import convert_to_tflite, default_cache_dir, resolve_weights
+    from pomona.ml.featurizer import convert_to_tflite, default_cache_dir, resolve_weights
 
     cache_dir = Path(options.cache_dir) if options.cache_dir else default_cache_dir()
     ref = resolve_weights(options.weights, cache_dir=cache_dir)
@@ -826,7 +826,7 @@ def prepare_model(options: JobOptions) -> str:
 
 
 def _feature_dim() -> int:
-    from pomona.featurize.featurize import FEATURE_DIM
+    from pomona.ml.featurizer import FEATURE_DIM
 
     return FEATURE_DIM
 

@@ -1,4 +1,4 @@
-"""The embedded AWS stack: a moto server on loopback, provisioned with the resources of `pomona.resources`.
+"""The embedded AWS stack: a moto server on loopback, provisioned with the resources of `pomona.core.resources`.
 
 Local mode runs the production code against it: only the endpoint differs. The S3 notification goes to the
 events queue, where `pomona.local.poller` picks it up for the Lambda handler as Lambda's SQS integration would.
@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import boto3
 
-from pomona.resources import DEFAULT_NAME, QueueSpec, Resources, describe
-from pomona.settings import Settings
+from pomona.core.resources import DEFAULT_NAME, QueueSpec, Resources, describe
+from pomona.core.settings import Settings
 
 if TYPE_CHECKING:
     from moto.server import ThreadedMotoServer

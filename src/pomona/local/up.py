@@ -17,7 +17,7 @@ from typing import Any
 
 from rich.console import Console
 
-from pomona.errors import PomonaError, SettingsError
+from pomona.core.errors import PomonaError, SettingsError
 from pomona.local.poller import EventSourcePoller
 from pomona.local.stack import EmbeddedStack
 

@@ -35,7 +35,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageOps
 
-from pomona.errors import PomonaError, SettingsError
+from pomona.core.errors import PomonaError, SettingsError
 
 if TYPE_CHECKING:
     import keras
@@ -259,7 +259,7 @@ def convert_to_tflite(weights: WeightsRef, *, cache_dir: Path) -> Path:
 
 def _convert_in_child(weights: WeightsRef, target: Path) -> None:
     started = time.monotonic()
-    code = "import sys; from pomona.featurize.featurize import _convert_main; _convert_main(sys.argv[1:])"
+    code = "import sys; from pomona.ml.featurizer import _convert_main; _convert_main(sys.argv[1:])"
     args = [weights.spec, str(weights.path or ""), weights.weights_id, str(target)]
     # The child sees the same modules as this process, including --py-files added to sys.path at run time.
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p), "TF_CPP_MIN_LOG_LEVEL": "2"}

@@ -22,14 +22,14 @@ from typing import TYPE_CHECKING, Any, Self
 
 import boto3
 
-from pomona.demo import summarize
+from pomona.core.settings import Settings
+from pomona.core.store import RETRIES
+from pomona.demo.run import summarize
 from pomona.local.poller import EventSourcePoller, PollStats
 from pomona.local.stack import EmbeddedStack, embedded_stack
 from pomona.local.upload import upload_files, upload_key
-from pomona.samples import SYNTHETIC_LABELS, bad_uploads, fruit_image
-from pomona.settings import Settings
-from pomona.status import queue_depth
-from pomona.store import RETRIES
+from pomona.ops.status import queue_depth
+from pomona.testing.samples import SYNTHETIC_LABELS, bad_uploads, fruit_image
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient

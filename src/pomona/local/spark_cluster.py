@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pomona.errors import PomonaError
+from pomona.core.errors import PomonaError
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from sklearn.metrics import f1_score
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from threadpoolctl import threadpool_limits
 
-from pomona.errors import PomonaError
+from pomona.core.errors import PomonaError
 
 # (threshold, net revenue per 1000 images, coverage)
 CurvePoint = tuple[float, float, float]

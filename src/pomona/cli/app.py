@@ -14,8 +14,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from pomona.cli_cluster import app as cluster_app
-from pomona.errors import PomonaError
+from pomona.cli.cluster import app as cluster_app
+from pomona.core.errors import PomonaError
 
 app = typer.Typer(
     help="Pomona: fruit photos in S3 → validated, queued, featurized, PCA.", no_args_is_help=True
@@ -69,8 +69,8 @@ def validate(
     """Run the ingestion Lambda's validation core on local files. Exits 0 whatever the verdicts."""
     from rich.table import Table
 
+    from pomona.core.settings import Settings
     from pomona.ingest.checks import Limits, validate_image
-    from pomona.settings import Settings
 
     limits = Limits.from_settings(Settings.from_env())
     table = Table("file", "verdict", "reason", "format", "size", "detail")
@@ -100,7 +100,7 @@ def bench_validate(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON (the only output format).")] = True,
 ) -> None:
     """Validation time per image (100×100 and 4000×3000 JPEG) and peak RSS over hostile inputs."""
-    from pomona import bench_validate as bench
+    from pomona.bench import validate as bench
 
     sys.stdout.write(json.dumps(bench.run(), indent=None if as_json else 2) + "\n")
 
@@ -117,7 +117,7 @@ def bench_featurize(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON (the only output format).")] = True,
 ) -> None:
     """Plain-loop vs whole-job images/s per backend, peak RSS per Python worker, Spark start-up, PCA refit time."""
-    from pomona import bench_featurize as bench
+    from pomona.bench import featurize as bench
 
     with _one_line_errors():
         result = bench.run(
@@ -136,7 +136,7 @@ def bench_autoscale(
     """Executors over time as the job runs with dynamic allocation on a Spark standalone cluster on loopback."""
     import contextlib
 
-    from pomona import bench_autoscale as bench
+    from pomona.bench import autoscale as bench
 
     # The ingestion handler logs to stdout; stdout carries the result alone.
     with _one_line_errors(), contextlib.redirect_stdout(sys.stderr):
@@ -162,7 +162,7 @@ def bench_ingest(
 
     Exits 1 when the accounting does not close (an upload missing, or a message left on a queue).
     """
-    from pomona import bench_ingest as bench
+    from pomona.bench import ingest as bench
 
     with _one_line_errors():
         result = bench.run(
@@ -191,8 +191,8 @@ def job_run(
     backend: Annotated[str | None, typer.Option(help="litert | tensorflow (POMONA_BACKEND).")] = None,
 ) -> None:
     """Run one batch now against the configured endpoints (AWS, or `pomona local up`'s stack)."""
+    from pomona.core.settings import Settings
     from pomona.featurize.job import options_from, run_job, spark_session
-    from pomona.settings import Settings
 
     with _one_line_errors():
         settings = Settings.from_env()
@@ -224,8 +224,8 @@ def demo(
     batches: Annotated[int, typer.Option(help="Upload in N waves, one job run each (PCA v1…vN).")] = 1,
 ) -> None:
     """The whole pipeline on this machine: upload → Lambda → queue → Spark → PCA → report."""
-    from pomona.demo import run_demo
-    from pomona.report import write_report
+    from pomona.demo.report import write_report
+    from pomona.demo.run import run_demo
 
     if images is not None and not images.is_dir():
         raise typer.BadParameter(f"expected a folder, got {images}", param_hint="--images")
@@ -268,9 +268,9 @@ def status(
     import boto3
     from rich.table import Table
 
-    from pomona.settings import Settings
-    from pomona.status import collect_status
-    from pomona.store import RETRIES
+    from pomona.core.settings import Settings
+    from pomona.core.store import RETRIES
+    from pomona.ops.status import collect_status
 
     with _one_line_errors():
         settings = Settings.from_env()
@@ -314,9 +314,9 @@ def export_csv(
     """One row per committed image: key, label and its PCA components under the latest model."""
     import boto3
 
-    from pomona.featurize.export import export_csv as write
-    from pomona.settings import Settings
-    from pomona.store import RETRIES
+    from pomona.core.settings import Settings
+    from pomona.core.store import RETRIES
+    from pomona.ops.export import export_csv as write
 
     with _one_line_errors():
         settings = Settings.from_env()
@@ -394,8 +394,8 @@ def upload(
     ],
 ) -> None:
     """Upload a folder the way the app does: each image under uploads/<label>/, the label its parent folder."""
+    from pomona.core.settings import Settings
     from pomona.local.upload import upload_folder
-    from pomona.settings import Settings
 
     with _one_line_errors():
         count = upload_folder(folder, Settings.from_env(), console=console)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from pomona.errors import PomonaError
+from pomona.core.errors import PomonaError
 
 Array = npt.NDArray[np.float64]
 

@@ -27,7 +27,7 @@ from pomona.local.upload import labelled_files, upload_files, upload_key
 def run(
     *, images: Path, weights: str, backends: tuple[str, ...] = ("litert", "tensorflow")
 ) -> dict[str, Any]:
-    from pomona.featurize.pca import bench_refit
+    from pomona.ml.pca import bench_refit
 
     files = [path for path, _ in labelled_files(images)]
     results = {backend: _measure(images, files, weights=weights, backend=backend) for backend in backends}
@@ -51,7 +51,7 @@ def _measure(images: Path, files: list[Path], *, weights: str, backend: str) -> 
 def _bare(files: list[Path], *, weights: str, backend: str) -> dict[str, Any]:
     """The plain loop, in its own process: nothing else's memory counts, and TensorFlow leaves with it."""
     code = (
-        "import json, sys; from pathlib import Path; from pomona.featurize.bench_bare import run; "
+        "import json, sys; from pathlib import Path; from pomona.bench.bare import run; "
         "files = [Path(p) for p in sys.argv[3:]]; "
         "print(json.dumps(run(files, weights=sys.argv[1], backend=sys.argv[2], num_threads=2)))"
     )
@@ -114,8 +114,6 @@ def _start_python_workers(spark: Any) -> None:
     2 s per run (a fresh process each), paid once whatever the batch size; it counts as Spark start-up here."""
 
     def imports(frames: Iterator[Any]) -> Iterator[Any]:
-        import pomona.featurize.featurize
-        import pomona.featurize.job  # noqa: F401
 
         yield from frames
 

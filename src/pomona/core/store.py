@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from pomona.contract import manifest_key, pca_latest_key, pca_prefix
-from pomona.errors import PomonaError
+from pomona.core.contract import manifest_key, pca_latest_key, pca_prefix
+from pomona.core.errors import PomonaError
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pomona.errors import SettingsError
+from pomona.core.errors import SettingsError
 
 MIB = 1024 * 1024
 

@@ -23,7 +23,7 @@ from aws_lambda_powertools.utilities.idempotency import (
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from pomona.contract import (
+from pomona.core.contract import (
     ImageMessage,
     Reason,
     label_from_key,
@@ -31,9 +31,9 @@ from pomona.contract import (
     sidecar_key,
     utc_now,
 )
-from pomona.errors import BadKeyError
+from pomona.core.errors import BadKeyError
+from pomona.core.settings import Settings
 from pomona.ingest.checks import ImageVerdict, Limits, validate_image
-from pomona.settings import Settings
 
 if TYPE_CHECKING:
     from aws_lambda_powertools import Metrics

@@ -8,8 +8,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
-from pomona.settings import Settings
-from pomona.store import committed_batches, read_latest
+from pomona.core.settings import Settings
+from pomona.core.store import committed_batches, read_latest
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client

@@ -1,4 +1,4 @@
-"""`pomona cluster …`: run and watch the featurization job on Kubernetes. Thin: parse, call `pomona.cluster`, print."""
+"""`pomona cluster …`: run and watch the featurization job on Kubernetes. Thin: parse, call `pomona.ops.spark_operator`, print."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 
-from pomona.errors import PomonaError
+from pomona.core.errors import PomonaError
 
 if TYPE_CHECKING:
     from kubernetes.client import CustomObjectsApi
 
-    from pomona.settings import Settings
+    from pomona.core.settings import Settings
 
 app = typer.Typer(
     help="Run and watch the featurization job on Kubernetes (Spark Operator).", no_args_is_help=True
@@ -87,7 +87,7 @@ def run(
     kubeconfig: Kubeconfig = None,
 ) -> None:
     """Start a run now, from the schedule's own spec. With --wait, exit 1 unless it completes."""
-    from pomona import cluster
+    from pomona.ops import spark_operator as cluster
 
     with _one_line_errors():
         api = _custom_objects(context, kubeconfig)
@@ -123,8 +123,8 @@ def status(
     """The schedule's recent runs, newest first, and the images queue's backlog beside them."""
     from rich.table import Table
 
-    from pomona import cluster
-    from pomona.settings import Settings
+    from pomona.core.settings import Settings
+    from pomona.ops import spark_operator as cluster
 
     with _one_line_errors():
         runs = cluster.status(
@@ -153,7 +153,7 @@ def _backlog(settings: Settings) -> str:
     import boto3
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from pomona import cluster
+    from pomona.ops import spark_operator as cluster
 
     if not settings.images_queue_url:
         return "unknown (set POMONA_IMAGES_QUEUE_URL to see the images queue's depth)"
@@ -179,8 +179,8 @@ def trigger(
     """Start a run if the images queue holds enough work (or has waited long enough) and no run is active."""
     import boto3
 
-    from pomona import cluster
-    from pomona.settings import Settings
+    from pomona.core.settings import Settings
+    from pomona.ops import spark_operator as cluster
 
     with _one_line_errors():
         settings = Settings.from_env()

@@ -17,7 +17,7 @@ from enum import StrEnum
 from typing import Any, Self
 from urllib.parse import quote
 
-from pomona.errors import BadKeyError, ContractError
+from pomona.core.errors import BadKeyError, ContractError
 
 SCHEMA_VERSION = 1
 MAX_LABEL_CHARS = 64

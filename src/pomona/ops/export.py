@@ -15,11 +15,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pomona.contract import pca_prefix
-from pomona.errors import PomonaError
-from pomona.featurize.pca import PcaModel, load_npz, project
-from pomona.settings import Settings
-from pomona.store import committed_batches, read_latest
+from pomona.core.contract import pca_prefix
+from pomona.core.errors import PomonaError
+from pomona.core.settings import Settings
+from pomona.core.store import committed_batches, read_latest
+from pomona.ml.pca import PcaModel, load_npz, project
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client

@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING, Any
 import boto3
 from rich.console import Console
 
-from pomona.errors import PomonaError
+from pomona.core.errors import PomonaError
+from pomona.core.settings import Settings
+from pomona.core.store import RETRIES, committed_batches
 from pomona.local.poller import EventSourcePoller
 from pomona.local.stack import embedded_stack
 from pomona.local.upload import labelled_files, upload_files, upload_key
-from pomona.settings import Settings
-from pomona.store import RETRIES, committed_batches
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -59,7 +59,7 @@ def choose_weights(requested: str, *, synthetic: bool, environ: dict[str, str]) 
         return WeightsChoice(requested, note)
     if environ.get("POMONA_WEIGHTS"):
         return WeightsChoice(environ["POMONA_WEIGHTS"], None)
-    from pomona.featurize.featurize import WeightsError, default_cache_dir, resolve_weights
+    from pomona.ml.featurizer import WeightsError, default_cache_dir, resolve_weights
 
     try:
         resolve_weights("imagenet", cache_dir=default_cache_dir())
@@ -79,7 +79,7 @@ def choose_weights(requested: str, *, synthetic: bool, environ: dict[str, str]) 
 
 def demo_files(images: Path | None, settings: Settings) -> list[tuple[str, bytes]]:
     """(key, body) of every upload: a folder of `<label>/<image>`, or a synthetic set plus deliberately bad uploads."""
-    from pomona.samples import SYNTHETIC_LABELS, bad_uploads, fruit_image
+    from pomona.testing.samples import SYNTHETIC_LABELS, bad_uploads, fruit_image
 
     if images is not None:
         files = [

@@ -23,7 +23,7 @@ from pathlib import Path
 import PIL
 
 from pomona.ingest.checks import Limits, validate_image
-from pomona.samples import FUZZ_FORMATS, fruit_image, hostile_cases, large_jpeg, random_mutations
+from pomona.testing.samples import FUZZ_FORMATS, fruit_image, hostile_cases, large_jpeg, random_mutations
 
 _KIB = 1024
 FUZZ_COUNT = 300  # per format
@@ -76,7 +76,7 @@ def _p99(times: list[float]) -> float:
 
 def measure_peak_rss(*args: str) -> dict[str, float]:
     """Validate one input set (`hostile`, `fuzz`, or `large PATH`) in a fresh process: its peak RSS, in MB."""
-    command = [sys.executable, "-m", "pomona.bench_validate", *args]
+    command = [sys.executable, "-m", "pomona.bench.validate", *args]
     done = subprocess.run(command, capture_output=True, text=True, check=True, timeout=600)
     result: dict[str, float] = json.loads(done.stdout)
     return result

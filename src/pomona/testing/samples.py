@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from PIL import ExifTags, Image, ImageDraw, ImageFilter
 
-from pomona.contract import Reason
+from pomona.core.contract import Reason
 
 SYNTHETIC_LABELS = ("Apple Red", "Banana", "Lime", "Orange", "Plum", "Pear")
 _WHITE = (255, 255, 255)

@@ -24,8 +24,8 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, PercentFormatter, StrMethodFormatter
 
-from pomona.contract import manifest_key, pca_latest_key, pca_prefix
-from pomona.featurize.pca import PcaModel, PcaState, fit_pca, load_npz
+from pomona.core.contract import manifest_key, pca_latest_key, pca_prefix
+from pomona.ml.pca import PcaModel, PcaState, fit_pca, load_npz
 
 REPORT_DIR = "report"  # the PNGs, beside report.html
 MAX_SCATTER_POINTS = 20_000  # beyond this a scatter is a blot; a fixed-seed sample shows the same shape

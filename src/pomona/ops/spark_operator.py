@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from pomona.errors import PomonaError
+from pomona.core.errors import PomonaError
 
 if TYPE_CHECKING:
     from kubernetes.client import CustomObjectsApi

@@ -1,6 +1,6 @@
 """`pomona bench autoscale`: the featurization job's executors following its backlog on a real cluster manager.
 
-A Spark standalone master and workers run on loopback (`pomona.local.cluster`), the AWS side is the embedded moto
+A Spark standalone master and workers run on loopback (`pomona.local.spark_cluster`), the AWS side is the embedded moto
 stack, and a backlog of synthetic uploads goes through the real ingestion handler onto the images queue. The job
 then runs with dynamic allocation from zero executors: the scheduler's backlog asks for executors, the workers
 start them, and once the batch is committed they sit idle and are released. A background thread samples the
@@ -25,14 +25,14 @@ from typing import TYPE_CHECKING, Any, Self
 import boto3
 from rich.console import Console
 
-from pomona.bench_ingest import bench_files
-from pomona.errors import PomonaError
-from pomona.local.cluster import LOOPBACK, standalone_cluster
+from pomona.bench.ingest import bench_files
+from pomona.core.errors import PomonaError
+from pomona.core.settings import Settings
 from pomona.local.poller import EventSourcePoller
+from pomona.local.spark_cluster import LOOPBACK, standalone_cluster
 from pomona.local.stack import embedded_stack
 from pomona.local.upload import upload_files
-from pomona.settings import Settings
-from pomona.status import queue_depth
+from pomona.ops.status import queue_depth
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -232,7 +232,7 @@ def _released_at(samples: list[tuple[float, int]]) -> float | None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m pomona.bench_autoscale", description=__doc__.split("\n")[0]
+        prog="python -m pomona.bench.autoscale", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--images", type=int, default=256)
     parser.add_argument("--workers", type=int, default=2)

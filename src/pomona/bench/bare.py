@@ -1,7 +1,7 @@
 """The featurizer's ceiling without Spark or S3: decode, preprocess and model in a plain loop.
 
 Run one backend per process, since peak RSS is the process's own:
-`python -m pomona.featurize.bench_bare --backend litert --weights <file.weights.h5> <image folder>...`
+`python -m pomona.bench.bare --backend litert --weights <file.weights.h5> <image folder>...`
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from pomona.featurize.featurize import BEST_BATCH, Backend, make_featurizer, preprocess_batch
+from pomona.ml.featurizer import BEST_BATCH, Backend, make_featurizer, preprocess_batch
 
 
 def run(
