@@ -25,6 +25,7 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 test: lint
 	$(BIN)/pytest
@@ -44,10 +45,8 @@ UV_COMPILE := $(BIN)/uv pip compile pyproject.toml --quiet --python-version 3.11
 lock: venv
 	echo "pyspark==$(SPARK_VERSION)" > constraints/spark-version.txt
 	$(UV_COMPILE) --extra dev --constraint constraints/spark-version.txt --upgrade --output-file constraints/dev.txt
-	for extra in lambda spark; do \
-	  $(UV_COMPILE) --extra $$extra --constraint constraints/dev.txt --output-file constraints/$$extra.txt \
-	    || exit 1; \
-	done
+	$(UV_COMPILE) --extra lambda --constraint constraints/dev.txt --output-file constraints/lambda.txt
+	$(UV_COMPILE) --extra spark --extra cli --constraint constraints/dev.txt --output-file constraints/spark.txt
 	rm constraints/spark-version.txt
 
 clean:
