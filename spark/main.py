@@ -2,7 +2,7 @@
 
 import sys
 
-from pomona.featurize.job import main
+from pomona.featurize.entry import main
 
 if __name__ == "__main__":
     sys.exit(main())

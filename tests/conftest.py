@@ -7,12 +7,15 @@ import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from pomona.core.resources import describe
 from pomona.core.settings import Settings
+
+if TYPE_CHECKING:
+    from pomona.featurize.driver import JobOptions
 from pomona.local.poller import LambdaContext
 from pomona.local.stack import LOCAL_ENV, local_session, provision, start_server
 
@@ -65,6 +68,46 @@ def moto_endpoint() -> Iterator[str]:
     server, endpoint = start_server()
     yield endpoint
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def spark() -> Iterator[Any]:
+    """The one SparkSession of the test run, `local[2]` as `pomona demo` runs the job; stopped at the end."""
+    from pomona.featurize.entry import spark_session
+
+    session = spark_session("local[2]", app_name="pomona-tests")
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Random MobileNetV2 weights converted for LiteRT once, up front, so concurrent runs never race for it.
+
+    Random weights keep the job's tests independent of shared/; the e2e test uses the real ones."""
+    from pomona.featurize.driver import prepare_model
+
+    path = tmp_path_factory.mktemp("pomona-model-cache")
+    prepare_model(Settings(weights="random", backend="litert", cache_dir=str(path)))
+    return path
+
+
+@pytest.fixture(scope="session")
+def random_model(model_cache: Path) -> Callable[[Settings], Settings]:
+    """`random_model(settings)`: the settings, running the job with the session's random-weights model."""
+
+    def with_random_model(settings: Settings) -> Settings:
+        return settings.replace(weights="random", backend="litert", cache_dir=str(model_cache))
+
+    return with_random_model
+
+
+@pytest.fixture
+def job_options() -> JobOptions:
+    """No long-poll on an empty queue, and several partitions even for a dozen images."""
+    from pomona.featurize.driver import JobOptions
+
+    return JobOptions(wait_s=0, images_per_partition=8)
 
 
 @pytest.fixture

@@ -34,10 +34,12 @@ import boto3
 import pyarrow.parquet as pq
 import pytest
 
-from pomona.core.contract import pca_prefix
+from pomona.core.aws import get_json, put_json
+from pomona.core.outputs import CommittedOutputs, pca_prefix
 from pomona.core.settings import Settings
-from pomona.core.store import LOCK_KEY, RunLock, committed_batches, get_json, put_json, read_latest
-from pomona.featurize.job import EXIT_CONCURRENT_RUN, BatchResult, JobOptions, prepare_model, run_job
+from pomona.featurize.driver import BatchResult, JobOptions, run_job
+from pomona.featurize.entry import EXIT_CONCURRENT_RUN
+from pomona.featurize.lock import LOCK_KEY, RunLock
 from pomona.ingest import handler
 from pomona.local.poller import EventSourcePoller
 from pomona.local.stack import LOCAL_ENV
@@ -66,32 +68,18 @@ class Uploaded:
 # -- fixtures ----------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def spark() -> Iterator[Any]:
-    from pomona.featurize.job import spark_session
-
-    session = spark_session("local[1]", app_name="pomona-fault-tests")
-    yield session
-    session.stop()
-
-
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A model cache shared by every run, converted once up front so concurrent runs do not race for it."""
-    path = tmp_path_factory.getbasetemp() / "pomona-model-cache"  # shared with test_lambda_faults.py
-    prepare_model(JobOptions(weights="random", cache_dir=str(path)))
-    return path
+@pytest.fixture
+def cache_dir(model_cache: Path) -> Path:
+    return model_cache
 
 
 @pytest.fixture
-def options(cache_dir: Path) -> JobOptions:
-    return JobOptions(
-        weights="random", backend="litert", cache_dir=str(cache_dir), wait_s=0, images_per_partition=8
-    )
+def options(job_options: JobOptions) -> JobOptions:
+    return job_options
 
 
 @pytest.fixture
-def uploaded(deployment: Settings) -> Iterator[Uploaded]:
+def uploaded(deployment: Settings, random_model: Callable[[Settings], Settings]) -> Iterator[Uploaded]:
     """12 distinct images and one more copy of the first under another key, ingested onto the images queue."""
     handler._ingestor.cache_clear()
     s3 = boto3.client("s3")
@@ -105,7 +93,7 @@ def uploaded(deployment: Settings) -> Iterator[Uploaded]:
     EventSourcePoller(deployment.events_queue_url, handler.lambda_handler).drain()
     shas = frozenset(hashlib.sha256(body).hexdigest() for body in images.values())
     assert _queue_depth(deployment) == (len(images), 0)
-    yield Uploaded(settings=deployment, shas=shas, queued=len(images))
+    yield Uploaded(settings=random_model(deployment), shas=shas, queued=len(images))
     handler._ingestor.cache_clear()
 
 
@@ -232,14 +220,14 @@ def _expire_lock(settings: Settings) -> dict[str, Any]:
 def _assert_committed_exactly_once(settings: Settings, shas: frozenset[str]) -> list[dict[str, Any]]:
     """The end-to-end guarantee; returns the committed manifests."""
     s3 = boto3.client("s3")
-    manifests = committed_batches(s3, settings.bucket, settings.output_prefix)
+    manifests = CommittedOutputs.in_bucket(s3, settings).manifests()
     features = [k for m in manifests for k in m["files"]["features"]]
     projections = [k for m in manifests for k in m["files"]["projections"]]
     # Every valid image once in the committed features and projections, nothing else.
     assert Counter(_column(settings, features, "sha256")) == Counter(shas)
     assert Counter(_column(settings, projections, "sha256")) == Counter(shas)
     # The PCA the readers use has seen each image once.
-    version, _ = read_latest(s3, settings.bucket, settings.output_prefix)
+    version = CommittedOutputs.in_bucket(s3, settings).latest_version()
     model_npz = s3.get_object(
         Bucket=settings.bucket, Key=pca_prefix(settings.output_prefix, version) + "model.npz"
     )
@@ -311,7 +299,7 @@ def test_two_runs_started_at_once_commit_once(
     (stopped,) = [line for line in lost_log.splitlines() if "Run stopped" in line]
     assert "ERROR" in stopped
     assert "Traceback" not in lost_log
-    (manifest,) = committed_batches(boto3.client("s3"), settings.bucket, settings.output_prefix)
+    (manifest,) = CommittedOutputs.in_bucket(boto3.client("s3"), settings).manifests()
     assert _batch_ids(settings) == {manifest["batch_id"]}
     assert {k.split("/")[2] for k in _keys(settings, "models/pca/v")} == {"v1"}
 
@@ -342,7 +330,7 @@ def test_a_run_whose_lock_was_taken_over_commits_nothing(
 
     # THEN the first run stops before it writes a PCA version or moves LATEST, and leaves the other's lock be
     assert code == EXIT_CONCURRENT_RUN, output[-3000:]
-    assert committed_batches(s3, settings.bucket, settings.output_prefix) == []
+    assert CommittedOutputs.in_bucket(s3, settings).manifests() == []
     assert _keys(settings, "models/") == []
     assert get_json(s3, settings.bucket, LOCK_KEY) == (ANY, other.etag)
 

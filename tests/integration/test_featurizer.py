@@ -12,16 +12,10 @@ import numpy as np
 import pytest
 from moto import mock_aws
 
-from pomona.ml.featurizer import (
-    FEATURE_DIM,
-    IMAGE_SIZE,
-    Featurizer,
-    WeightsError,
-    get_featurizer,
-    make_featurizer,
-    preprocess_batch,
-    resolve_weights,
-)
+from pomona.ml.featurizer import Featurizer, get_featurizer, make_featurizer
+from pomona.ml.mobilenet import FEATURE_DIM
+from pomona.ml.preprocess import IMAGE_SIZE, preprocess_batch
+from pomona.ml.weights import WeightsError, resolve_weights
 
 pytestmark = pytest.mark.slow
 

@@ -6,7 +6,7 @@ import dataclasses
 import hashlib
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,17 +15,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pomona.core.contract import (
-    ImageMessage,
-    Reason,
-    manifest_key,
-    pca_latest_key,
-    pca_prefix,
-    quarantine_key,
-    sidecar_key,
-)
+from pomona.core.contract import ImageMessage, Reason, quarantine_key, sidecar_key
+from pomona.core.outputs import manifest_key, pca_latest_key, pca_prefix
 from pomona.core.settings import Settings
-from pomona.featurize.job import JobOptions, run_job
+from pomona.featurize.driver import JobOptions, run_job
 from pomona.ingest import handler
 from pomona.local.poller import EventSourcePoller
 from pomona.ml.pca import PcaState, fit_pca, load_npz
@@ -34,26 +27,9 @@ from pomona.testing.samples import SYNTHETIC_LABELS, fruit_image
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-@pytest.fixture(scope="session")
-def spark() -> Iterator[object]:
-    from pomona.featurize.job import spark_session
-
-    session = spark_session("local[2]", app_name="pomona-tests")
-    yield session
-    session.stop()
-
-
-@pytest.fixture(scope="session")
-def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("pomona-cache")
-
-
 @pytest.fixture
-def options(cache_dir: Path) -> JobOptions:
-    # Random weights keep these tests independent of shared/; the e2e test uses the real ones.
-    return JobOptions(
-        weights="random", backend="litert", cache_dir=str(cache_dir), wait_s=0, images_per_partition=8
-    )
+def ingest(ingest: Settings, random_model: Callable[[Settings], Settings]) -> Settings:
+    return random_model(ingest)
 
 
 def _upload(settings: Settings, images: dict[str, bytes]) -> None:
@@ -91,13 +67,13 @@ def _queue_depth(settings: Settings) -> int:
     return int(attrs["ApproximateNumberOfMessages"]) + int(attrs["ApproximateNumberOfMessagesNotVisible"])
 
 
-def test_queue_to_committed_outputs(spark: object, ingest: Settings, options: JobOptions) -> None:
+def test_queue_to_committed_outputs(spark: object, ingest: Settings, job_options: JobOptions) -> None:
     # GIVEN 24 accepted uploads on the images queue
     images = _synthetic(24)
     _upload(ingest, images)
 
     # WHEN the job runs
-    result = run_job(spark, ingest, options)  # type: ignore[arg-type]
+    result = run_job(spark, ingest, job_options)  # type: ignore[arg-type]
 
     # THEN one batch is committed: manifest, LATEST → v1, features and projections for every image
     manifest = result.manifest
@@ -132,11 +108,11 @@ def test_queue_to_committed_outputs(spark: object, ingest: Settings, options: Jo
 
 
 def test_part_files_record_their_weights_and_read_back_in_spark(
-    spark: Any, ingest: Settings, options: JobOptions, tmp_path: Path
+    spark: Any, ingest: Settings, job_options: JobOptions, tmp_path: Path
 ) -> None:
     # GIVEN a committed batch, its part files downloaded as a reader would fetch them
     _upload(ingest, _synthetic(8))
-    manifest = run_job(spark, ingest, options).manifest
+    manifest = run_job(spark, ingest, job_options).manifest
     assert manifest is not None
     s3 = boto3.client("s3")
     for kind in ("features", "projections"):
@@ -158,7 +134,7 @@ def test_part_files_record_their_weights_and_read_back_in_spark(
     }
 
 
-def test_duplicates_poison_and_malformed(spark: object, ingest: Settings, options: JobOptions) -> None:
+def test_duplicates_poison_and_malformed(spark: object, ingest: Settings, job_options: JobOptions) -> None:
     # GIVEN two uploads of the same bytes, one queued image whose bytes no longer decode, and a malformed message
     body = fruit_image("Plum", 1)
     _upload(ingest, {"uploads/Plum/a.jpg": body, "uploads/Plum/b.jpg": body, **_synthetic(6)})
@@ -187,7 +163,7 @@ def test_duplicates_poison_and_malformed(spark: object, ingest: Settings, option
     sqs.send_message(QueueUrl=ingest.images_queue_url, MessageBody='{"schema_version": 99}')
 
     # WHEN the job runs
-    manifest = run_job(spark, ingest, options).manifest  # type: ignore[arg-type]
+    manifest = run_job(spark, ingest, job_options).manifest  # type: ignore[arg-type]
 
     # THEN the duplicate is counted once, the poison image is quarantined with its reason, the malformed one waits
     assert manifest is not None
@@ -206,12 +182,14 @@ def test_duplicates_poison_and_malformed(spark: object, ingest: Settings, option
     assert _queue_depth(ingest) == 1  # the malformed message, left for the redrive policy
 
 
-def test_two_runs_accumulate_into_one_shot_pca(spark: object, ingest: Settings, options: JobOptions) -> None:
+def test_two_runs_accumulate_into_one_shot_pca(
+    spark: object, ingest: Settings, job_options: JobOptions
+) -> None:
     # GIVEN two waves of uploads, each followed by a run
     _upload(ingest, _synthetic(12))
-    first = run_job(spark, ingest, options).manifest  # type: ignore[arg-type]
+    first = run_job(spark, ingest, job_options).manifest  # type: ignore[arg-type]
     _upload(ingest, _synthetic(12, offset=12))
-    second = run_job(spark, ingest, options).manifest  # type: ignore[arg-type]
+    second = run_job(spark, ingest, job_options).manifest  # type: ignore[arg-type]
     assert first is not None
     assert second is not None
     assert (first["pca_version"], second["pca_version"]) == (1, 2)
@@ -248,7 +226,7 @@ def _queued(settings: Settings) -> list[ImageMessage]:
 
 
 def test_messages_naming_gone_or_changed_objects_are_reported_not_featurized(
-    spark: object, ingest: Settings, options: JobOptions
+    spark: object, ingest: Settings, job_options: JobOptions
 ) -> None:
     # GIVEN five validated uploads whose messages then stop matching the bucket in every way they can
     _upload(ingest, _synthetic(5))
@@ -271,7 +249,7 @@ def test_messages_naming_gone_or_changed_objects_are_reported_not_featurized(
         sqs.send_message(QueueUrl=ingest.images_queue_url, MessageBody=message.to_json())
 
     # WHEN the job runs
-    manifest = run_job(spark, ingest, options).manifest
+    manifest = run_job(spark, ingest, job_options).manifest
 
     # THEN the overwritten key is featurized from the version its message names, the others are reported
     # with what was expected and what was found, quarantined with their reason, and their messages deleted

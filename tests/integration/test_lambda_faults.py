@@ -17,7 +17,7 @@ import io
 import json
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable
 from typing import Any
 
 import boto3
@@ -27,7 +27,7 @@ import pytest
 from pomona.core.contract import ImageMessage
 from pomona.core.resources import describe
 from pomona.core.settings import Settings
-from pomona.featurize.job import JobOptions, run_job
+from pomona.featurize.driver import JobOptions, run_job
 from pomona.ingest import handler
 from pomona.ingest.ingestor import Ingestor
 from pomona.local.poller import EventSourcePoller, LambdaContext
@@ -41,15 +41,6 @@ class SandboxKilledError(BaseException):
 
     A BaseException, so powertools' `except Exception` cleanup does not run, as it would not on a kill.
     """
-
-
-@pytest.fixture(scope="module")
-def spark() -> Iterator[Any]:
-    from pomona.featurize.job import spark_session
-
-    session = spark_session("local[1]", app_name="pomona-lambda-fault-tests")
-    yield session
-    session.stop()
 
 
 def _upload(settings: Settings, count: int, *, offset: int = 0) -> dict[str, bytes]:
@@ -112,7 +103,11 @@ def _crash_after_queueing(monkeypatch: pytest.MonkeyPatch, key: str, error: Base
 
 @pytest.mark.slow
 def test_a_crash_after_queueing_queues_twice_and_the_job_featurizes_once(
-    spark: Any, ingest: Settings, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+    spark: Any,
+    ingest: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    random_model: Callable[[Settings], Settings],
+    job_options: JobOptions,
 ) -> None:
     # GIVEN three uploads, and a Lambda that raises right after queueing the first, before it returns
     images = _upload(ingest, 3)
@@ -134,9 +129,7 @@ def test_a_crash_after_queueing_queues_twice_and_the_job_featurizes_once(
     assert [r["status"] for r in _idempotency_records(ingest)] == ["COMPLETED"] * 3
 
     # WHEN the job runs
-    cache_dir = tmp_path_factory.getbasetemp() / "pomona-model-cache"  # shared with test_faults.py
-    options = JobOptions(weights="random", cache_dir=str(cache_dir), wait_s=0, images_per_partition=8)
-    manifest = run_job(spark, ingest, options).manifest
+    manifest = run_job(spark, random_model(ingest), job_options).manifest
 
     # THEN its sha256 dedupe featurizes the image once: exactly once holds end to end
     assert manifest is not None

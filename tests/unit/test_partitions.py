@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from pomona.featurize.job import partition_count, split_evenly
+from pomona.featurize.partitions import partition_count, split_evenly
 
 
 @pytest.mark.parametrize(

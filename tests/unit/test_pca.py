@@ -16,7 +16,6 @@ from pomona.ml.pca import (
     PcaError,
     PcaModel,
     PcaState,
-    bench_refit,
     fit_pca,
     load_npz,
     merge_pca_state,
@@ -248,14 +247,6 @@ def test_npz_written_by_numpy_alone_is_readable() -> None:
     with np.load(io.BytesIO(data), allow_pickle=False) as npz:
         assert int(npz["state_n"]) == 10
         assert npz["state_scatter"].shape == (3, 3)
-
-
-def test_bench_refit_reports_each_history() -> None:
-    timings = bench_refit(d=16, n_seen=(100, 1000), batch_rows=10)
-
-    assert set(timings) == {"refit_s_at_100", "refit_s_at_1000", "state_bytes"}
-    assert timings["state_bytes"] == (16 + 16 * 16) * 8
-    assert all(seconds >= 0 for seconds in timings.values())
 
 
 # -- errors -----------------------------------------------------------------------------------------------------

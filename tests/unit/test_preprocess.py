@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from pomona.ml.featurizer import IMAGE_SIZE, DecodeError, preprocess_batch, preprocess_image
+from pomona.ml.preprocess import IMAGE_SIZE, DecodeError, preprocess_batch, preprocess_image
 
 SHARED = Path(__file__).resolve().parents[2] / ".." / "shared"
 SAMPLE = SHARED / "data" / "fruits-360-sample"

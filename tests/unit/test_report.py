@@ -14,15 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pomona.core.contract import (
-    Reason,
-    features_key,
-    manifest_key,
-    pca_latest_key,
-    pca_prefix,
-    quarantine_key,
-    sidecar_key,
-)
+from pomona.core.contract import Reason, quarantine_key, sidecar_key
+from pomona.core.outputs import features_key, manifest_key, pca_latest_key, pca_prefix
 from pomona.demo.report import read_outputs, write_report
 from pomona.ml.pca import PcaState, fit_pca, project, state_to_npz
 from pomona.ml.quality import quality_report

@@ -7,7 +7,6 @@ stay), or gone (deleted before we got to it: nothing to do). Anything else raise
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,11 +19,12 @@ from aws_lambda_powertools.utilities.idempotency import (
     IdempotencyConfig,
     idempotent_function,
 )
-from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from pomona.core.aws import RETRIES, error_code
 from pomona.core.contract import (
     ImageMessage,
+    QuarantineSidecar,
     Reason,
     label_from_key,
     quarantine_key,
@@ -41,8 +41,6 @@ if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
 
 Outcome = Literal["accepted", "quarantined", "gone"]
-# Transient errors (throttling, 5xx, connection resets) are retried by botocore with client-side rate limiting.
-RETRIES = Config(retries={"mode": "adaptive", "max_attempts": 8})
 # How long a finished record keeps a repeated event from queueing the image again.
 IDEMPOTENCY_TTL_S = 7 * 24 * 3600
 
@@ -127,7 +125,7 @@ class Ingestor:
         try:
             head = self.s3.head_object(Bucket=bucket, Key=key, **_version(version_id))
         except ClientError as err:
-            if _status(err) in {404, 403} and _code(err) in {"404", "NoSuchKey", "NoSuchVersion", "403"}:
+            if _status(err) in {404, 403} and error_code(err) in {"404", "NoSuchKey", "NoSuchVersion", "403"}:
                 self.log.info("Object gone before ingestion", extra={"key": key, "version_id": version_id})
                 return {"outcome": "gone", "key": key}
             raise
@@ -190,16 +188,16 @@ class Ingestor:
         self, source: dict[str, Any], reason: Reason, detail: str, *, sha256: str | None
     ) -> dict[str, Any]:
         target = quarantine_key(reason, source["key"], quarantine_prefix=self.settings.quarantine_prefix)
-        sidecar = {
-            "reason": reason.value,
-            "detail": detail,
-            "original_key": source["key"],
-            "version_id": source["version_id"],
-            "etag": source["etag"],
-            "size": source["size"],
-            "sha256": sha256,
-            "time": utc_now(),
-        }
+        sidecar = QuarantineSidecar(
+            reason=reason,
+            detail=detail,
+            original_key=source["key"],
+            version_id=source["version_id"],
+            etag=source["etag"],
+            size=source["size"],
+            sha256=sha256,
+            stage="ingest",
+        )
         # Copy, sidecar, then delete: a crash in between leaves the original, and the retry redoes it all.
         copy_source: Any = {
             "Bucket": source["bucket"],
@@ -214,7 +212,7 @@ class Ingestor:
         self.s3.put_object(
             Bucket=source["bucket"],
             Key=sidecar_key(target),
-            Body=json.dumps(sidecar, ensure_ascii=False, indent=2).encode(),
+            Body=sidecar.to_json(),
             ContentType="application/json",
         )
         # A delete marker takes the upload out of `uploads/` while its bytes stay versioned; only when it is still
@@ -259,10 +257,6 @@ def _version(version_id: str | None) -> dict[str, Any]:
 
 def _status(err: ClientError) -> int:
     return int(err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
-
-
-def _code(err: ClientError) -> str:
-    return str(err.response.get("Error", {}).get("Code", ""))
 
 
 def _iso(when: datetime) -> str:

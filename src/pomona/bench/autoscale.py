@@ -27,12 +27,12 @@ from rich.console import Console
 
 from pomona.bench.ingest import bench_files
 from pomona.core.errors import PomonaError
+from pomona.core.queues import queue_depth
 from pomona.core.settings import Settings
 from pomona.local.poller import EventSourcePoller
 from pomona.local.spark_cluster import LOOPBACK, standalone_cluster
 from pomona.local.stack import embedded_stack
 from pomona.local.upload import upload_files
-from pomona.ops.status import queue_depth
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -53,25 +53,25 @@ def run(
     and `executors` when each executor was added and removed, as the driver recorded it. The job may have at most
     `workers` executors at once, each released after `idle_timeout_s` without tasks.
     """
-    from pomona.featurize.job import JobOptions, prepare_model, run_job
+    from pomona.featurize.driver import JobOptions, prepare_model, run_job
 
     # Random weights need no shared data; images_per_partition keeps the backlog at several tasks per executor.
-    options = JobOptions(
-        weights="random",
-        backend="litert",
-        cache_dir=str(cache_dir) if cache_dir else None,
-        wait_s=0,
-        images_per_partition=16,
+    model = Settings.from_env().override(
+        weights="random", backend="litert", cache_dir=str(cache_dir) if cache_dir else None
     )
-    prepare_model(options)  # the one-off LiteRT conversion, kept out of the timeline
+    options = JobOptions(wait_s=0, images_per_partition=16)
+    prepare_model(model)  # the one-off LiteRT conversion, kept out of the timeline
     with embedded_stack() as stack, standalone_cluster(workers) as cluster:
+        settings = stack.settings.replace(
+            weights=model.weights, backend=model.backend, cache_dir=model.cache_dir
+        )
         queued = _ingest(stack.settings, images)
         spark = autoscaling_session(
             cluster.master_url, executor_env=stack.env(), max_executors=workers, idle_timeout_s=idle_timeout_s
         )
         try:
             with ExecutorSampler(spark, every_s=every_s) as sampler:
-                result = run_job(spark, stack.settings, options)
+                result = run_job(spark, settings, options)
                 job_s = sampler.elapsed()
                 time.sleep(after_s)
             lifetimes = sampler.lifetimes()

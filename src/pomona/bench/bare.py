@@ -14,21 +14,23 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from pomona.ml.featurizer import BEST_BATCH, Backend, make_featurizer, preprocess_batch
+from pomona.ml.backends import get_backend
+from pomona.ml.featurizer import make_featurizer
+from pomona.ml.preprocess import preprocess_batch
 
 
 def run(
     images: Sequence[Path],
     *,
     weights: str,
-    backend: Backend,
+    backend: str,
     batch_size: int | None = None,
     num_threads: int = 2,
     cache_dir: Path | None = None,
 ) -> dict[str, float | int | str | bool]:
     """Throughput in images per second after one warm-up batch, and the process's peak RSS. The batch size
     defaults to the one the job uses for `backend`."""
-    batch_size = batch_size or BEST_BATCH[backend]
+    batch_size = batch_size or get_backend(backend).best_batch
     featurizer = make_featurizer(
         weights, backend=backend, cache_dir=cache_dir, batch_size=batch_size, num_threads=num_threads
     )

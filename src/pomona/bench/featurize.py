@@ -27,7 +27,7 @@ from pomona.local.upload import labelled_files, upload_files, upload_key
 def run(
     *, images: Path, weights: str, backends: tuple[str, ...] = ("litert", "tensorflow")
 ) -> dict[str, Any]:
-    from pomona.ml.pca import bench_refit
+    from pomona.bench.refit import bench_refit
 
     files = [path for path, _ in labelled_files(images)]
     results = {backend: _measure(images, files, weights=weights, backend=backend) for backend in backends}
@@ -67,7 +67,8 @@ def _bare(files: list[Path], *, weights: str, backend: str) -> dict[str, Any]:
 
 
 def _job(images: Path, *, weights: str, backend: str) -> dict[str, Any]:
-    from pomona.featurize.job import options_from, prepare_model, run_job, spark_session
+    from pomona.featurize.driver import prepare_model, run_job
+    from pomona.featurize.entry import spark_session
     from pomona.local.poller import EventSourcePoller
     from pomona.local.stack import embedded_stack
 
@@ -84,14 +85,13 @@ def _job(images: Path, *, weights: str, backend: str) -> dict[str, Any]:
 
         handler._ingestor.cache_clear()
         EventSourcePoller(settings.events_queue_url, handler.lambda_handler).drain()
-        options = options_from(settings)
-        prepare_model(options)
+        prepare_model(settings)
         clock = time.monotonic()
         spark = spark_session("local[2]", app_name=f"pomona-bench-{backend}")
         _start_python_workers(spark)
         startup_s = time.monotonic() - clock
         try:
-            manifest = run_job(spark, settings, options).manifest
+            manifest = run_job(spark, settings).manifest
             worker_rss = _python_worker_peak_rss_mb()
         finally:
             spark.stop()
@@ -114,6 +114,7 @@ def _start_python_workers(spark: Any) -> None:
     2 s per run (a fresh process each), paid once whatever the batch size; it counts as Spark start-up here."""
 
     def imports(frames: Iterator[Any]) -> Iterator[Any]:
+        import pomona.featurize.tasks  # noqa: F401  # the executors' imports: the model, pandas, pyarrow, boto3
 
         yield from frames
 

@@ -22,13 +22,13 @@ from typing import TYPE_CHECKING, Any, Self
 
 import boto3
 
+from pomona.core.aws import RETRIES
+from pomona.core.queues import queue_depth
 from pomona.core.settings import Settings
-from pomona.core.store import RETRIES
 from pomona.demo.run import summarize
 from pomona.local.poller import EventSourcePoller, PollStats
 from pomona.local.stack import EmbeddedStack, embedded_stack
 from pomona.local.upload import upload_files, upload_key
-from pomona.ops.status import queue_depth
 from pomona.testing.samples import SYNTHETIC_LABELS, bad_uploads, fruit_image
 
 if TYPE_CHECKING:
@@ -65,14 +65,14 @@ def run(
     duplicate_every: int = 50,
     sample_every_s: float = 0.5,
 ) -> dict[str, Any]:
-    from pomona.featurize.job import options_from, prepare_model, run_job, spark_session, timed
+    from pomona.featurize.driver import prepare_model, run_job, timed
+    from pomona.featurize.entry import spark_session
 
     timings: dict[str, float] = {}
     with embedded_stack() as stack:
-        settings = stack.settings.replace(weights=weights, backend=backend)
+        settings = stack.settings.replace(weights=weights, backend=backend, max_images=count)
         files = bench_files(count, settings, bad_every=bad_every, duplicate_every=duplicate_every)
-        options = options_from(settings, max_images=count)
-        prepare_model(options)
+        prepare_model(settings)
         # The handler's JSON logs and EMF metrics (CloudWatch's share) would drown the JSON this prints.
         with Path(os.devnull).open("w") as devnull, contextlib.redirect_stdout(devnull):
             from pomona.ingest import handler
@@ -87,7 +87,7 @@ def run(
                     with timed(timings, "ingest"):
                         invocations = _drain_events(poller, settings)
                     with timed(timings, "featurize"):
-                        manifest = run_job(spark, settings, options).manifest
+                        manifest = run_job(spark, settings).manifest
             finally:
                 spark.stop()
         summary = summarize(settings, files=files, manifests=[manifest] if manifest else [], timings=timings)

@@ -192,15 +192,15 @@ def job_run(
 ) -> None:
     """Run one batch now against the configured endpoints (AWS, or `pomona local up`'s stack)."""
     from pomona.core.settings import Settings
-    from pomona.featurize.job import options_from, run_job, spark_session
+    from pomona.featurize.driver import run_job
+    from pomona.featurize.entry import spark_session
 
     with _one_line_errors():
-        settings = Settings.from_env()
-        options = options_from(settings, max_images=max_images, weights=weights, backend=backend)
+        settings = Settings.from_env().override(max_images=max_images, weights=weights, backend=backend)
         spark = spark_session(f"local[{workers}]")
         try:
             with console.status("featurizing the queued images…"):
-                result = run_job(spark, settings, options)
+                result = run_job(spark, settings)
         finally:
             spark.stop()
     if result.manifest is None:
@@ -268,8 +268,8 @@ def status(
     import boto3
     from rich.table import Table
 
+    from pomona.core.aws import RETRIES
     from pomona.core.settings import Settings
-    from pomona.core.store import RETRIES
     from pomona.ops.status import collect_status
 
     with _one_line_errors():
@@ -314,15 +314,15 @@ def export_csv(
     """One row per committed image: key, label and its PCA components under the latest model."""
     import boto3
 
+    from pomona.core.aws import RETRIES
+    from pomona.core.outputs import CommittedOutputs
     from pomona.core.settings import Settings
-    from pomona.core.store import RETRIES
     from pomona.ops.export import export_csv as write
 
     with _one_line_errors():
         settings = Settings.from_env()
-        rows, version = write(
-            boto3.client("s3", endpoint_url=settings.endpoint_url, config=RETRIES), settings, out
-        )
+        s3 = boto3.client("s3", endpoint_url=settings.endpoint_url, config=RETRIES)
+        rows, version = write(CommittedOutputs.in_bucket(s3, settings), out)
     console.print(f"wrote {rows} rows (PCA v{version}) to {out}")
 
 
@@ -337,16 +337,14 @@ def model_prepare(
     ] = "litert",
 ) -> None:
     """Fetch the weights and convert them for LiteRT once (image build time), so runs find them cached."""
-    import os
+    from pomona.core.settings import Settings
+    from pomona.featurize.driver import prepare_model
 
-    from pomona.featurize.job import JobOptions, prepare_model
-
-    if cache_dir is not None:
-        os.environ["POMONA_CACHE_DIR"] = str(cache_dir)
     with _one_line_errors():
-        weights_id = prepare_model(
-            JobOptions(weights=weights, backend=backend, cache_dir=str(cache_dir) if cache_dir else None)
+        settings = Settings.from_env().override(
+            weights=weights, backend=backend, cache_dir=str(cache_dir) if cache_dir else None
         )
+        weights_id = prepare_model(settings)
     console.print(f"model ready: weights {weights_id}, backend {backend}")
 
 
@@ -362,7 +360,7 @@ def local_up(
     """Keep the embedded stack up in the foreground: Lambda poller always on, the job on a schedule. Ctrl-C stops."""
     import os
 
-    from pomona.featurize.job import options_from, prepare_model
+    from pomona.featurize.driver import prepare_model
     from pomona.local.stack import start_stack
     from pomona.local.up import export_lines, parse_interval, serve
 
@@ -380,7 +378,7 @@ def local_up(
             sys.stdout.write(line + "\n")
         with _one_line_errors():
             with console.status("preparing the model…"):
-                prepare_model(options_from(stack.settings))  # fail now, not at the first scheduled run
+                prepare_model(stack.settings)  # fail now, not at the first scheduled run
             console.print(f"the job runs every {schedule} while the images queue holds work; Ctrl-C stops")
             serve(stack, every=every, workers=workers, console=console)
     finally:

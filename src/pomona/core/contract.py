@@ -1,7 +1,8 @@
-"""The contract between ingestion and featurization: S3 key layout, rejection reasons, the queue message.
+"""The contract between ingestion and featurization: upload keys, rejection reasons, quarantine, the queue message.
 
 Both the Lambda (`pomona.ingest`) and the Spark job (`pomona.featurize`) import this module, so a change
-to the contract is a change in one place. The README's "S3 layout" and "Queue message" sections describe it.
+to the contract is a change in one place. The README's "S3 layout" and "Queue message" sections describe it; the
+job's outputs (features, projections, models, manifests) are laid out in `pomona.core.outputs`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Self
+from typing import Any, Literal, Self
 from urllib.parse import quote
 
 from pomona.core.errors import BadKeyError, ContractError
@@ -51,6 +52,11 @@ class Reason(StrEnum):
     OBJECT_GONE = "object_gone"
     OBJECT_CHANGED = "object_changed"
     DECODE_FAILED = "decode_failed"
+
+
+def utc_now() -> str:
+    """An ISO 8601 UTC timestamp with milliseconds, as every timestamp in the contract is written."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 # -- keys ------------------------------------------------------------------------------------------------------
@@ -113,40 +119,29 @@ def sidecar_key(quarantined_key: str) -> str:
     return f"{quarantined_key}.reason.json"
 
 
+@dataclass(frozen=True, kw_only=True)
+class QuarantineSidecar:
+    """The JSON document beside a quarantined object: why it is there, and exactly which object it was."""
+
+    reason: Reason
+    detail: str
+    original_key: str
+    version_id: str | None
+    etag: str | None
+    size: int | None
+    sha256: str | None
+    stage: Literal["ingest", "featurize"]  # which unit quarantined it
+    time: str = dataclasses.field(default_factory=utc_now)
+
+    def to_json(self) -> bytes:
+        document = dataclasses.asdict(self) | {"reason": self.reason.value}
+        return json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False).encode()
+
+
 def _safe_segment(segment: str) -> str:
     if segment in {"", ".", ".."}:
         return quote(segment, safe="").replace(".", "%2E") or "%00"
     return quote(segment, safe=" !$&'()*+,;=:@-._~")
-
-
-# Outputs of the featurization job, under `Settings.output_prefix`. Readers trust only committed batches.
-
-
-def new_batch_id(now: datetime | None = None, *, entropy: bytes | None = None) -> str:
-    """Sortable and unique: `20261125T054000Z-1a2b3c4d`."""
-    now = now or datetime.now(UTC)
-    suffix = hashlib.sha256(entropy if entropy is not None else now.isoformat().encode()).hexdigest()[:8]
-    return f"{now.strftime('%Y%m%dT%H%M%SZ')}-{suffix}"
-
-
-def features_key(prefix: str, batch_id: str, part: int) -> str:
-    return f"{prefix}features/batch_id={batch_id}/part-{part:05d}.parquet"
-
-
-def projections_key(prefix: str, batch_id: str, part: int) -> str:
-    return f"{prefix}projections/batch_id={batch_id}/part-{part:05d}.parquet"
-
-
-def manifest_key(prefix: str, batch_id: str) -> str:
-    return f"{prefix}batches/{batch_id}/manifest.json"
-
-
-def pca_prefix(prefix: str, version: int) -> str:
-    return f"{prefix}models/pca/v{version}/"
-
-
-def pca_latest_key(prefix: str) -> str:
-    return f"{prefix}models/pca/LATEST"
 
 
 # -- the queue message -----------------------------------------------------------------------------------------
@@ -226,12 +221,3 @@ def _required(f: dataclasses.Field[Any]) -> bool:
 def _preview(body: str | bytes) -> str:
     text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
     return repr(text[:60] + ("…" if len(text) > 60 else ""))
-
-
-def utc_now() -> str:
-    """An ISO 8601 UTC timestamp with milliseconds, as every timestamp in the contract is written."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def as_dict(message: ImageMessage) -> dict[str, Any]:
-    return dataclasses.asdict(message)

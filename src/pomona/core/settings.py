@@ -10,6 +10,7 @@ import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pomona.core.errors import SettingsError
@@ -40,6 +41,8 @@ ENV_VARS: dict[str, str] = {
     "POMONA_BACKEND": "backend",
     "POMONA_GAIN": "gain",
     "POMONA_LOSS": "loss",
+    "POMONA_CACHE_DIR": "cache_dir",
+    "POMONA_FAULT": "fault",
 }
 
 
@@ -74,6 +77,15 @@ class Settings:
     # -- the business metric: what a right answer earns and a wrong one costs
     gain: float = 1.0
     loss: float = 5.0
+    # -- this machine
+    # Downloaded weights and converted models; "" is ~/.cache/pomona (`model_cache_dir`).
+    cache_dir: str = ""
+    # Tests only: the phase of the job at which its process kills itself, as a killed pod would.
+    fault: str = ""
+
+    @property
+    def model_cache_dir(self) -> Path:
+        return Path(self.cache_dir) if self.cache_dir else Path.home() / ".cache" / "pomona"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -94,13 +106,17 @@ class Settings:
         env: dict[str, str] = {}
         for var, name in ENV_VARS.items():
             value = getattr(self, name)
-            if value is None:
+            if value is None or value == "":
                 continue
             env[var] = ",".join(sorted(value)) if isinstance(value, frozenset) else str(value)
         return env
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
+
+    def override(self, **given: Any) -> Settings:
+        """These settings with each value that was given (not None): command-line options over the environment."""
+        return self.replace(**{name: value for name, value in given.items() if value is not None})
 
 
 def _parse(var: str, raw: str, type_name: str) -> Any:

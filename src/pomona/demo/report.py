@@ -9,7 +9,6 @@ batch manifest names and the PCA version `models/pca/LATEST` points at. Figures 
 from __future__ import annotations
 
 import html
-import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -18,19 +17,17 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import pyarrow.parquet as pq
 from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, PercentFormatter, StrMethodFormatter
 
-from pomona.core.contract import manifest_key, pca_latest_key, pca_prefix
+from pomona.core.outputs import CommittedOutputs, FolderFiles
 from pomona.ml.pca import PcaModel, PcaState, fit_pca, load_npz
 
 REPORT_DIR = "report"  # the PNGs, beside report.html
 MAX_SCATTER_POINTS = 20_000  # beyond this a scatter is a blot; a fixed-seed sample shows the same shape
 MAX_REJECTION_ROWS = 20
-_FEATURES_FOLDER = "features/batch_id="
 _DPI = 110
 _STAGE_COLOURS = {"ingest": "#d62728", "featurize": "#ff7f0e"}
 _MARKERS = "osD^v<>Ph*"
@@ -38,7 +35,7 @@ _SHOWN_ELSEWHERE = frozenset({"weights_note", "probe"})  # the banner and the bu
 
 
 @dataclass(frozen=True, eq=False)
-class CommittedOutputs:
+class ReportInputs:
     """What an outputs folder holds that a reader may trust, plus the quarantine sidecars."""
 
     batch_ids: list[str]
@@ -63,44 +60,25 @@ class _Panel:
 # -- reading -----------------------------------------------------------------------------------------------------
 
 
-def read_outputs(out: Path) -> CommittedOutputs:
+def read_outputs(out: Path) -> ReportInputs:
     """The committed batches' features, the LATEST PCA version and the quarantine sidecars under `out`."""
-    manifests = sorted(
-        (json.loads(path.read_text()) for path in out.glob(manifest_key("", "*"))),
-        key=lambda manifest: str(manifest["batch_id"]),
+    outputs = CommittedOutputs(FolderFiles(out))
+    manifests = outputs.manifests()
+    table, missing = outputs.read_parts("features", ["label", "features"], manifests)
+    labels: list[str] = [] if table is None else table.column("label").to_pylist()
+    features = (
+        np.stack(table.column("features").to_numpy(zero_copy_only=False)).astype(np.float32)
+        if table is not None and table.num_rows
+        else np.empty((0, 0), dtype=np.float32)
     )
-    labels: list[str] = []
-    blocks: list[npt.NDArray[np.float32]] = []
-    missing: list[str] = []
-    for manifest in manifests:
-        for key in manifest.get("files", {}).get("features", []):
-            path = _local_path(out, key)
-            if path is None or not path.is_file():
-                missing.append(key)
-                continue
-            table = pq.read_table(path, columns=["label", "features"])
-            if table.num_rows:
-                labels += table.column("label").to_pylist()
-                blocks.append(np.stack(table.column("features").to_numpy()).astype(np.float32))
-    features = np.concatenate(blocks) if blocks else np.empty((0, 0), dtype=np.float32)
-
     version, model, state, quality = None, None, None, None
-    latest = out / pca_latest_key("")
-    if latest.is_file():
-        version = int(json.loads(latest.read_text())["version"])
-        folder = out / pca_prefix("", version)
-        model, state = load_npz((folder / "model.npz").read_bytes())
-        if (folder / "quality.json").is_file():
-            quality = json.loads((folder / "quality.json").read_text())
-
-    rejections = []
-    for path in sorted((out / "quarantine").glob("**/*.reason.json")):
-        sidecar = json.loads(path.read_text())
-        # The sidecar's folder is its reason; a sidecar missing the field still counts under it.
-        reason = sidecar.get("reason") or path.relative_to(out / "quarantine").parts[0]
-        rejections.append(sidecar | {"reason": reason, "stage": sidecar.get("stage", "ingest")})
-
-    return CommittedOutputs(
+    if latest := outputs.latest_version():
+        version = latest
+        model_npz = outputs.version_file(version, "model.npz")
+        if model_npz is not None:
+            model, state = load_npz(model_npz)
+        quality = outputs.version_json(version, "quality.json")
+    return ReportInputs(
         batch_ids=[str(manifest["batch_id"]) for manifest in manifests],
         labels=labels,
         features=features,
@@ -109,17 +87,8 @@ def read_outputs(out: Path) -> CommittedOutputs:
         model=model,
         state=state,
         quality=quality,
-        rejections=rejections,
+        rejections=outputs.sidecars(),
     )
-
-
-def _local_path(out: Path, key: str) -> Path | None:
-    """`out/features/batch_id=X/part-N.parquet` for a key under any output prefix; None if it would leave `out`."""
-    _, found, rest = key.partition(_FEATURES_FOLDER)
-    if not found:
-        return None
-    path = (out / (found + rest)).resolve()
-    return path if path.is_relative_to(out.resolve()) else None
 
 
 # -- the report --------------------------------------------------------------------------------------------------
@@ -148,7 +117,7 @@ def write_report(out: Path, summary: Mapping[str, Any]) -> Path:
 # -- plots -------------------------------------------------------------------------------------------------------
 
 
-def _variance_panel(outputs: CommittedOutputs, target: float | None) -> _Panel:
+def _variance_panel(outputs: ReportInputs, target: float | None) -> _Panel:
     title = "Explained variance"
     model, state = outputs.model, outputs.state
     if model is None:
@@ -189,7 +158,7 @@ def _variance_panel(outputs: CommittedOutputs, target: float | None) -> _Panel:
     return _Panel("variance", title, caption, figure)
 
 
-def _scatter_panel(outputs: CommittedOutputs) -> _Panel:
+def _scatter_panel(outputs: ReportInputs) -> _Panel:
     title = "Images in PCA space"
     model, x = outputs.model, outputs.features
     if model is None or not len(x):
@@ -245,7 +214,7 @@ def _scatter_panel(outputs: CommittedOutputs) -> _Panel:
     return _Panel("pca_scatter", title, caption, figure)
 
 
-def _labels_panel(outputs: CommittedOutputs) -> _Panel:
+def _labels_panel(outputs: ReportInputs) -> _Panel:
     title = "Images per label"
     if not outputs.labels:
         return _Panel("labels", title, "No committed images yet.", None)
@@ -261,7 +230,7 @@ def _labels_panel(outputs: CommittedOutputs) -> _Panel:
     return _Panel("labels", title, caption, figure)
 
 
-def _rejections_panel(outputs: CommittedOutputs, summary: Mapping[str, Any]) -> _Panel:
+def _rejections_panel(outputs: ReportInputs, summary: Mapping[str, Any]) -> _Panel:
     title = "Rejections by reason"
     if outputs.rejections:
         counts = Counter((r["reason"], r["stage"]) for r in outputs.rejections)
@@ -382,7 +351,7 @@ code { font-size: 0.9em; }
 """
 
 
-def _render_html(summary: Mapping[str, Any], outputs: CommittedOutputs, panels: Sequence[_Panel]) -> str:
+def _render_html(summary: Mapping[str, Any], outputs: ReportInputs, panels: Sequence[_Panel]) -> str:
     """The report page; every piece of text from the summary or the bucket goes through `html.escape`."""
     e = html.escape
     parts = [
@@ -418,7 +387,7 @@ def _render_html(summary: Mapping[str, Any], outputs: CommittedOutputs, panels: 
     return "\n".join(parts) + "\n"
 
 
-def _overview(outputs: CommittedOutputs) -> str:
+def _overview(outputs: ReportInputs) -> str:
     if not outputs.batch_ids:
         return (
             '<p class="warning">No committed batches yet: nothing has been featurized, so there are no '

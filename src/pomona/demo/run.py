@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import logging
 import shutil
@@ -17,20 +16,18 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import boto3
 from rich.console import Console
 
+from pomona.core.aws import RETRIES
 from pomona.core.errors import PomonaError
+from pomona.core.outputs import CommittedOutputs
 from pomona.core.settings import Settings
-from pomona.core.store import RETRIES, committed_batches
 from pomona.local.poller import EventSourcePoller
 from pomona.local.stack import embedded_stack
 from pomona.local.upload import labelled_files, upload_files, upload_key
-
-if TYPE_CHECKING:
-    from mypy_boto3_s3 import S3Client
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +54,13 @@ def choose_weights(requested: str, *, synthetic: bool, environ: dict[str, str]) 
             else None
         )
         return WeightsChoice(requested, note)
-    if environ.get("POMONA_WEIGHTS"):
-        return WeightsChoice(environ["POMONA_WEIGHTS"], None)
-    from pomona.ml.featurizer import WeightsError, default_cache_dir, resolve_weights
+    configured = Settings.from_env(environ)
+    if configured.weights != Settings().weights:  # POMONA_WEIGHTS names other weights
+        return WeightsChoice(configured.weights, None)
+    from pomona.ml.weights import WeightsError, resolve_weights
 
     try:
-        resolve_weights("imagenet", cache_dir=default_cache_dir())
+        resolve_weights("imagenet", cache_dir=configured.model_cache_dir)
         return WeightsChoice("imagenet", None)
     except (WeightsError, OSError) as err:
         if synthetic:
@@ -118,7 +116,8 @@ def run_demo(
 ) -> dict[str, Any]:
     import os
 
-    from pomona.featurize.job import options_from, prepare_model, run_job, spark_session
+    from pomona.featurize.driver import prepare_model, run_job
+    from pomona.featurize.entry import spark_session
 
     choice = choose_weights(weights, synthetic=images is None, environ=dict(os.environ))
     if choice.note:
@@ -129,9 +128,8 @@ def run_demo(
         settings = stack.settings.replace(weights=choice.spec, backend=backend)
         console.print(f"embedded stack at {stack.endpoint_url}, bucket {settings.bucket}")
         files = demo_files(images, settings)
-        options = options_from(settings)
         with console.status("preparing the model (converting for LiteRT once)…"):
-            weights_id = prepare_model(options)
+            weights_id = prepare_model(settings)
         # The handler's stdout (JSON logs, EMF metrics) is what CloudWatch would get: here it goes to a file.
         lambda_log = stack_exit.enter_context((out / "lambda.log").open("a"))
         with contextlib.redirect_stdout(lambda_log):
@@ -155,7 +153,7 @@ def run_demo(
                 timings["ingest"] += time.monotonic() - clock
                 clock = time.monotonic()
                 with console.status(f"wave {number}: Spark featurizes and refits the PCA…"):
-                    result = run_job(spark, settings, options)
+                    result = run_job(spark, settings)
                 timings["featurize"] += time.monotonic() - clock
                 if result.manifest is not None:
                     manifests.append(result.manifest)
@@ -211,9 +209,10 @@ def summarize(
     then exceeds the accepted uploads; `missing`, by key and sha256, is the check that holds regardless.
     """
     s3 = boto3.client("s3", endpoint_url=settings.endpoint_url, config=RETRIES)
-    sidecars = quarantine_sidecars(s3, settings)
-    quarantined = Counter(s["reason"] for s in sidecars if s.get("stage") != "featurize")
-    committed = committed_batches(s3, settings.bucket, settings.output_prefix)
+    outputs = CommittedOutputs.in_bucket(s3, settings)
+    sidecars = outputs.sidecars()
+    quarantined = Counter(s["reason"] for s in sidecars if s["stage"] != "featurize")
+    committed = outputs.manifests()
     failed: Counter[str] = Counter()
     for manifest in committed:
         failed.update(manifest["counts"]["failed"])
@@ -228,9 +227,7 @@ def summarize(
         "featurized": featurized,
         "failed": dict(failed),
         "duplicates": duplicates,
-        "missing": missing_uploads(
-            files, sidecars=sidecars, committed=committed_shas(s3, settings, committed)
-        ),
+        "missing": missing_uploads(files, sidecars=sidecars, committed=committed_shas(outputs, committed)),
         "pca_versions": [m["pca_version"] for m in committed],
         "k": latest["k"] if latest else None,
         "explained_variance": latest["explained_variance"] if latest else None,
@@ -259,27 +256,7 @@ def missing_uploads(
     ]
 
 
-def quarantine_sidecars(s3: S3Client, settings: Settings) -> list[dict[str, Any]]:
-    """Every `.reason.json` under the quarantine prefix, the Lambda's and the job's (`stage: featurize`)."""
-    sidecars = []
-    for page in s3.get_paginator("list_objects_v2").paginate(
-        Bucket=settings.bucket, Prefix=settings.quarantine_prefix
-    ):
-        for item in page.get("Contents", []):
-            if item["Key"].endswith(".reason.json"):
-                sidecars.append(
-                    json.loads(s3.get_object(Bucket=settings.bucket, Key=item["Key"])["Body"].read())
-                )
-    return sidecars
-
-
-def committed_shas(s3: S3Client, settings: Settings, manifests: list[dict[str, Any]]) -> set[str]:
+def committed_shas(outputs: CommittedOutputs, manifests: list[dict[str, Any]]) -> set[str]:
     """sha256 of every image in the features part files of committed batches."""
-    import pyarrow.parquet as pq
-
-    shas: set[str] = set()
-    for manifest in manifests:
-        for key in manifest["files"]["features"]:
-            body = s3.get_object(Bucket=settings.bucket, Key=key)["Body"].read()
-            shas.update(pq.read_table(io.BytesIO(body), columns=["sha256"]).column("sha256").to_pylist())
-    return shas
+    table, _ = outputs.read_parts("features", ["sha256"], manifests)
+    return set() if table is None else set(table.column("sha256").to_pylist())

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import boto3
 
+from pomona.core.queues import SQS_BATCH, in_batches
+
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
     from mypy_boto3_sqs.type_defs import MessageTypeDef
@@ -65,7 +67,7 @@ class EventSourcePoller:
         queue_url: str,
         handler: Handler,
         *,
-        batch_size: int = 10,
+        batch_size: int = SQS_BATCH,
         wait_s: int = 0,
         retry_after_s: int | None = None,
         sqs: SQSClient | None = None,
@@ -102,11 +104,8 @@ class EventSourcePoller:
             log.exception("Handler failed the whole batch")
             failed_ids = {m["MessageId"] for m in messages}
         done = [m for m in messages if m["MessageId"] not in failed_ids]
-        for start in range(0, len(done), 10):
-            entries = [
-                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]}
-                for i, m in enumerate(done[start : start + 10])
-            ]
+        for batch in in_batches(done):
+            entries = [{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(batch)]
             self.sqs.delete_message_batch(QueueUrl=self.queue_url, Entries=entries)  # type: ignore[arg-type]
         if self.retry_after_s is not None:
             for m in messages:

@@ -6,22 +6,20 @@ events queue, where `pomona.local.poller` picks it up for the Lambda handler as 
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
-import time
 import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import boto3
 
 from pomona.core.resources import DEFAULT_NAME, QueueSpec, Resources, describe
 from pomona.core.settings import Settings
+from pomona.local import moto_speedups
 
 if TYPE_CHECKING:
     from moto.server import ThreadedMotoServer
@@ -79,117 +77,17 @@ def start_stack(
 
 
 def start_server(*, port: int = 0) -> tuple[ThreadedMotoServer, str]:
-    """A moto server in a thread of this process, on loopback; returns it and its endpoint URL."""
+    """A moto server in a thread of this process, on loopback, with `moto_speedups` where they apply; returns it
+    and its endpoint URL.
+    """
     from moto.server import ThreadedMotoServer
 
-    _speed_up_moto_sqs()
-    _speed_up_moto_dispatch()
+    moto_speedups.apply()
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one access-log line per request is noise here
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     host, bound = server.get_host_and_port()
     return server, f"http://{host}:{bound}"
-
-
-# Queue depths, which `pomona status`, the trigger and the benchmarks' samplers ask for.
-_DEPTH_ATTRIBUTES = frozenset(
-    {
-        "ApproximateNumberOfMessages",
-        "ApproximateNumberOfMessagesNotVisible",
-        "ApproximateNumberOfMessagesDelayed",
-    }
-)
-
-
-@functools.cache  # once per process: the patches wrap moto's own methods
-def _speed_up_moto_sqs() -> None:
-    """Make the embedded SQS scale like real SQS where moto 5 does not.
-
-    - A receive recomputes every queue attribute (three scans of the whole queue) for each message it returns,
-      so draining n messages costs O(n²): 0.4 s a receive at a depth of 540. Only the retention period is
-      needed there; it is read directly.
-    - GetQueueAttributes computes every attribute up to three times for each name asked: at a depth of 5,000,
-      sampling two queues' depths twice a second held the GIL of the process serving the Lambda handler for
-      most of that second. Depth attributes alone are computed alone, once.
-    - Every receive and depth still looks at every message, and each look builds two datetimes to read the
-      clock (a quarter of the embedded stack's time at a depth of 5,000): the clock is read directly, the same
-      epoch milliseconds.
-    - DeleteMessageBatch scans the whole queue twice per receipt: the job's commit at 4,900 images spent 17 s
-      deleting. One scan per batch now deletes all of its receipts, with SQS's answers unchanged (a receipt
-      already deleted succeeds, an unknown one fails with ReceiptHandleIsInvalid).
-    """
-    from moto.core.utils import camelcase_to_underscores, unix_time
-    from moto.sqs import models
-    from moto.sqs.models import Message, SQSBackend
-
-    def is_message_valid_based_on_retention_period(
-        self: SQSBackend, queue_name: str, message: Message
-    ) -> bool:
-        queue = self.get_queue(queue_name)
-        retention_s = int(queue.message_retention_period)  # type: ignore[attr-defined]  # set from attributes
-        return bool(retention_s + message.sent_timestamp / 1000 > unix_time())  # type: ignore[operator]
-
-    all_attributes = SQSBackend.get_queue_attributes
-
-    def get_queue_attributes(self: SQSBackend, queue_name: str, attribute_names: list[str]) -> dict[str, Any]:
-        if not attribute_names or not set(attribute_names) <= _DEPTH_ATTRIBUTES:
-            return all_attributes(self, queue_name, attribute_names)
-        queue = self.get_queue(queue_name)
-        return {name: getattr(queue, camelcase_to_underscores(name)) for name in attribute_names}
-
-    SQSBackend.is_message_valid_based_on_retention_period = is_message_valid_based_on_retention_period  # type: ignore[method-assign]
-    SQSBackend.get_queue_attributes = get_queue_attributes  # type: ignore[method-assign]
-
-    clock_millis = models.unix_time_millis  # type: ignore[attr-defined]
-
-    def unix_time_millis(dt: datetime | None = None) -> float:
-        return time.time() * 1000 if dt is None else float(clock_millis(dt))
-
-    models.unix_time_millis = unix_time_millis  # type: ignore[attr-defined]
-
-    delete_one_by_one = SQSBackend.delete_message_batch
-
-    def delete_message_batch(
-        self: SQSBackend, queue_name: str, receipts: list[dict[str, Any]]
-    ) -> tuple[list[str], list[dict[str, str]]]:
-        queue = self.get_queue(queue_name)
-        wanted = {entry["ReceiptHandle"] for entry in receipts} - queue.deleted_messages
-        kept = []
-        for message in queue._messages:
-            if wanted.intersection(message.all_receipt_handles):
-                queue.pending_messages.discard(message)
-                queue.deleted_messages.update(message.all_receipt_handles)  # type: ignore[arg-type]
-            else:
-                kept.append(message)
-        queue._messages = kept
-        # What is left (unknown receipts) gets moto's own error entries.
-        unknown = [entry for entry in receipts if entry["ReceiptHandle"] not in queue.deleted_messages]
-        _, errors = delete_one_by_one(self, queue_name, unknown)
-        return [entry["Id"] for entry in receipts if entry not in unknown], errors
-
-    SQSBackend.delete_message_batch = delete_message_batch  # type: ignore[method-assign]
-
-
-@functools.cache  # once per process, as above
-def _speed_up_moto_dispatch() -> None:
-    """Remember which service answers each host name.
-
-    moto's server finds the service of every request anew, under a lock that every request must take: it lists
-    moto's package folder (a `stat` per service, ~200) and then tries every service's URL patterns. That was
-    0.65 ms of CPU per request, and a third of the CPU of an S3 GET (4.4 → 3.1 ms, measured with 8 concurrent
-    GETs). The answer depends on the host name alone, and moto's folders and patterns never change while it runs.
-    """
-    from moto.moto_server.werkzeug_app import DomainDispatcherApplication
-
-    find_backend = DomainDispatcherApplication.get_backend_for_host
-    backends: dict[str | None, Any] = {}
-
-    def get_backend_for_host(self: DomainDispatcherApplication, host: str | None) -> Any:
-        if host not in backends:
-            backends[host] = find_backend(self, host)
-        return backends[host]
-
-    DomainDispatcherApplication.get_backend_for_host = get_backend_for_host  # type: ignore[method-assign]
 
 
 def local_session() -> boto3.session.Session:

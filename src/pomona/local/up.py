@@ -18,6 +18,7 @@ from typing import Any
 from rich.console import Console
 
 from pomona.core.errors import PomonaError, SettingsError
+from pomona.core.queues import queue_depth
 from pomona.local.poller import EventSourcePoller
 from pomona.local.stack import EmbeddedStack
 
@@ -39,7 +40,8 @@ def export_lines(env: dict[str, str]) -> list[str]:
 
 def serve(stack: EmbeddedStack, *, every: timedelta, workers: int, console: Console) -> None:
     """Poll the events queue into the handler, and run the job every `every` while there is work, until Ctrl-C."""
-    from pomona.featurize.job import options_from, run_job, spark_session
+    from pomona.featurize.driver import run_job
+    from pomona.featurize.entry import spark_session
 
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -64,7 +66,7 @@ def serve(stack: EmbeddedStack, *, every: timedelta, workers: int, console: Cons
                 if _backlog(stack) > 0:
                     spark = spark or spark_session(f"local[{workers}]", app_name="pomona-local")
                     try:
-                        result = run_job(spark, settings, options_from(settings))
+                        result = run_job(spark, settings)
                     except (
                         PomonaError
                     ) as err:  # a failed run is retried at the next tick, as the operator would
@@ -87,7 +89,4 @@ def _backlog(stack: EmbeddedStack) -> int:
     import boto3
 
     sqs = boto3.client("sqs", endpoint_url=stack.endpoint_url)
-    attributes = sqs.get_queue_attributes(
-        QueueUrl=stack.settings.images_queue_url, AttributeNames=["ApproximateNumberOfMessages"]
-    )["Attributes"]
-    return int(attributes["ApproximateNumberOfMessages"])
+    return queue_depth(sqs, stack.settings.images_queue_url)["visible"]

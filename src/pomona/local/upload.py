@@ -12,8 +12,8 @@ import boto3
 from rich.console import Console
 from rich.progress import Progress
 
+from pomona.core.aws import RETRIES
 from pomona.core.settings import Settings
-from pomona.core.store import RETRIES
 
 
 def labelled_files(folder: Path) -> list[tuple[Path, str]]:

@@ -9,7 +9,6 @@ seen, so a refit after a million images costs what a refit after a thousand does
 from __future__ import annotations
 
 import io
-import time
 import zipfile
 from dataclasses import dataclass
 
@@ -224,27 +223,6 @@ def load_npz(data: bytes) -> tuple[PcaModel, PcaState]:
     )
     state = PcaState(n=int(arrays["state_n"]), mean=arrays["state_mean"], scatter=arrays["state_scatter"])
     return model, state
-
-
-def bench_refit(
-    d: int = 1280, n_seen: tuple[int, ...] = (10_000, 100_000), *, batch_rows: int = 1000, seed: int = 0
-) -> dict[str, float]:
-    """Seconds to merge a batch of `batch_rows` into a stored state of each history size, then refit.
-
-    The stored states are synthetic (any symmetric PSD scatter will do): their size is d + d² whatever
-    `n_seen` is, which is what this measures.
-    """
-    rng = np.random.default_rng(seed)
-    batch = PcaState.from_rows(rng.standard_normal((batch_rows, d)).astype(np.float32))
-    factor = rng.standard_normal((d, d))
-    timings: dict[str, float] = {}
-    for n in n_seen:
-        stored = PcaState(n=n, mean=rng.standard_normal(d), scatter=factor @ factor.T * (n / d))
-        start = time.perf_counter()
-        fit_pca(merge_pca_state(stored, batch))
-        timings[f"refit_s_at_{n}"] = time.perf_counter() - start
-    timings["state_bytes"] = float((d + d * d) * np.dtype(np.float64).itemsize)
-    return timings
 
 
 def _frozen(values: npt.ArrayLike) -> Array:

@@ -7,46 +7,37 @@ components. Only batches with a manifest are read, and only the part files their
 from __future__ import annotations
 
 import csv
-import io
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
-from pomona.core.contract import pca_prefix
 from pomona.core.errors import PomonaError
-from pomona.core.settings import Settings
-from pomona.core.store import committed_batches, read_latest
+from pomona.core.outputs import CommittedOutputs
 from pomona.ml.pca import PcaModel, load_npz, project
 
 if TYPE_CHECKING:
-    from mypy_boto3_s3 import S3Client
+    import pyarrow as pa
 
 
-def committed_features(s3: S3Client, settings: Settings) -> pa.Table:
+def committed_features(outputs: CommittedOutputs) -> pa.Table:
     """sha256, key, label, batch_id and features of every committed image, oldest batch first."""
-    tables = []
-    for manifest in committed_batches(s3, settings.bucket, settings.output_prefix):
-        for key in manifest["files"]["features"]:
-            body = s3.get_object(Bucket=settings.bucket, Key=key)["Body"].read()
-            tables.append(
-                pq.read_table(io.BytesIO(body), columns=["sha256", "key", "label", "batch_id", "features"])
-            )
-    if not tables:
+    table, missing = outputs.read_parts("features", ["sha256", "key", "label", "batch_id", "features"])
+    if missing:
+        raise PomonaError(f"expected every part file committed batches list, found none at {missing[:3]}")
+    if table is None:
         raise PomonaError(
-            f"expected committed batches in s3://{settings.bucket}/{settings.output_prefix}, found none"
+            f"expected committed batches in {outputs.files.location}{outputs.prefix}, found none"
         )
-    return pa.concat_tables(tables)
+    return table
 
 
-def latest_model(s3: S3Client, settings: Settings) -> tuple[int, PcaModel]:
-    version, _ = read_latest(s3, settings.bucket, settings.output_prefix)
-    if version == 0:
+def latest_model(outputs: CommittedOutputs) -> tuple[int, PcaModel]:
+    version = outputs.latest_version()
+    model_npz = outputs.version_file(version, "model.npz") if version else None
+    if model_npz is None:
         raise PomonaError("expected a committed PCA model (models/pca/LATEST), found none: run the job first")
-    key = pca_prefix(settings.output_prefix, version) + "model.npz"
-    model, _ = load_npz(s3.get_object(Bucket=settings.bucket, Key=key)["Body"].read())
+    model, _ = load_npz(model_npz)
     return version, model
 
 
@@ -63,9 +54,9 @@ def write_csv(table: pa.Table, model: PcaModel, out: TextIO) -> int:
     return len(projected)
 
 
-def export_csv(s3: S3Client, settings: Settings, path: Path) -> tuple[int, int]:
+def export_csv(outputs: CommittedOutputs, path: Path) -> tuple[int, int]:
     """Write the CSV to `path`; returns (rows, PCA version used)."""
-    version, model = latest_model(s3, settings)
-    table = committed_features(s3, settings)
+    version, model = latest_model(outputs)
+    table = committed_features(outputs)
     with path.open("w", newline="", encoding="utf-8") as out:
         return write_csv(table, model, out), version

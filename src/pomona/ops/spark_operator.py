@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from pomona.core.errors import PomonaError
+from pomona.core.queues import queue_depth
 
 if TYPE_CHECKING:
     from kubernetes.client import CustomObjectsApi
@@ -292,8 +293,7 @@ def _object(value: object) -> dict[str, Any]:
 
 def queue_backlog(sqs: SQSClient, queue_url: str) -> int:
     """Messages waiting in the queue (ApproximateNumberOfMessages: visible ones, not those a run holds)."""
-    attributes = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["ApproximateNumberOfMessages"])
-    return int(attributes["Attributes"]["ApproximateNumberOfMessages"])
+    return queue_depth(sqs, queue_url)["visible"]
 
 
 def trigger(

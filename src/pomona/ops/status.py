@@ -8,43 +8,22 @@ from __future__ import annotations
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
+from pomona.core.outputs import CommittedOutputs
+from pomona.core.queues import queue_depth
 from pomona.core.settings import Settings
-from pomona.core.store import committed_batches, read_latest
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_sqs import SQSClient
 
 
-def queue_depth(sqs: SQSClient, url: str) -> dict[str, int]:
-    if not url:
-        return {}
-    attributes = sqs.get_queue_attributes(
-        QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
-    )["Attributes"]
-    return {"visible": int(attributes["ApproximateNumberOfMessages"]),
-            "in_flight": int(attributes["ApproximateNumberOfMessagesNotVisible"])}  # fmt: skip
-
-
-def quarantine_counts(s3: S3Client, settings: Settings) -> dict[str, int]:
-    """Quarantined uploads by reason, from the sidecars' keys: `quarantine/<reason>/.../*.reason.json`."""
-    counts: Counter[str] = Counter()
-    pages = s3.get_paginator("list_objects_v2").paginate(
-        Bucket=settings.bucket, Prefix=settings.quarantine_prefix
-    )
-    for page in pages:
-        for item in page.get("Contents", []):
-            if item["Key"].endswith(".reason.json"):
-                counts[item["Key"][len(settings.quarantine_prefix) :].split("/", 1)[0]] += 1
-    return dict(counts)
-
-
 def collect_status(s3: S3Client, sqs: SQSClient, settings: Settings, *, last: int = 10) -> dict[str, Any]:
-    manifests = committed_batches(s3, settings.bucket, settings.output_prefix)
+    outputs = CommittedOutputs.in_bucket(s3, settings)
+    manifests = outputs.manifests()
     labels: Counter[str] = Counter()
     for manifest in manifests:
         labels.update(manifest["counts"].get("labels", {}))
-    version, _ = read_latest(s3, settings.bucket, settings.output_prefix)
+    version = outputs.latest_version()
     return {
         "bucket": settings.bucket,
         "queues": {
@@ -67,5 +46,5 @@ def collect_status(s3: S3Client, sqs: SQSClient, settings: Settings, *, last: in
             for m in manifests[-last:]
         ],
         "labels": dict(sorted(labels.items())),
-        "quarantined": quarantine_counts(s3, settings),
+        "quarantined": outputs.quarantine_counts(),
     }

@@ -1,0 +1,313 @@
+"""The featurization job's driver: one run, read as the list of its phases.
+
+Drain the images queue, drop images already committed, featurize in the executors (`tasks`), refit the exact PCA,
+project, then commit (`commit`) and delete the messages. One run at a time (`lock`), its messages kept invisible
+and its lease alive by a heartbeat (`queue`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib
+import logging
+import os
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import boto3
+import numpy as np
+import pandas as pd
+
+from pomona.core.aws import RETRIES
+from pomona.core.contract import ImageMessage, Reason, utc_now
+from pomona.core.errors import PomonaError
+from pomona.core.outputs import new_batch_id
+from pomona.core.settings import Settings
+from pomona.featurize.commit import Committer
+from pomona.featurize.dedupe import split_duplicates
+from pomona.featurize.lock import RunLock
+from pomona.featurize.partitions import partition_count, split_evenly
+from pomona.featurize.queue import Heartbeat, delete_messages, drain_queue
+from pomona.featurize.tasks import (
+    META_COLUMNS,
+    OUTCOME_SCHEMA,
+    PROJECTED_SCHEMA,
+    featurize_partitions,
+    file_provenance,
+    project_partitions,
+    state_from_bytes,
+)
+from pomona.ml.backends import get_backend
+from pomona.ml.mobilenet import FEATURE_DIM
+from pomona.ml.pca import PcaModel, PcaState, fit_pca, merge_pca_state, state_to_npz
+from pomona.ml.weights import resolve_weights
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_sqs import SQSClient
+    from pyspark.sql import SparkSession
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobOptions:
+    """How the job works its queue; what it works on (weights, backend, max_images) is in `Settings`."""
+
+    visibility_timeout_s: int = 300
+    heartbeat_s: float = 60.0
+    wait_s: int = 1  # long-poll seconds per receive; the queue is empty after one empty receive
+    # Each partition costs ~0.4 s here beyond its images (a task, a 13 MB PCA state to the driver): measured on
+    # the 540 sample photos, 2 partitions of 270 took 6.9 s to featurize where 8 of ~67 took 10.0 s (first
+    # session of 2026-11-30, when features still went through Spark's cache; not re-measured since).
+    images_per_partition: int = 512
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """The committed manifest, or why nothing was committed."""
+
+    manifest: dict[str, Any] | None
+    skipped: str | None = None
+
+
+class Job:
+    """One run of the featurization job against one deployment."""
+
+    def __init__(self, spark: SparkSession, settings: Settings, options: JobOptions) -> None:
+        self.spark = spark
+        self.settings = settings
+        self.options = options
+        self.s3: S3Client = boto3.client("s3", endpoint_url=settings.endpoint_url, config=RETRIES)
+        self.sqs: SQSClient = boto3.client("sqs", endpoint_url=settings.endpoint_url, config=RETRIES)
+        self.committer = Committer(self.s3, settings)
+
+    def run(self) -> BatchResult:
+        started = time.monotonic()
+        # The quality probe's scikit-learn takes ~0.7 s of CPU to import. Imported while the run takes its lock
+        # and drains the queue, mostly waiting, it is off the batch's path (`_quality` waits for it if needed).
+        threading.Thread(target=importlib.import_module, args=("pomona.ml.quality",)).start()
+        lock = RunLock(self.s3, self.settings.bucket)
+        lock.acquire()
+        try:
+            self.committer.recover()
+            with Heartbeat(
+                self.sqs,
+                self.settings.images_queue_url,
+                lock,
+                every_s=self.options.heartbeat_s,
+                visibility_timeout_s=self.options.visibility_timeout_s,
+            ) as heartbeat:
+                return self._run_batch(heartbeat, started)
+        finally:
+            lock.release()
+
+    def _run_batch(self, heartbeat: Heartbeat, started: float) -> BatchResult:
+        timings: dict[str, float] = {}
+        with timed(timings, "drain_s"):
+            received = drain_queue(
+                self.sqs,
+                self.settings.images_queue_url,
+                max_images=self.settings.max_images,
+                visibility_timeout_s=self.options.visibility_timeout_s,
+                wait_s=self.options.wait_s,
+            )
+        heartbeat.receipts = received.receipts
+        self._fault("after_receive")
+        if not received.messages:
+            return BatchResult(manifest=None, skipped=f"no valid messages ({received.malformed} malformed)")
+
+        latest, latest_etag = self.committer.read_latest()
+        stored_state, seen = self.committer.load_version(latest)
+        fresh, duplicates = split_duplicates(received.messages, seen)
+        if not fresh:
+            self._delete([r for _, r in duplicates])
+            return BatchResult(manifest=None, skipped=f"all {len(duplicates)} images already committed")
+        version, batch_id = latest + 1, new_batch_id(entropy=os.urandom(8))
+
+        with timed(timings, "featurize_s"):
+            outcomes = self._featurize([m for m, _ in fresh], batch_id=batch_id, version=version)
+        written = outcomes[outcomes["part"].notna()]
+        failures = outcomes[outcomes["sha256"].notna()]
+        self._fault("after_features")
+        with timed(timings, "refit_s"):
+            state = _merged(stored_state, written["state"])
+            model = self._refit(state)
+            model_npz = state_to_npz(model, state)
+        with timed(timings, "project_s"):
+            parts = sorted(written["part"].astype(int))
+            projected = self._project(parts, model_npz, batch_id=batch_id, version=version)
+
+        committing = time.monotonic()
+        by_sha = {m.sha256: m for m, _ in fresh}
+        for failure in failures.itertuples(index=False):
+            self.committer.quarantine(by_sha[failure.sha256], Reason(failure.reason), failure.detail)
+        with timed(timings, "quality_s"):
+            quality = self._quality(projected)
+        counts = {
+            "received": len(received.messages) + received.malformed,
+            "malformed": received.malformed,
+            "duplicates": len(duplicates),
+            "featurized": len(projected),
+            "failed": dict(Counter(failures["reason"])),
+            "labels": dict(Counter(projected["label"])),
+        }
+        timings["total_s"] = time.monotonic() - started
+        manifest = self._manifest(batch_id, version, model, counts, timings, quality, n_fresh=len(fresh))
+        # Fencing: a run whose lease lapsed and was taken over stops here, before it writes models/; the renewal
+        # gives it a full TTL for the few writes left, so no run can take over in between.
+        heartbeat.lock.renew()
+        self.committer.write_version(
+            version, model, model_npz, seen | set(projected["sha256"]), manifest, quality
+        )
+        self._fault("after_pca_version")
+        self.committer.advance_latest(version=version, etag=latest_etag, batch_id=batch_id)
+        self._fault("after_latest")
+        self.committer.write_manifest(manifest)
+        self._fault("after_manifest")
+        self._delete(received.receipts)
+        manifest["timings"]["commit_s"] = round(time.monotonic() - committing, 3)
+        log.info("Batch committed", extra={"batch_id": batch_id, "pca_version": version, **counts})
+        return BatchResult(manifest=manifest)
+
+    # -- the phases
+
+    def _featurize(self, messages: Sequence[ImageMessage], *, batch_id: str, version: int) -> pd.DataFrame:
+        """Run the featurize pass; its outcome rows (OUTCOME_SCHEMA)."""
+        rows = [tuple(getattr(m, c) for c in META_COLUMNS) for m in messages]
+        parts = partition_count(
+            len(rows),
+            images_per_partition=self.options.images_per_partition,
+            parallelism=self.spark.sparkContext.defaultParallelism,
+        )
+        # Task i featurizes group i. The groups are broadcast, and the tasks run over `spark.range`: a DataFrame
+        # made from Python rows would convert them in an extra Python worker per task (~1 s to start one).
+        groups = self.spark.sparkContext.broadcast(split_evenly(rows, parts))
+        featurize = featurize_partitions(
+            self.settings, groups, batch_id=batch_id, pca_version=version, provenance=self._provenance
+        )
+        try:
+            return self._run_tasks(parts, featurize, OUTCOME_SCHEMA)
+        finally:
+            groups.destroy()
+
+    def _refit(self, state: PcaState) -> PcaModel:
+        if state.n < 2:
+            raise PomonaError(f"expected at least 2 images seen to fit a PCA, got {state.n}")
+        return fit_pca(
+            state,
+            variance_target=self.settings.variance_target,
+            max_components=self.settings.max_components,
+            n_components=self.settings.n_components,
+        )
+
+    def _project(
+        self, parts: Sequence[int], model_npz: bytes, *, batch_id: str, version: int
+    ) -> pd.DataFrame:
+        """Run the projection pass, a task per features part file; (sha256, label, projection) per image."""
+        if not parts:
+            return pd.DataFrame({"sha256": [], "label": [], "projection": []})
+        project_parts = project_partitions(
+            self.settings,
+            model_npz,
+            parts=parts,
+            batch_id=batch_id,
+            pca_version=version,
+            provenance=self._provenance,
+        )
+        return self._run_tasks(len(parts), project_parts, PROJECTED_SCHEMA)
+
+    def _run_tasks(
+        self, tasks: int, function: Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]], schema: str
+    ) -> pd.DataFrame:
+        """`function` over the row ids 0..tasks-1, one per Spark task; every row it yields, on the driver."""
+        ids = self.spark.range(0, tasks, 1, numPartitions=tasks)
+        return pd.DataFrame(ids.mapInPandas(function, schema).toPandas())
+
+    def _quality(self, projected: pd.DataFrame) -> dict[str, Any]:
+        if len(projected) < 4:
+            return {"skipped": f"expected at least 4 featurized images, got {len(projected)}"}
+        from pomona.ml.quality import quality_report  # scikit-learn: the driver's import alone
+
+        x = np.stack(projected["projection"].to_numpy())
+        return quality_report(x, list(projected["label"]), gain=self.settings.gain, loss=self.settings.loss)
+
+    def _manifest(
+        self,
+        batch_id: str,
+        version: int,
+        model: PcaModel,
+        counts: dict[str, Any],
+        timings: dict[str, float],
+        quality: dict[str, Any],
+        *,
+        n_fresh: int,
+    ) -> dict[str, Any]:
+        return {
+            "batch_id": batch_id,
+            "created_at": utc_now(),
+            "pca_version": version,
+            "n_seen": model.n_seen,
+            "k": model.n_components,
+            "explained_variance": float(model.explained_variance_ratio.sum()),
+            "weights_id": self._provenance["pomona.weights_id"],
+            "backend": self.settings.backend,
+            "counts": counts,
+            "timings": {k: round(v, 3) for k, v in timings.items()},
+            "images_per_s": round(n_fresh / max(timings["featurize_s"] + timings["project_s"], 1e-9), 2),
+            "quality": {k: v for k, v in quality.items() if k != "curve"},
+            "files": {
+                "features": self.committer.batch_keys("features", batch_id),
+                "projections": self.committer.batch_keys("projections", batch_id),
+            },
+        }
+
+    def _delete(self, receipts: Sequence[str]) -> None:
+        delete_messages(
+            self.sqs, self.settings.images_queue_url, receipts, between=lambda: self._fault("mid_delete")
+        )
+
+    def _fault(self, phase: str) -> None:
+        """The fault-injection point: with POMONA_FAULT=<phase>, the process dies here as a killed pod would."""
+        if self.settings.fault == phase:
+            log.error("Injected fault", extra={"phase": phase})
+            os._exit(137)
+
+    @functools.cached_property
+    def _provenance(self) -> dict[str, str]:
+        weights = resolve_weights(self.settings.weights, cache_dir=self.settings.model_cache_dir)
+        return file_provenance(weights_id=weights.weights_id, backend=self.settings.backend)
+
+
+def _merged(stored: PcaState | None, part_states: Iterator[bytes] | pd.Series) -> PcaState:
+    """The stored state with every part's statistics merged in."""
+    state = stored or PcaState.empty(FEATURE_DIM)
+    for state_bytes in part_states:
+        state = merge_pca_state(state, state_from_bytes(state_bytes))
+    return state
+
+
+def prepare_model(settings: Settings) -> str:
+    """Resolve the weights and prepare the backend once, on the driver, before executors need them; the
+    weights id."""
+    weights = resolve_weights(settings.weights, cache_dir=settings.model_cache_dir)
+    get_backend(settings.backend).prepare(weights, cache_dir=settings.model_cache_dir)
+    return weights.weights_id
+
+
+def run_job(spark: SparkSession, settings: Settings, options: JobOptions | None = None) -> BatchResult:
+    prepare_model(settings)
+    return Job(spark, settings, options or JobOptions()).run()
+
+
+@contextlib.contextmanager
+def timed(timings: dict[str, float], name: str) -> Iterator[None]:
+    """Seconds spent in the block, recorded as `timings[name]`."""
+    started = time.monotonic()
+    yield
+    timings[name] = time.monotonic() - started

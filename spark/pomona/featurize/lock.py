@@ -1,0 +1,96 @@
+"""The run lock: a lease in S3 that keeps two featurization runs from working at once."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from botocore.exceptions import ClientError
+
+from pomona.core.aws import get_json, is_missing, is_precondition_failed, put_json
+from pomona.core.errors import PomonaError
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+log = logging.getLogger(__name__)
+
+LOCK_KEY = "locks/featurize.json"
+LOCK_TTL = timedelta(minutes=30)
+
+
+class ConcurrentRunError(PomonaError, RuntimeError):
+    """Another featurization run holds the lock or committed first; this run stops without committing."""
+
+
+@dataclass
+class RunLock:
+    """A lease in S3 that keeps two featurization runs from working at once; renewed by the run's heartbeat."""
+
+    s3: S3Client
+    bucket: str
+    key: str = LOCK_KEY
+    owner: str = field(default_factory=lambda: uuid.uuid4().hex)
+    etag: str | None = None
+
+    def acquire(self, now: datetime | None = None) -> None:
+        now = now or datetime.now(UTC)
+        try:
+            self.etag = put_json(self.s3, self.bucket, self.key, self._document(now), if_none_match=True)
+            return
+        except ClientError as err:
+            if not is_precondition_failed(err):
+                raise
+        found = get_json(self.s3, self.bucket, self.key)
+        if found is not None:
+            holder, etag = found
+            if holder["owner"] == self.owner:  # our write landed, its response was lost, the retry met it
+                self.etag = etag
+                return
+            if datetime.fromisoformat(holder["expires_at"]) > now:
+                raise ConcurrentRunError(
+                    f"expected no other run, found run {holder['owner']} holding the lock until {holder['expires_at']}"
+                )
+            log.warning("Taking over an expired run lock", extra={"previous_owner": holder["owner"]})
+            try:
+                self.etag = put_json(self.s3, self.bucket, self.key, self._document(now), if_match=etag)
+                return
+            except ClientError as err:
+                if not is_precondition_failed(err):
+                    raise
+        raise ConcurrentRunError("expected to take the run lock, another run took it at the same moment")
+
+    def renew(self, now: datetime | None = None) -> None:
+        try:
+            self.etag = put_json(
+                self.s3, self.bucket, self.key, self._document(now or datetime.now(UTC)), if_match=self.etag
+            )
+        except ClientError as err:
+            # S3 answers a conditional write to a key that is gone with 404: the lock was deleted under us.
+            if not (is_precondition_failed(err) or is_missing(err)):
+                raise
+            found = get_json(self.s3, self.bucket, self.key)
+            if found is None or found[0]["owner"] != self.owner:
+                raise ConcurrentRunError("expected to still hold the run lock, another run took it") from err
+            self.etag = found[1]  # our renewal landed, its response was lost, the retry met it
+
+    def release(self) -> None:
+        """Delete the lock if it is still ours: a run that lost it must not free the run that took it over.
+
+        The conditional renewal first makes it ours for a full TTL, so no run can take it over before the delete.
+        """
+        try:
+            self.renew()
+        except ConcurrentRunError:
+            return
+        self.s3.delete_object(Bucket=self.bucket, Key=self.key)
+
+    def _document(self, now: datetime) -> dict[str, Any]:
+        return {
+            "owner": self.owner,
+            "acquired_at": now.isoformat(),
+            "expires_at": (now + LOCK_TTL).isoformat(),
+        }

@@ -1,0 +1,110 @@
+"""The images queue as the job uses it: drain it, keep what it holds invisible while it works, delete at commit."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Self
+
+from pomona.core.contract import ImageMessage
+from pomona.core.errors import ContractError
+from pomona.core.queues import SQS_BATCH, in_batches
+from pomona.featurize.lock import RunLock
+
+if TYPE_CHECKING:
+    from mypy_boto3_sqs import SQSClient
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Received:
+    """What the drain took off the queue: valid messages with their receipts, and what it left for the DLQ."""
+
+    messages: list[tuple[ImageMessage, str]] = field(default_factory=list)
+    malformed: int = 0
+
+    @property
+    def receipts(self) -> list[str]:
+        return [receipt for _, receipt in self.messages]
+
+
+def drain_queue(
+    sqs: SQSClient, queue_url: str, *, max_images: int, visibility_timeout_s: int, wait_s: int
+) -> Received:
+    """Receive in batches of 10 until the queue is empty or `max_images` valid messages are held.
+
+    A message that breaks the contract is counted and left alone: it comes back after its visibility timeout
+    and the redrive policy moves it to the DLQ after the queue's receive limit.
+    """
+    received = Received()
+    while len(received.messages) < max_images:
+        batch = sqs.receive_message(
+            QueueUrl=queue_url,
+            MaxNumberOfMessages=min(SQS_BATCH, max_images - len(received.messages)),
+            VisibilityTimeout=visibility_timeout_s,
+            WaitTimeSeconds=wait_s,
+        ).get("Messages", [])
+        if not batch:
+            break
+        for message in batch:
+            try:
+                received.messages.append((ImageMessage.from_json(message["Body"]), message["ReceiptHandle"]))
+            except ContractError as err:
+                received.malformed += 1
+                log.warning(
+                    "Message breaks the contract",
+                    extra={"message_id": message["MessageId"], "error": str(err)},
+                )
+    return received
+
+
+def delete_messages(
+    sqs: SQSClient, queue_url: str, receipts: Sequence[str], *, between: Callable[[], None] | None = None
+) -> None:
+    """Delete in batches of 10; `between` runs between two batches (the fault-injection point `mid_delete`)."""
+    for i, batch in enumerate(in_batches(receipts)):
+        if i and between is not None:
+            between()
+        sqs.delete_message_batch(
+            QueueUrl=queue_url, Entries=[{"Id": str(n), "ReceiptHandle": r} for n, r in enumerate(batch)]
+        )
+
+
+class Heartbeat:
+    """Keeps held messages invisible and the run lock alive while the job works."""
+
+    def __init__(
+        self, sqs: SQSClient, queue_url: str, lock: RunLock, *, every_s: float, visibility_timeout_s: int
+    ) -> None:
+        self.sqs, self.queue_url, self.lock = sqs, queue_url, lock
+        self.every_s, self.visibility_timeout_s = every_s, visibility_timeout_s
+        self.receipts: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="pomona-heartbeat", daemon=True)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            try:
+                self.beat()
+            except Exception:  # a missed beat is survivable; the next one retries
+                log.exception("Heartbeat failed")
+
+    def beat(self) -> None:
+        self.lock.renew()
+        for batch in in_batches(list(self.receipts)):
+            entries = [
+                {"Id": str(i), "ReceiptHandle": r, "VisibilityTimeout": self.visibility_timeout_s}
+                for i, r in enumerate(batch)
+            ]
+            self.sqs.change_message_visibility_batch(QueueUrl=self.queue_url, Entries=entries)  # type: ignore[arg-type]

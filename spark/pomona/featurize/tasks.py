@@ -1,0 +1,298 @@
+"""What runs in the executors: the featurize pass and the projection pass, one Spark task per message group.
+
+The featurize pass fetches the exact object versions the messages name, decodes and featurizes them, writes each
+group's features part file, and sends the driver only the failures and each part's PCA statistics: the features
+stay in S3, where the projection pass reads them back after the driver's refit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import itertools
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+import boto3
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from botocore.exceptions import ClientError
+
+from pomona.core.aws import RETRIES, error_code, is_missing
+from pomona.core.contract import Reason
+from pomona.core.outputs import features_key, projections_key
+from pomona.core.settings import Settings
+from pomona.ml.backends import get_backend
+from pomona.ml.featurizer import get_featurizer
+from pomona.ml.pca import PcaState, load_npz, project
+from pomona.ml.preprocess import preprocess_batch
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+    from pyspark import Broadcast
+
+log = logging.getLogger(__name__)
+
+CHUNK = 64  # images decoded and featurized together in an executor
+FETCH_THREADS = 8  # concurrent GETs per Python worker: S3 latency hides behind the model
+META_COLUMNS = ("sha256", "key", "label", "version_id", "etag", "bucket")
+# What a partition of the featurize pass tells the driver, besides the features part file it wrote: one row per
+# image that failed (sha256, reason, detail), and one row for that part file (its number, and the PCA statistics
+# of its features). The features themselves stay in S3, where the projection pass reads them back: they never
+# travel through Spark.
+OUTCOME_SCHEMA = "sha256 string, reason string, detail string, part int, state binary"
+OUTCOME_COLUMNS = [field.split()[0] for field in OUTCOME_SCHEMA.split(", ")]
+PROJECTED_SCHEMA = "sha256 string, label string, projection array<float>"
+
+
+def fetch_image(s3: S3Client, row: Any) -> tuple[bytes | None, Reason | None, str]:
+    """The exact bytes the message names, or why they cannot be had (gone, or changed since validation)."""
+    try:
+        body = s3.get_object(Bucket=row.bucket, Key=row.key, VersionId=row.version_id, IfMatch=row.etag)[
+            "Body"
+        ].read()
+    except ClientError as err:
+        code = error_code(err)
+        if code in {"PreconditionFailed", "412"}:
+            return None, Reason.OBJECT_CHANGED, f"expected ETag {row.etag}, found another"
+        if is_missing(err) or code in {"NoSuchVersion", "InvalidArgument", "400"}:
+            return (
+                None,
+                Reason.OBJECT_GONE,
+                f"expected version {row.version_id} of {row.key}, found none ({code})",
+            )
+        raise
+    digest = hashlib.sha256(body).hexdigest()
+    if digest != row.sha256:
+        return None, Reason.OBJECT_CHANGED, f"expected sha256 {row.sha256}, got {digest}"
+    return body, None, ""
+
+
+def featurize_partitions(
+    settings: Settings,
+    groups: Broadcast[list[list[tuple[str, ...]]]],
+    *,
+    batch_id: str,
+    pca_version: int,
+    provenance: dict[str, str],
+) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
+    """The executor function, over row ids `i` of `spark.range(len(groups))`: fetch, decode and featurize the
+    images of message group `i` (rows of META_COLUMNS), write features part file `i` if any image succeeded, and
+    yield the outcome rows (OUTCOME_SCHEMA)."""
+
+    def run(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        s3 = boto3.client("s3", endpoint_url=settings.endpoint_url, config=RETRIES)
+        featurizer = get_featurizer(
+            settings.weights,
+            settings.backend,
+            cache_dir=settings.model_cache_dir,
+            batch_size=get_backend(settings.backend).best_batch,
+        )
+        for part in _task_ids(frames):
+            started = time.monotonic()
+            outcomes = _featurize_group(
+                s3,
+                featurizer,
+                pd.DataFrame(groups.value[part], columns=META_COLUMNS),
+                bucket=settings.bucket,
+                key=features_key(settings.output_prefix, batch_id, part),
+                part=part,
+                batch_id=batch_id,
+                pca_version=pca_version,
+                provenance=provenance,
+            )
+            log.info(
+                "Part featurized",
+                extra={"part": part, "images": len(groups.value[part]), "s": time.monotonic() - started},
+            )
+            yield outcomes
+
+    return run
+
+
+def _task_ids(frames: Iterator[pd.DataFrame]) -> Iterator[int]:
+    """The row ids of a `spark.range` partition, as the pandas UDF receives them."""
+    for frame in frames:
+        yield from (int(i) for i in frame["id"])
+
+
+def _featurize_group(
+    s3: S3Client,
+    featurizer: Any,
+    messages: pd.DataFrame,
+    *,
+    bucket: str,
+    key: str,
+    part: int,
+    batch_id: str,
+    pca_version: int,
+    provenance: dict[str, str],
+) -> pd.DataFrame:
+    """Fetch, decode and featurize one group; write its features to `key` if any image succeeded (else make sure
+    no file of an earlier attempt is left there); its outcome rows (OUTCOME_SCHEMA)."""
+    chunks = (messages.iloc[i : i + CHUNK] for i in range(0, len(messages), CHUNK))
+    with ThreadPoolExecutor(max_workers=FETCH_THREADS) as pool:
+        result = pd.concat(
+            [
+                _featurize_chunk(chunk, fetched, featurizer)
+                for chunk, fetched in _fetch_ahead(s3, chunks, pool)
+            ],
+            ignore_index=True,
+        )
+    ok = result[result["reason"].isna()]
+    outcomes = [result.loc[result["reason"].notna(), ["sha256", "reason", "detail"]]]
+    if len(ok):
+        vectors = [np.asarray(f, dtype=np.float32) for f in ok["features"]]
+        table = _part_table(
+            ok, "features", vectors, batch_id=batch_id, pca_version=pca_version, provenance=provenance
+        )
+        put_parquet(s3, bucket, key, table)
+        state = PcaState.from_rows(np.stack(vectors))
+        outcomes.append(pd.DataFrame({"part": [part], "state": [_state_bytes(state)]}))
+    else:
+        # An earlier attempt of this task may have written the file before its images went away: the manifest
+        # lists the folder, so a stale file must not stay there.
+        s3.delete_object(Bucket=bucket, Key=key)
+    return pd.concat(outcomes, ignore_index=True).reindex(columns=OUTCOME_COLUMNS)
+
+
+def _fetch_ahead(
+    s3: S3Client, chunks: Iterator[pd.DataFrame], pool: ThreadPoolExecutor
+) -> Iterator[tuple[pd.DataFrame, list[tuple[bytes | None, Reason | None, str]]]]:
+    """Each chunk with its images fetched, the next chunk's GETs in flight while the caller works on this one."""
+    ahead: tuple[pd.DataFrame, list[Future[tuple[bytes | None, Reason | None, str]]]] | None = None
+    for chunk in itertools.chain(chunks, [None]):
+        current = ahead
+        if chunk is not None:
+            ahead = (chunk, [pool.submit(fetch_image, s3, row) for row in chunk.itertuples(index=False)])
+        if current is not None:
+            yield current[0], [future.result() for future in current[1]]
+
+
+def _featurize_chunk(
+    chunk: pd.DataFrame,
+    fetched: list[tuple[bytes | None, Reason | None, str]],
+    featurizer: Any,
+) -> pd.DataFrame:
+    rows = list(chunk.itertuples(index=False))
+    images = [body for body, _, _ in fetched if body is not None]
+    batch, decode_errors = preprocess_batch(images)
+    features = iter(featurizer(batch))
+    decode_iter = iter(decode_errors)
+    out_features: list[np.ndarray | None] = []
+    reasons: list[str | None] = []
+    details: list[str | None] = []
+    for body, reason, detail in fetched:
+        if body is None:
+            out_features.append(None)
+            reasons.append(reason.value if reason else Reason.OBJECT_GONE.value)
+            details.append(detail)
+            continue
+        error = next(decode_iter)
+        if error is not None:
+            out_features.append(None)
+            reasons.append(Reason.DECODE_FAILED.value)
+            details.append(error)
+        else:
+            out_features.append(next(features))
+            reasons.append(None)
+            details.append(None)
+    return pd.DataFrame(
+        {
+            "sha256": [r.sha256 for r in rows],
+            "key": [r.key for r in rows],
+            "label": [r.label for r in rows],
+            "version_id": [r.version_id for r in rows],
+            "features": out_features,
+            "reason": reasons,
+            "detail": details,
+        }
+    )
+
+
+def project_partitions(
+    settings: Settings,
+    model_npz: bytes,
+    *,
+    parts: Sequence[int],
+    batch_id: str,
+    pca_version: int,
+    provenance: dict[str, str],
+) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
+    """The executor function of the second pass, over row ids `i` of `spark.range(len(parts))`: read features
+    part file `parts[i]` back from S3, project it with this batch's refit, write its projections part file."""
+
+    def run(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        model, _ = load_npz(model_npz)
+        s3 = boto3.client("s3", endpoint_url=settings.endpoint_url, config=RETRIES)
+        for part in (parts[i] for i in _task_ids(frames)):
+            key = features_key(settings.output_prefix, batch_id, part)
+            features = pq.read_table(
+                io.BytesIO(s3.get_object(Bucket=settings.bucket, Key=key)["Body"].read())
+            )
+            meta = features.select(["sha256", "key", "label", "version_id"]).to_pandas()
+            projected = list(
+                project(model, np.stack(features.column("features").to_numpy(zero_copy_only=False)))
+            )
+            table = _part_table(
+                meta,
+                "projection",
+                projected,
+                batch_id=batch_id,
+                pca_version=pca_version,
+                provenance=provenance,
+            )
+            put_parquet(s3, settings.bucket, projections_key(settings.output_prefix, batch_id, part), table)
+            yield pd.DataFrame({"sha256": meta["sha256"], "label": meta["label"], "projection": projected})
+
+    return run
+
+
+def file_provenance(*, weights_id: str, backend: str) -> dict[str, str]:
+    """Key-value metadata of every part file: which weights and backend made its features (`random` shows)."""
+    return {"pomona.weights_id": weights_id, "pomona.backend": backend}
+
+
+def _part_table(
+    frame: pd.DataFrame,
+    name: str,
+    vectors: Sequence[np.ndarray],
+    *,
+    batch_id: str,
+    pca_version: int,
+    provenance: dict[str, str],
+) -> pa.Table:
+    """A features or projections part file: the images' identity, the batch id and PCA version on every row, the
+    vectors as float32 lists under `name`, and the provenance as file metadata."""
+    n = len(frame)
+    return pa.table(
+        {
+            **{c: pa.array(frame[c], pa.string()) for c in ("sha256", "key", "label", "version_id")},
+            "batch_id": pa.array([batch_id] * n, pa.string()),
+            "pca_version": pa.array([pca_version] * n, pa.int32()),
+            name: pa.array(vectors, pa.list_(pa.float32())),
+        },
+        metadata=provenance,
+    )
+
+
+def put_parquet(s3: S3Client, bucket: str, key: str, table: pa.Table) -> None:
+    sink = io.BytesIO()
+    pq.write_table(table, sink, compression="zstd")
+    s3.put_object(Bucket=bucket, Key=key, Body=sink.getvalue(), ContentType="application/vnd.apache.parquet")
+
+
+def _state_bytes(state: PcaState) -> bytes:
+    sink = io.BytesIO()
+    np.savez(sink, n=np.int64(state.n), mean=state.mean, scatter=state.scatter)
+    return sink.getvalue()
+
+
+def state_from_bytes(data: bytes) -> PcaState:
+    with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
+        return PcaState(n=int(arrays["n"]), mean=arrays["mean"], scatter=arrays["scatter"])
