@@ -31,6 +31,24 @@ os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 os.environ.update(LOCAL_ENV)
 
 
+# Markers from where a test lives and what it uses, so `-m "not integration"` really starts no server or Spark.
+FOLDER_MARKERS = {"integration": ("integration",), "e2e": ("integration", "e2e", "slow")}
+SERVER_FIXTURES = frozenset({"moto_endpoint", "spark"})  # a moto server, a Spark session
+SLOW_FIXTURES = frozenset({"spark", "model_cache"})  # a JVM, a TensorFlow conversion
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    tests = Path(__file__).resolve().parent
+    for item in items:
+        folder = item.path.resolve().relative_to(tests).parts[0]
+        used = set(getattr(item, "fixturenames", ()))
+        names = set(FOLDER_MARKERS.get(folder, ()))
+        names |= {"integration"} if used & SERVER_FIXTURES else set()
+        names |= {"slow"} if used & SLOW_FIXTURES else set()
+        for name in sorted(names - {m.name for m in item.iter_markers()}):
+            item.add_marker(name)
+
+
 def require(path: Path) -> Path:
     """`path`, or skip the test: shared/ sits beside the repo on CI and developer machines, not everywhere."""
     if not path.exists():

@@ -18,8 +18,6 @@ from pomona.demo.run import run_demo
 from pomona.ml.pca import project
 from pomona.testing.samples import bad_uploads
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
-
 
 @pytest.fixture(scope="module")
 def demo_run(

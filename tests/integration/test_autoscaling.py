@@ -73,7 +73,6 @@ def _command(pid: int) -> bytes:
         return b""
 
 
-@pytest.mark.integration
 @pytest.mark.slow
 def test_cluster_stopped_under_a_running_application_leaves_nothing_behind(tmp_path: Path) -> None:
     # GIVEN a master and two one-core workers on loopback, and an application whose executors ran Python tasks
@@ -112,7 +111,6 @@ def test_cluster_stopped_under_a_running_application_leaves_nothing_behind(tmp_p
         _end(driver)
 
 
-@pytest.mark.integration
 @pytest.mark.slow
 def test_executors_scale_up_with_the_backlog_and_back_to_zero(tmp_path: Path) -> None:
     # GIVEN 128 synthetic uploads accepted by the ingestion handler, and a cluster of two one-core workers

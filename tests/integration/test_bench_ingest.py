@@ -17,7 +17,7 @@ import pytest
 from pomona.bench.ingest import accounting_holds, bench_files
 from pomona.core.settings import Settings
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 
 def test_bench_files_mix_bad_uploads_and_duplicates_in() -> None:

@@ -35,7 +35,6 @@ def test_validate_prints_one_json_object_per_file_and_exits_0_whatever_the_verdi
     assert verdicts[0]["format"] == "JPEG"
 
 
-@pytest.mark.integration
 def test_upload_then_status_show_what_the_lambda_did(ingest: Settings, tmp_path: Path) -> None:
     # GIVEN a folder in the app's layout: two labels, one file that is no image
     for label, index in [("Lime", 0), ("Lime", 1), ("Plum", 2)]:

@@ -46,7 +46,7 @@ from pomona.local.stack import LOCAL_ENV
 from pomona.ml.pca import load_npz
 from pomona.testing.samples import SYNTHETIC_LABELS, fruit_image
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 KILLED = 137  # the injected fault's exit code, as a SIGKILLed pod reports it

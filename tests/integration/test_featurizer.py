@@ -149,7 +149,6 @@ def s3_bucket(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
         yield "models"
 
 
-@pytest.mark.integration
 def test_s3_weights_are_downloaded_once_and_keep_their_id(
     s3_bucket: str, weights: str, tmp_path: Path
 ) -> None:
@@ -169,7 +168,6 @@ def test_s3_weights_are_downloaded_once_and_keep_their_id(
     assert second == first
 
 
-@pytest.mark.integration
 def test_missing_s3_weights_are_a_clear_weights_error(s3_bucket: str, tmp_path: Path) -> None:
     with pytest.raises(
         WeightsError, match=r"expected a readable weights object at 's3://models/nope\.weights\.h5'"

@@ -15,8 +15,6 @@ from pomona.ingest import handler
 from pomona.local.poller import EventSourcePoller, LambdaContext
 from pomona.testing.samples import bad_uploads, fruit_image
 
-pytestmark = pytest.mark.integration
-
 
 def _poller(settings: Settings, **kwargs: Any) -> EventSourcePoller:
     return EventSourcePoller(settings.events_queue_url, handler.lambda_handler, **kwargs)

@@ -24,7 +24,7 @@ from pomona.local.poller import EventSourcePoller
 from pomona.ml.pca import PcaState, fit_pca, load_npz
 from pomona.testing.samples import SYNTHETIC_LABELS, fruit_image
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture

@@ -33,8 +33,6 @@ from pomona.ingest.ingestor import Ingestor
 from pomona.local.poller import EventSourcePoller, LambdaContext
 from pomona.testing.samples import SYNTHETIC_LABELS, fruit_image
 
-pytestmark = pytest.mark.integration
-
 
 class SandboxKilledError(BaseException):
     """The Lambda sandbox dies (timeout, out of memory): no code of ours or of powertools runs after it.

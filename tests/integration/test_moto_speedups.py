@@ -24,8 +24,6 @@ from pomona.core.settings import Settings
 from pomona.local import moto_speedups
 from pomona.local.stack import local_session
 
-pytestmark = pytest.mark.integration
-
 DEPTHS = [
     "ApproximateNumberOfMessages",
     "ApproximateNumberOfMessagesNotVisible",

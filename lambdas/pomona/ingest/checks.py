@@ -18,7 +18,7 @@ from typing import Any, Self
 from PIL import ExifTags, Image, ImageFile
 
 from pomona.core.contract import Reason
-from pomona.core.settings import MIB, Settings
+from pomona.core.settings import Settings
 
 # Register every plugin once at import (~20 ms of cold start) so the format, MIME and extension registries
 # below are complete; Image.open would otherwise load them lazily on the first unusual file.
@@ -38,15 +38,17 @@ _MIME_FORMATS = {"image/jpg": "JPEG", "image/pjpeg": "JPEG", "image/x-png": "PNG
 _JPEG_SOS, _JPEG_EOI = b"\xff\xda", b"\xff\xd9"
 _PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the whole, constant IEND chunk
 
+_DEFAULTS = Settings()
+
 
 @dataclass(frozen=True, kw_only=True)
 class Limits:
-    """What an upload may be; defaults match `Settings`."""
+    """What an upload may be; the defaults are `Settings`'."""
 
-    max_bytes: int = 20 * MIB
-    max_pixels: int = 40_000_000
-    min_side: int = 32
-    allowed_formats: frozenset[str] = field(default_factory=lambda: frozenset({"JPEG", "PNG", "WEBP"}))
+    max_bytes: int = _DEFAULTS.max_bytes
+    max_pixels: int = _DEFAULTS.max_pixels
+    min_side: int = _DEFAULTS.min_side
+    allowed_formats: frozenset[str] = _DEFAULTS.allowed_formats
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Self:

@@ -27,7 +27,7 @@ from pomona.core.aws import RETRIES
 from pomona.core.contract import ImageMessage, Reason, utc_now
 from pomona.core.errors import PomonaError
 from pomona.core.outputs import new_batch_id
-from pomona.core.settings import Settings
+from pomona.core.settings import Settings, injected_fault
 from pomona.featurize.commit import Committer
 from pomona.featurize.dedupe import split_duplicates
 from pomona.featurize.lock import RunLock
@@ -274,7 +274,7 @@ class Job:
 
     def _fault(self, phase: str) -> None:
         """The fault-injection point: with POMONA_FAULT=<phase>, the process dies here as a killed pod would."""
-        if self.settings.fault == phase:
+        if injected_fault() == phase:
             log.error("Injected fault", extra={"phase": phase})
             os._exit(137)
 

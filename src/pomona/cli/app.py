@@ -97,7 +97,9 @@ _VALIDATE_KEYS = ("file", "accepted", "reason", "detail", "format", "width", "he
 
 @bench_app.command("validate")
 def bench_validate(
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (the only output format).")] = True,
+    as_json: Annotated[
+        bool, typer.Option("--json/--pretty", help="One line of JSON (default), or indented for reading.")
+    ] = True,
 ) -> None:
     """Validation time per image (100×100 and 4000×3000 JPEG) and peak RSS over hostile inputs."""
     from pomona.bench import validate as bench
@@ -114,7 +116,9 @@ def bench_featurize(
     backend: Annotated[
         list[str] | None, typer.Option(help="Backends to measure, first is the headline.")
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (the only output format).")] = True,
+    as_json: Annotated[
+        bool, typer.Option("--json/--pretty", help="One line of JSON (default), or indented for reading.")
+    ] = True,
 ) -> None:
     """Plain-loop vs whole-job images/s per backend, peak RSS per Python worker, Spark start-up, PCA refit time."""
     from pomona.bench import featurize as bench
@@ -131,7 +135,9 @@ def bench_autoscale(
     images: Annotated[int, typer.Option(help="Backlog of synthetic uploads.", min=1)] = 256,
     workers: Annotated[int, typer.Option(help="One-core standalone workers, the executor cap.", min=1)] = 2,
     after_s: Annotated[float, typer.Option(help="Seconds sampled after the job ends.")] = 15.0,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (the only output format).")] = True,
+    as_json: Annotated[
+        bool, typer.Option("--json/--pretty", help="One line of JSON (default), or indented for reading.")
+    ] = True,
 ) -> None:
     """Executors over time as the job runs with dynamic allocation on a Spark standalone cluster on loopback."""
     import contextlib
@@ -156,7 +162,9 @@ def bench_ingest(
         str, typer.Option(help="A POMONA_WEIGHTS value; the rate does not depend on it.")
     ] = "random",
     backend: Annotated[str, typer.Option(help="litert | tensorflow.")] = "litert",
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (the only output format).")] = True,
+    as_json: Annotated[
+        bool, typer.Option("--json/--pretty", help="One line of JSON (default), or indented for reading.")
+    ] = True,
 ) -> None:
     """N uploads through the embedded stack: images/s per stage, queue depth over time, the accounting.
 

@@ -42,8 +42,10 @@ ENV_VARS: dict[str, str] = {
     "POMONA_GAIN": "gain",
     "POMONA_LOSS": "loss",
     "POMONA_CACHE_DIR": "cache_dir",
-    "POMONA_FAULT": "fault",
 }
+# Tests only, never a deployment's setting: the job phase at which the job's process kills itself, as a killed pod
+# would (`pomona.featurize.driver`).
+FAULT_ENV = "POMONA_FAULT"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -80,8 +82,6 @@ class Settings:
     # -- this machine
     # Downloaded weights and converted models; "" is ~/.cache/pomona (`model_cache_dir`).
     cache_dir: str = ""
-    # Tests only: the phase of the job at which its process kills itself, as a killed pod would.
-    fault: str = ""
 
     @property
     def model_cache_dir(self) -> Path:
@@ -117,6 +117,11 @@ class Settings:
     def override(self, **given: Any) -> Settings:
         """These settings with each value that was given (not None): command-line options over the environment."""
         return self.replace(**{name: value for name, value in given.items() if value is not None})
+
+
+def injected_fault(environ: Mapping[str, str] | None = None) -> str:
+    """The phase named by POMONA_FAULT, or ""."""
+    return (os.environ if environ is None else environ).get(FAULT_ENV, "")
 
 
 def _parse(var: str, raw: str, type_name: str) -> Any:
