@@ -189,6 +189,15 @@ def test_lambda_image_installs_only_what_its_handler_imports(lambda_task_root: t
     assert installed & set(NOT_IN_LAMBDA.values()) == set()
 
 
+@pytest.mark.slow
+def test_lambda_image_runs_as_a_non_root_user(lambda_task_root: tuple[Build, Path]) -> None:
+    # hadolint's DL3002 flags a last USER that is root, not a Dockerfile without one (the base image's root).
+    build, _ = lambda_task_root
+
+    assert build.user is not None
+    assert build.user.split(":")[0] not in {"0", "root"}
+
+
 def test_images_run_the_python_the_pins_are_resolved_for(spark_build: Build) -> None:
     python = _locked_python()
     image, _, tag = base_image(LAMBDA).partition("@")[0].rpartition(":")

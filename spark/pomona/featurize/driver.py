@@ -89,11 +89,16 @@ class Job:
 
     def run(self) -> BatchResult:
         started = time.monotonic()
-        # The quality probe's scikit-learn takes ~0.7 s of CPU to import. Imported while the run takes its lock
-        # and drains the queue, mostly waiting, it is off the batch's path (`_quality` waits for it if needed).
-        threading.Thread(target=importlib.import_module, args=("pomona.ml.quality",)).start()
         lock = RunLock(self.s3, self.settings.bucket)
         lock.acquire()
+        # The quality probe's scikit-learn takes ~0.7 s of CPU to import. Imported while the run recovers and
+        # drains the queue, mostly waiting, it is off the batch's path (`_quality` waits for it if needed). Only
+        # once the lock is ours, and joined before the run returns: an import still under way when the
+        # interpreter exits fails (a run that lost the lock printed that traceback).
+        preimport = threading.Thread(
+            target=importlib.import_module, args=("pomona.ml.quality",), name="pomona-preimport"
+        )
+        preimport.start()
         try:
             self.committer.recover()
             with Heartbeat(
@@ -105,6 +110,7 @@ class Job:
             ) as heartbeat:
                 return self._run_batch(heartbeat, started)
         finally:
+            preimport.join()
             lock.release()
 
     def _run_batch(self, heartbeat: Heartbeat, started: float) -> BatchResult:

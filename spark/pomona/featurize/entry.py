@@ -73,9 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = Settings.from_env().override(
         max_images=args.max_images, weights=args.weights, backend=args.backend
     )
-    options = JobOptions(
-        **({"visibility_timeout_s": args.visibility_timeout} if args.visibility_timeout else {})
-    )
+    given = {"visibility_timeout_s": args.visibility_timeout} if args.visibility_timeout is not None else {}
+    options = JobOptions(**given)
     spark = spark_session(args.master)
     try:
         result = run_job(spark, settings, options)

@@ -31,7 +31,8 @@ if TYPE_CHECKING:
 
 SIDECAR_SUFFIX = ".reason.json"
 # A part file's key from its kind folder on: the same whatever output prefix the writer had.
-_PART_FOLDERS = ("features/batch_id=", "projections/batch_id=")
+_PART_FOLDERS_OF = {"features": "features/batch_id=", "projections": "projections/batch_id="}
+_PART_FOLDERS = tuple(_PART_FOLDERS_OF.values())
 
 
 # -- the layout --------------------------------------------------------------------------------------------------
@@ -166,22 +167,22 @@ class CommittedOutputs:
     def part_keys(self, kind: str, manifests: Sequence[dict[str, Any]] | None = None) -> list[str]:
         """The `kind` ("features" or "projections") part files the committed manifests list, oldest first,
         as keys under this reader's prefix."""
-        listed = (
-            key for m in (self.manifests() if manifests is None else manifests) for key in m["files"][kind]
-        )
-        return [self._here(key) for key in listed]
+        found = self.manifests() if manifests is None else manifests
+        return [self._here(key) for m in found for key in m.get("files", {}).get(kind, [])]
 
     def read_parts(
         self, kind: str, columns: Sequence[str], manifests: Sequence[dict[str, Any]] | None = None
     ) -> tuple[pa.Table | None, list[str]]:
         """`columns` of every committed `kind` part file as one table (None when there is none), and the keys
-        of listed part files that could not be found."""
+        of listed part files that could not be found (or are not `kind` part files).
+
+        pyarrow is imported here, for the tools that read part files; nothing else in core needs it."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         tables, missing = [], []
         for key in self.part_keys(kind, manifests):
-            body = self.files.read(key)
+            body = self.files.read(key) if key.startswith(self.prefix + _PART_FOLDERS_OF[kind]) else None
             if body is None:
                 missing.append(key)
             else:

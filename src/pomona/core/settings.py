@@ -106,7 +106,7 @@ class Settings:
         env: dict[str, str] = {}
         for var, name in ENV_VARS.items():
             value = getattr(self, name)
-            if value is None or value == "":
+            if value is None:
                 continue
             env[var] = ",".join(sorted(value)) if isinstance(value, frozenset) else str(value)
         return env
@@ -117,6 +117,12 @@ class Settings:
     def override(self, **given: Any) -> Settings:
         """These settings with each value that was given (not None): command-line options over the environment."""
         return self.replace(**{name: value for name, value in given.items() if value is not None})
+
+
+def configured(name: str, environ: Mapping[str, str] | None = None) -> str | None:
+    """The raw value the environment gives setting `name` (a Settings field), or None when it gives none."""
+    var = next(var for var, field_name in ENV_VARS.items() if field_name == name)
+    return (os.environ if environ is None else environ).get(var) or None
 
 
 def injected_fault(environ: Mapping[str, str] | None = None) -> str:

@@ -24,7 +24,7 @@ from rich.console import Console
 from pomona.core.aws import RETRIES
 from pomona.core.errors import PomonaError
 from pomona.core.outputs import CommittedOutputs
-from pomona.core.settings import Settings
+from pomona.core.settings import Settings, configured
 from pomona.local.poller import EventSourcePoller
 from pomona.local.stack import embedded_stack
 from pomona.local.upload import labelled_files, upload_files, upload_key
@@ -54,13 +54,12 @@ def choose_weights(requested: str, *, synthetic: bool, environ: dict[str, str]) 
             else None
         )
         return WeightsChoice(requested, note)
-    configured = Settings.from_env(environ)
-    if configured.weights != Settings().weights:  # POMONA_WEIGHTS names other weights
-        return WeightsChoice(configured.weights, None)
+    if spec := configured("weights", environ):
+        return WeightsChoice(spec, None)
     from pomona.ml.weights import WeightsError, resolve_weights
 
     try:
-        resolve_weights("imagenet", cache_dir=configured.model_cache_dir)
+        resolve_weights("imagenet", cache_dir=Settings.from_env(environ).model_cache_dir)
         return WeightsChoice("imagenet", None)
     except (WeightsError, OSError) as err:
         if synthetic:
