@@ -56,14 +56,32 @@ def require(path: Path) -> Path:
     return path
 
 
+# The shared/ data, in one place: tests take these fixtures, which skip with the reason where it is absent.
+
+
 @pytest.fixture(scope="session")
 def sample_dir() -> Path:
+    """540 100×100 Fruits-360 photos in 18 class folders, with MANIFEST.tsv."""
     return require(SAMPLE_DIR)
 
 
 @pytest.fixture(scope="session")
+def originals_dir() -> Path:
+    """120 larger Fruits-360 photos of 6 other fruits."""
+    return require(ORIGINALS_DIR)
+
+
+@pytest.fixture(scope="session")
 def weights_path() -> Path:
+    """ImageNet MobileNetV2 backbone weights."""
     return require(WEIGHTS)
+
+
+@pytest.fixture(scope="session")
+def a_real_photo() -> bytes | None:
+    """The sample's first photo, or None where shared/ is absent (for tests that fall back to a synthetic one)."""
+    photos = sorted(SAMPLE_DIR.glob("*/*.jpg")) if SAMPLE_DIR.is_dir() else []
+    return photos[0].read_bytes() if photos else None
 
 
 def load_event(name: str) -> dict[str, Any]:

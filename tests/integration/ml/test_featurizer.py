@@ -19,9 +19,6 @@ from pomona.ml.weights import WeightsError, resolve_weights
 
 pytestmark = pytest.mark.slow
 
-SHARED = Path(__file__).resolve().parents[2] / ".." / "shared"
-WEIGHTS = SHARED / "models" / "mobilenet_v2_1.0_224_no_top.weights.h5"
-SAMPLE = SHARED / "data" / "fruits-360-sample"
 SHARED_WEIGHTS_ID = "sha256:d1a8dbb4a817a18c"  # /work/shared/models/SOURCE.md
 
 
@@ -31,10 +28,8 @@ def relative_error(actual: np.ndarray, expected: np.ndarray) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def weights() -> str:
-    if not WEIGHTS.is_file():
-        pytest.skip(f"shared weights not found at {WEIGHTS} (expected /work/shared beside the repo)")
-    return str(WEIGHTS)
+def weights(weights_path: Path) -> str:
+    return str(weights_path)
 
 
 @pytest.fixture(scope="module")
@@ -43,10 +38,8 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def images() -> np.ndarray:
-    if not SAMPLE.is_dir():
-        pytest.skip(f"shared images not found at {SAMPLE} (expected /work/shared beside the repo)")
-    paths = sorted(SAMPLE.glob("*/*.jpg"))[::17][:32]  # spread over the 18 classes
+def images(sample_dir: Path) -> np.ndarray:
+    paths = sorted(sample_dir.glob("*/*.jpg"))[::17][:32]  # spread over the 18 classes
     batch, errors = preprocess_batch([p.read_bytes() for p in paths])
     assert errors == [None] * len(paths)
     return batch

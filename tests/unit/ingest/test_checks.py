@@ -31,9 +31,6 @@ from pomona.testing.samples import (
     reencode,
 )
 
-SHARED = Path(__file__).resolve().parents[2] / ".." / "shared"
-SAMPLE_DIR = SHARED / "data" / "fruits-360-sample"
-ORIGINALS_DIR = SHARED / "data" / "fruits-360-original-size"
 LIMITS = Limits()
 CASES = {case.id: case for case in hostile_cases()}
 
@@ -62,10 +59,6 @@ def _assert_well_formed(verdict: ImageVerdict, data: bytes, limits: Limits = LIM
 
 
 def _real_images(folder: Path) -> list[Path]:
-    if not folder.is_dir():
-        pytest.skip(
-            f"needs {folder.resolve()} (the shared/ folder beside the repository), which is absent here"
-        )
     return sorted(folder.glob("*/*.jpg"))
 
 
@@ -343,10 +336,10 @@ def test_a_rejected_verdict_serialises_its_reason_as_a_string() -> None:
 # -- real photos -----------------------------------------------------------------------------------------------
 
 
-def test_every_real_sample_is_accepted_with_its_manifest_hash() -> None:
+def test_every_real_sample_is_accepted_with_its_manifest_hash(sample_dir: Path) -> None:
     # GIVEN the 540 100×100 photos and their manifest
-    paths = _real_images(SAMPLE_DIR)
-    with (SAMPLE_DIR / "MANIFEST.tsv").open(newline="") as manifest:
+    paths = _real_images(sample_dir)
+    with (sample_dir / "MANIFEST.tsv").open(newline="") as manifest:
         expected = {
             (row["class"], row["file"]): row["sha256"] for row in csv.DictReader(manifest, delimiter="\t")
         }
@@ -361,8 +354,8 @@ def test_every_real_sample_is_accepted_with_its_manifest_hash() -> None:
     assert {(v.format, v.width, v.height) for v in verdicts.values()} == {("JPEG", 100, 100)}
 
 
-def test_every_real_original_is_accepted() -> None:
-    paths = _real_images(ORIGINALS_DIR)
+def test_every_real_original_is_accepted(originals_dir: Path) -> None:
+    paths = _real_images(originals_dir)
     verdicts = {path: validate_image(path.read_bytes(), limits=LIMITS, filename=path.name) for path in paths}
     assert len(paths) == 120
     assert {str(p): v.detail for p, v in verdicts.items() if not v.accepted} == {}
@@ -383,14 +376,13 @@ def test_bytes_behind_real_magic_get_a_verdict(data: bytes, prefix: bytes) -> No
     _assert_well_formed(validate_image(prefix + data, limits=LIMITS), prefix + data)
 
 
-def _seeds() -> dict[str, bytes]:
+@pytest.fixture(scope="module")
+def seeds(a_real_photo: bytes | None) -> dict[str, bytes]:
     """A real photo from shared/ (a synthetic one where shared/ is absent) as JPEG, PNG and WebP."""
-    real = sorted(SAMPLE_DIR.glob("*/*.jpg")) if SAMPLE_DIR.is_dir() else []
-    photo = real[0].read_bytes() if real else fruit_image("Apple Red", 0)
+    photo = a_real_photo or fruit_image("Apple Red", 0)
     return {fmt: photo if fmt == "JPEG" else reencode(photo, fmt) for fmt in FUZZ_FORMATS}
 
 
-_SEEDS = _seeds()
 _EXTENSIONS = {"JPEG": "photo.jpg", "PNG": "photo.png", "WEBP": "photo.webp"}
 
 
@@ -403,10 +395,10 @@ _EXTENSIONS = {"JPEG": "photo.jpg", "PNG": "photo.png", "WEBP": "photo.webp"}
     tail=st.binary(max_size=64),
 )
 def test_mutations_of_a_real_image_get_a_verdict(
-    fmt: str, flips: list[tuple[int, int]], cut: float, tail: bytes
+    seeds: dict[str, bytes], fmt: str, flips: list[tuple[int, int]], cut: float, tail: bytes
 ) -> None:
     # GIVEN a real photo in `fmt` with bytes flipped, cut short and something appended
-    seed = _SEEDS[fmt]
+    seed = seeds[fmt]
     data = mutate(seed, flips=flips, cut=max(1, round(cut * len(seed))), tail=tail)
 
     # WHEN / THEN

@@ -48,7 +48,7 @@ from pomona.testing.samples import SYNTHETIC_LABELS, fruit_image
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 KILLED = 137  # the injected fault's exit code, as a SIGKILLed pod reports it
 JOB_TIMEOUT_S = 300
 # A killed run's messages come back after this, instead of the production 300 s.

@@ -13,10 +13,6 @@ from PIL import Image, ImageOps
 
 from pomona.ml.preprocess import IMAGE_SIZE, DecodeError, preprocess_batch, preprocess_image
 
-SHARED = Path(__file__).resolve().parents[2] / ".." / "shared"
-SAMPLE = SHARED / "data" / "fruits-360-sample"
-ORIGINAL_SIZE = SHARED / "data" / "fruits-360-original-size"
-
 RED = (255, 0, 0)
 WHITE_OUT = np.array([1.0, 1.0, 1.0], dtype=np.float32)  # white after x / 127.5 - 1
 RED_OUT = np.array([1.0, -1.0, -1.0], dtype=np.float32)
@@ -29,8 +25,6 @@ def encode(img: Image.Image, fmt: str, **save_args: object) -> bytes:
 
 
 def sample_images(folder: Path, count: int) -> list[Path]:
-    if not folder.is_dir():
-        pytest.skip(f"shared data not found at {folder} (expected /work/shared beside the repo)")
     return sorted(folder.glob("*/*.jpg"))[:count]
 
 
@@ -39,9 +33,9 @@ def image_size(path: Path) -> tuple[int, int]:
         return img.size
 
 
-def test_real_jpeg_becomes_float32_224_in_unit_range() -> None:
+def test_real_jpeg_becomes_float32_224_in_unit_range(sample_dir: Path) -> None:
     # GIVEN a real 100x100 fruit photo
-    data = sample_images(SAMPLE, 1)[0].read_bytes()
+    data = sample_images(sample_dir, 1)[0].read_bytes()
 
     # WHEN it is preprocessed
     x = preprocess_image(data)
@@ -122,9 +116,9 @@ def test_exif_orientation_6_is_rotated_upright() -> None:
     assert x[half:, :, 0].max() < 0  # no red in the bottom half
 
 
-def test_jpeg_draft_decode_matches_a_full_decode() -> None:
+def test_jpeg_draft_decode_matches_a_full_decode(originals_dir: Path) -> None:
     # GIVEN real photos at least twice 224 px on both sides, where draft() decodes at half scale or less
-    large = [p for p in sample_images(ORIGINAL_SIZE, 120) if min(image_size(p)) >= 2 * IMAGE_SIZE]
+    large = [p for p in sample_images(originals_dir, 120) if min(image_size(p)) >= 2 * IMAGE_SIZE]
     assert len(large) >= 10, f"expected at least 10 images >= 448 px per side, got {len(large)}"
 
     for path in large:
@@ -164,9 +158,9 @@ def test_decode_error_is_also_a_value_error() -> None:
         preprocess_image(b"nope")
 
 
-def test_preprocess_batch_keeps_order_and_error_slots() -> None:
+def test_preprocess_batch_keeps_order_and_error_slots(sample_dir: Path) -> None:
     # GIVEN two good images around a bad one
-    first, second = (p.read_bytes() for p in sample_images(SAMPLE, 2))
+    first, second = (p.read_bytes() for p in sample_images(sample_dir, 2))
 
     # WHEN the batch is preprocessed
     batch, errors = preprocess_batch([first, b"garbage", second])
