@@ -51,7 +51,7 @@ def _stop(child: subprocess.Popen[str]) -> None:
 def _end(driver: subprocess.Popen[str]) -> None:
     """Kill a driver that owns nothing to clean up; its JVM exits when its stdin, the driver's pipe, closes."""
     driver.kill()
-    driver.wait()
+    driver.communicate()  # waits, and closes the pipes
 
 
 def _listening(url: str) -> bool:
