@@ -107,6 +107,10 @@ def test_crd_check_rejects_unknown_fields(render: Render) -> None:
         pytest.param(
             {"schedule.concurrencyPolicy": "Allow"}, "/schedule/concurrencyPolicy", id="allow-overlap"
         ),
+        # Replace would kill a running batch mid-commit to start another: recoverable, but wasted work.
+        pytest.param(
+            {"schedule.concurrencyPolicy": "Replace"}, "/schedule/concurrencyPolicy", id="replace-running"
+        ),
         pytest.param(
             {"config.POMONA_BUKET": "x"}, "invalid propertyName 'POMONA_BUKET'", id="unknown-setting"
         ),

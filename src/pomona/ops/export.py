@@ -50,8 +50,17 @@ def write_csv(table: pa.Table, model: PcaModel, out: TextIO) -> int:
     for key, label, row in zip(
         table.column("key").to_pylist(), table.column("label").to_pylist(), projected, strict=True
     ):
-        writer.writerow([key, label, *(f"{v:.6g}" for v in row)])
+        writer.writerow([neutralised(key), neutralised(label), *(f"{v:.6g}" for v in row)])
     return len(projected)
+
+
+# A spreadsheet runs a cell that starts with one of these as a formula (OWASP's "CSV injection").
+_FORMULA_LEADS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def neutralised(text: str) -> str:
+    """`text` as a spreadsheet shows it, never runs it: a formula-leading cell gets a leading apostrophe."""
+    return f"'{text}" if text.startswith(_FORMULA_LEADS) else text
 
 
 def export_csv(outputs: CommittedOutputs, path: Path) -> tuple[int, int]:
