@@ -65,6 +65,14 @@ class Committer:
         )
         return state, set(seen_table.column("sha256").to_pylist())
 
+    def lineage(self) -> tuple[int, dict[str, str] | None]:
+        """The committed PCA version and the (weights id, backend) its features came from; None before the first."""
+        version, _ = self.read_latest()
+        metadata = self._version_metadata(version) if version else None
+        if metadata is None:
+            return version, None
+        return version, {"weights_id": metadata["weights_id"], "backend": metadata["backend"]}
+
     def batch_keys(self, folder: str, batch_id: str) -> list[str]:
         """The part files of `batch_id` under `folder` ("features" or "projections")."""
         return self._keys(f"{self.prefix}{folder}/batch_id={batch_id}/")

@@ -55,6 +55,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+class LineageError(PomonaError, ValueError):
+    """This run's model (weights, backend) is not the one whose features the committed PCA holds."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class JobOptions:
     """How the job works its queue; what it works on (weights, backend, max_images) is in `Settings`."""
@@ -101,6 +105,7 @@ class Job:
         preimport.start()
         try:
             self.committer.recover()
+            self._check_lineage()
             with Heartbeat(
                 self.sqs,
                 self.settings.images_queue_url,
@@ -264,6 +269,18 @@ class Job:
                 "projections": self.committer.batch_keys("projections", batch_id),
             },
         }
+
+    def _check_lineage(self) -> None:
+        """Refuse, before a message is received, to merge features of another model into the committed PCA."""
+        version, committed = self.committer.lineage()
+        ours = {"weights_id": self._provenance["pomona.weights_id"], "backend": self.settings.backend}
+        if committed is not None and committed != ours:
+            raise LineageError(
+                f"expected features from the model of PCA v{version} (weights {committed['weights_id']}, backend "
+                f"{committed['backend']}), got weights {ours['weights_id']}, backend {ours['backend']}: one PCA "
+                "never mixes features of two models. Run with that model's POMONA_WEIGHTS and POMONA_BACKEND, or "
+                "start a new lineage under a new POMONA_OUTPUT_PREFIX; nothing was received or written"
+            )
 
     def _delete(self, receipts: Sequence[str]) -> None:
         delete_messages(

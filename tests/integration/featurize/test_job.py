@@ -17,8 +17,9 @@ import pytest
 
 from pomona.core.contract import ImageMessage, Reason, quarantine_key, sidecar_key
 from pomona.core.outputs import manifest_key, pca_latest_key, pca_prefix
+from pomona.core.queues import queue_depth
 from pomona.core.settings import Settings
-from pomona.featurize.driver import JobOptions, run_job
+from pomona.featurize.driver import JobOptions, LineageError, run_job
 from pomona.ingest import handler
 from pomona.local.poller import EventSourcePoller
 from pomona.ml.pca import PcaState, fit_pca, load_npz
@@ -210,6 +211,30 @@ def test_two_runs_accumulate_into_one_shot_pca(
     np.testing.assert_allclose(
         np.abs(model.components @ one_shot.components.T).diagonal()[:5], 1.0, atol=1e-6
     )
+
+
+def test_a_run_with_another_model_refuses_before_receiving_anything(
+    spark: object, ingest: Settings, job_options: JobOptions, tmp_path: Path
+) -> None:
+    # GIVEN a PCA committed from random weights, and more uploads queued
+    _upload(ingest, _synthetic(6))
+    assert run_job(spark, ingest, job_options).manifest is not None  # type: ignore[arg-type]
+    _upload(ingest, _synthetic(6, offset=6))
+    queued = _queue_depth(ingest)
+
+    # WHEN a run comes with other weights (any .h5 file: the check comes before the model is needed)
+    other = tmp_path / "other.weights.h5"
+    other.write_bytes(b"not the committed model")
+    with pytest.raises(LineageError, match=r"expected features from the model of PCA v1 \(weights random"):
+        run_job(spark, ingest.replace(weights=str(other), backend="tensorflow"), job_options)  # type: ignore[arg-type]
+
+    # THEN nothing was received or committed: the messages wait, visible, for a run with the committed model
+    assert queue_depth(boto3.client("sqs"), ingest.images_queue_url) == {"visible": queued, "in_flight": 0}
+    s3 = boto3.client("s3")
+    assert json.loads(s3.get_object(Bucket=ingest.bucket, Key=pca_latest_key(""))["Body"].read()) == {
+        "version": 1
+    }
+    assert run_job(spark, ingest, job_options).manifest["pca_version"] == 2  # type: ignore[arg-type,index]
 
 
 def _queued(settings: Settings) -> list[ImageMessage]:
