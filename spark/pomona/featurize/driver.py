@@ -44,7 +44,7 @@ from pomona.featurize.tasks import (
 )
 from pomona.ml.backends import get_backend
 from pomona.ml.mobilenet import FEATURE_DIM
-from pomona.ml.pca import PcaModel, PcaState, fit_pca, merge_pca_state, state_to_npz
+from pomona.ml.pca import PcaModel, PcaState, fit_pca_or_point, merge_pca_state, state_to_npz
 from pomona.ml.weights import resolve_weights
 
 if TYPE_CHECKING:
@@ -208,9 +208,9 @@ class Job:
             groups.destroy()
 
     def _refit(self, state: PcaState) -> PcaModel:
-        if state.n < 2:
-            raise PomonaError(f"expected at least 2 images seen to fit a PCA, got {state.n}")
-        return fit_pca(
+        if state.n < 1:
+            raise PomonaError("expected at least 1 image featurized to fit a PCA, got none")
+        return fit_pca_or_point(
             state,
             variance_target=self.settings.variance_target,
             max_components=self.settings.max_components,

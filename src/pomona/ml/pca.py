@@ -174,6 +174,32 @@ def fit_pca(
     )
 
 
+def fit_pca_or_point(
+    state: PcaState,
+    *,
+    variance_target: float = 0.95,
+    max_components: int = 256,
+    n_components: int | None = None,
+) -> PcaModel:
+    """`fit_pca`, and for a single row the model a point has: its mean, and one axis (the first coordinate
+    axis) of zero variance. A platform's first batch may hold one image; the next refit from the merged state is
+    exact either way."""
+    if state.n != 1:
+        return fit_pca(
+            state, variance_target=variance_target, max_components=max_components, n_components=n_components
+        )
+    axis = np.zeros((1, state.d))
+    axis[0, 0] = 1.0
+    return PcaModel(
+        mean=state.mean,
+        components=axis,
+        explained_variance=np.zeros(1),
+        explained_variance_ratio=np.zeros(1),
+        n_seen=1,
+        total_variance=0.0,
+    )
+
+
 def project(model: PcaModel, x: npt.ArrayLike) -> npt.NDArray[np.float32]:
     """The coordinates of the rows of `x` (n×d) on the model's k axes, as float32 (n×k)."""
     rows = np.asarray(x, dtype=np.float64)

@@ -213,6 +213,25 @@ def test_two_runs_accumulate_into_one_shot_pca(
     )
 
 
+def test_a_new_stacks_single_first_upload_commits(
+    spark: object, ingest: Settings, job_options: JobOptions
+) -> None:
+    # GIVEN a new deployment whose first upload is one photo
+    _upload(ingest, _synthetic(1))
+
+    # WHEN the job runs, and again after more uploads
+    first = run_job(spark, ingest, job_options).manifest  # type: ignore[arg-type]
+    _upload(ingest, _synthetic(5, offset=1))
+    second = run_job(spark, ingest, job_options).manifest  # type: ignore[arg-type]
+
+    # THEN the photo is committed at once (a point: one axis of no variance), and the next batch refits on all six
+    assert first is not None
+    assert second is not None
+    assert (first["pca_version"], first["n_seen"], first["k"], first["counts"]["featurized"]) == (1, 1, 1, 1)
+    assert (second["pca_version"], second["n_seen"]) == (2, 6)
+    assert _queue_depth(ingest) == 0
+
+
 def test_a_run_with_another_model_refuses_before_receiving_anything(
     spark: object, ingest: Settings, job_options: JobOptions, tmp_path: Path
 ) -> None:

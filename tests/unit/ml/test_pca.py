@@ -17,6 +17,7 @@ from pomona.ml.pca import (
     PcaModel,
     PcaState,
     fit_pca,
+    fit_pca_or_point,
     load_npz,
     merge_pca_state,
     project,
@@ -204,6 +205,22 @@ def test_constant_rows_keep_one_component() -> None:
 
 
 # -- projection and storage -------------------------------------------------------------------------------------
+
+
+def test_a_single_row_is_a_point_and_the_next_refit_is_exact() -> None:
+    # GIVEN one row, then more
+    rows = _data(5, 8, 4)
+
+    # WHEN the first is fitted alone, then merged with the rest
+    point = fit_pca_or_point(PcaState.from_rows(rows[:1]))
+    merged = fit_pca_or_point(merge_pca_state(PcaState.from_rows(rows[:1]), PcaState.from_rows(rows[1:])))
+
+    # THEN the point is its own mean on one axis of no variance, and the refit equals the one-shot fit
+    np.testing.assert_array_equal(point.mean, rows[0])
+    assert (point.n_seen, point.n_components, point.total_variance) == (1, 1, 0.0)
+    np.testing.assert_array_equal(project(point, rows[:1]), [[0.0]])
+    one_shot = fit_pca(PcaState.from_rows(rows))
+    np.testing.assert_allclose(merged.explained_variance, one_shot.explained_variance, rtol=1e-9)
 
 
 def test_project_matches_sklearn_transform() -> None:
