@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from dataclasses import dataclass, field
@@ -10,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
-from pomona.core.aws import get_json, is_missing, is_precondition_failed, put_json
+from pomona.core.aws import is_missing, is_precondition_failed, put_json
 from pomona.core.errors import PomonaError
 
 if TYPE_CHECKING:
@@ -24,6 +25,12 @@ LOCK_TTL = timedelta(minutes=30)
 
 class ConcurrentRunError(PomonaError, RuntimeError):
     """Another featurization run holds the lock or committed first; this run stops without committing."""
+
+
+@dataclass(frozen=True)
+class Holder:
+    owner: str
+    expires_at: datetime
 
 
 @dataclass
@@ -44,17 +51,18 @@ class RunLock:
         except ClientError as err:
             if not is_precondition_failed(err):
                 raise
-        found = get_json(self.s3, self.bucket, self.key)
+        found = self._holder()
         if found is not None:
             holder, etag = found
-            if holder["owner"] == self.owner:  # our write landed, its response was lost, the retry met it
+            if holder.owner == self.owner:  # our write landed, its response was lost, the retry met it
                 self.etag = etag
                 return
-            if datetime.fromisoformat(holder["expires_at"]) > now:
+            if holder.expires_at > now:
                 raise ConcurrentRunError(
-                    f"expected no other run, found run {holder['owner']} holding the lock until {holder['expires_at']}"
+                    f"expected no other run, found run {holder.owner} holding the lock until "
+                    f"{holder.expires_at.isoformat()}"
                 )
-            log.warning("Taking over an expired run lock", extra={"previous_owner": holder["owner"]})
+            log.warning("Taking over an expired run lock", extra={"previous_owner": holder.owner})
             try:
                 self.etag = put_json(self.s3, self.bucket, self.key, self._document(now), if_match=etag)
                 return
@@ -72,8 +80,8 @@ class RunLock:
             # S3 answers a conditional write to a key that is gone with 404: the lock was deleted under us.
             if not (is_precondition_failed(err) or is_missing(err)):
                 raise
-            found = get_json(self.s3, self.bucket, self.key)
-            if found is None or found[0]["owner"] != self.owner:
+            found = self._holder()
+            if found is None or found[0].owner != self.owner:
                 raise ConcurrentRunError("expected to still hold the run lock, another run took it") from err
             self.etag = found[1]  # our renewal landed, its response was lost, the retry met it
 
@@ -87,6 +95,31 @@ class RunLock:
         except ConcurrentRunError:
             return
         self.s3.delete_object(Bucket=self.bucket, Key=self.key)
+
+    def _holder(self) -> tuple[Holder, str] | None:
+        """Who holds the lock until when, and the document's ETag; None when there is no lock.
+
+        A document that is not a lock (a hand edit, a bug) is reported and held by nobody until its TTL has passed
+        since it was written: never a permanent block, never taken over at once."""
+        try:
+            response = self.s3.get_object(Bucket=self.bucket, Key=self.key)
+        except ClientError as err:
+            if is_missing(err):
+                return None
+            raise
+        try:
+            document = json.loads(response["Body"].read())
+            holder = Holder(
+                owner=str(document["owner"]), expires_at=datetime.fromisoformat(document["expires_at"])
+            )
+        except (ValueError, KeyError, TypeError) as err:
+            expires_at = response["LastModified"] + LOCK_TTL
+            log.error(
+                "Malformed run lock: held until its TTL passes",
+                extra={"key": self.key, "error": str(err), "expires_at": expires_at.isoformat()},
+            )
+            holder = Holder(owner=f"(malformed lock document: {err})", expires_at=expires_at)
+        return holder, response["ETag"]
 
     def _document(self, now: datetime) -> dict[str, Any]:
         return {
