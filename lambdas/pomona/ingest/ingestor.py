@@ -198,17 +198,16 @@ class Ingestor:
             sha256=sha256,
             stage="ingest",
         )
-        # Copy, sidecar, then delete: a crash in between leaves the original, and the retry redoes it all.
-        copy_source: Any = {
-            "Bucket": source["bucket"],
-            "Key": source["key"],
-            **_version(source["version_id"]),
-        }
-        self.s3.copy(
-            copy_source,
-            source["bucket"],
-            target,
-        )
+        # Copy, sidecar, then delete: a crash in between leaves the original, and the retry redoes it all. An
+        # upload over max_bytes is not copied (gigabytes inside a 30 s Lambda): the sidecar names its version,
+        # which the bucket keeps as a noncurrent version once the delete marker below hides it.
+        if reason is not Reason.TOO_LARGE_BYTES:
+            copy_source: Any = {
+                "Bucket": source["bucket"],
+                "Key": source["key"],
+                **_version(source["version_id"]),
+            }
+            self.s3.copy(copy_source, source["bucket"], target)
         self.s3.put_object(
             Bucket=source["bucket"],
             Key=sidecar_key(target),

@@ -122,6 +122,11 @@ def test_oversized_upload_is_rejected_from_head_alone(
     sidecar = json.loads(s3.get_object(Bucket=ingest.bucket, Key=sidecar_key(target))["Body"].read())
     assert sidecar["sha256"] is None
     assert sidecar["detail"].startswith("expected at most 100 bytes, got ")
+    # ... by its sidecar alone: its bytes were not copied, and stay a version of the upload's key
+    listed = s3.list_objects_v2(Bucket=ingest.bucket, Prefix=target)["Contents"]
+    assert [item["Key"] for item in listed] == [sidecar_key(target)]
+    versions = s3.list_object_versions(Bucket=ingest.bucket, Prefix=key)
+    assert [v["VersionId"] for v in versions["Versions"]] == [sidecar["version_id"]]
 
 
 def test_duplicate_direct_event_queues_one_message(
