@@ -208,6 +208,7 @@ def test_spark_conf_reuses_python_workers_and_merges_user_conf(render: Render) -
     conf = _spec(render("values-ci.yaml"))["sparkConf"]
 
     assert conf["spark.python.worker.reuse"] == "true"
+    assert conf["spark.authenticate"] == "true"  # Spark makes the per-application secret on Kubernetes
     assert conf["spark.dynamicAllocation.shuffleTracking.enabled"] == "true"
     assert conf["spark.dynamicAllocation.executorIdleTimeout"] == "60s"
     assert conf["spark.sql.shuffle.partitions"] == "64"

@@ -85,7 +85,10 @@ app.kubernetes.io/component: spark-job
 
 {{/* Spark properties: the chart's, then `spark.conf` over them. Values are strings, as the CRD requires. */}}
 {{- define "pomona.sparkConf" -}}
+{{- /* spark.authenticate: on Kubernetes Spark makes a secret per application and hands it to its executors, so
+  nothing else in the cluster can talk to the driver's RPC endpoints. */}}
 {{- $conf := dict
+  "spark.authenticate" "true"
   "spark.python.worker.reuse" "true"
   "spark.dynamicAllocation.shuffleTracking.enabled" (toString .Values.dynamicAllocation.shuffleTrackingEnabled)
   "spark.dynamicAllocation.executorIdleTimeout" .Values.dynamicAllocation.executorIdleTimeout
