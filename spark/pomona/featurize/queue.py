@@ -6,7 +6,7 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from pomona.core.contract import ImageMessage
 from pomona.core.errors import ContractError
@@ -63,14 +63,36 @@ def drain_queue(
 
 def delete_messages(
     sqs: SQSClient, queue_url: str, receipts: Sequence[str], *, between: Callable[[], None] | None = None
-) -> None:
-    """Delete in batches of 10; `between` runs between two batches (the fault-injection point `mid_delete`)."""
+) -> list[str]:
+    """Delete in batches of 10; `between` runs between two batches (the fault-injection point `mid_delete`).
+
+    SQS answers a batch call entry by entry: an entry that failed on SQS's side is sent once more. The receipts
+    still not deleted are logged and returned: their messages come back, and dedupe finds their images
+    committed."""
+    left: list[str] = []
     for i, batch in enumerate(in_batches(receipts)):
         if i and between is not None:
             between()
-        sqs.delete_message_batch(
-            QueueUrl=queue_url, Entries=[{"Id": str(n), "ReceiptHandle": r} for n, r in enumerate(batch)]
+        left += _batch_with_retry(
+            lambda entries: sqs.delete_message_batch(QueueUrl=queue_url, Entries=entries),  # type: ignore[arg-type]
+            [{"Id": str(n), "ReceiptHandle": r} for n, r in enumerate(batch)],
         )
+    if left:
+        log.warning("Messages not deleted; they will come back as duplicates", extra={"count": len(left)})
+    return left
+
+
+def _batch_with_retry(
+    call: Callable[[list[dict[str, Any]]], Any], entries: list[dict[str, Any]]
+) -> list[str]:
+    """`call(entries)`, then once more for the entries that failed on SQS's side; the receipts still failed."""
+    failed = call(entries).get("Failed", [])
+    retry = {f["Id"] for f in failed if not f.get("SenderFault")}
+    if retry:
+        again = call([e for e in entries if e["Id"] in retry]).get("Failed", [])
+        failed = [f for f in failed if f["Id"] not in retry] + again
+    by_id = {e["Id"]: e["ReceiptHandle"] for e in entries}
+    return [by_id[f["Id"]] for f in failed]
 
 
 class Heartbeat:
@@ -102,9 +124,16 @@ class Heartbeat:
 
     def beat(self) -> None:
         self.lock.renew()
+        lapsed = []
         for batch in in_batches(list(self.receipts)):
             entries = [
                 {"Id": str(i), "ReceiptHandle": r, "VisibilityTimeout": self.visibility_timeout_s}
                 for i, r in enumerate(batch)
             ]
-            self.sqs.change_message_visibility_batch(QueueUrl=self.queue_url, Entries=entries)  # type: ignore[arg-type]
+            lapsed += _batch_with_retry(
+                lambda e: self.sqs.change_message_visibility_batch(QueueUrl=self.queue_url, Entries=e),  # type: ignore[arg-type]
+                entries,
+            )
+        if lapsed:
+            # Their messages may be redelivered while this run works: dedupe finds them committed.
+            log.warning("Messages whose visibility was not extended", extra={"count": len(lapsed)})
