@@ -123,8 +123,7 @@ class Job:
         with timed(timings, "drain_s"):
             received = drain_queue(
                 self.sqs,
-                self.settings.images_queue_url,
-                max_images=self.settings.max_images,
+                self.settings,
                 visibility_timeout_s=self.options.visibility_timeout_s,
                 wait_s=self.options.wait_s,
             )

@@ -8,9 +8,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Self
 
-from pomona.core.contract import ImageMessage
+from pomona.core.contract import ImageMessage, check_queued
 from pomona.core.errors import ContractError
 from pomona.core.queues import SQS_BATCH, in_batches
+from pomona.core.settings import Settings
 from pomona.featurize.lock import RunLock
 
 if TYPE_CHECKING:
@@ -31,14 +32,15 @@ class Received:
         return [receipt for _, receipt in self.messages]
 
 
-def drain_queue(
-    sqs: SQSClient, queue_url: str, *, max_images: int, visibility_timeout_s: int, wait_s: int
-) -> Received:
-    """Receive in batches of 10 until the queue is empty or `max_images` valid messages are held.
+def drain_queue(sqs: SQSClient, settings: Settings, *, visibility_timeout_s: int, wait_s: int) -> Received:
+    """Receive in batches of 10 until the queue is empty or `settings.max_images` valid messages are held.
 
-    A message that breaks the contract is counted and left alone: it comes back after its visibility timeout
-    and the redrive policy moves it to the DLQ after the queue's receive limit.
+    A message that breaks the contract, or names what this deployment's ingestion would not have queued (another
+    bucket, a key outside uploads/, an unsanitised label, another format, too many pixels), is counted and left
+    alone, never fetched: it comes back after its visibility timeout and the redrive policy moves it to the DLQ
+    after the queue's receive limit.
     """
+    queue_url, max_images = settings.images_queue_url, settings.max_images
     received = Received()
     while len(received.messages) < max_images:
         batch = sqs.receive_message(
@@ -51,7 +53,9 @@ def drain_queue(
             break
         for message in batch:
             try:
-                received.messages.append((ImageMessage.from_json(message["Body"]), message["ReceiptHandle"]))
+                image = ImageMessage.from_json(message["Body"])
+                check_queued(image, settings)
+                received.messages.append((image, message["ReceiptHandle"]))
             except ContractError as err:
                 received.malformed += 1
                 log.warning(

@@ -30,7 +30,7 @@ from pomona.core.settings import Settings
 from pomona.ml.backends import get_backend
 from pomona.ml.featurizer import get_featurizer
 from pomona.ml.pca import PcaState, load_npz, project
-from pomona.ml.preprocess import preprocess_batch
+from pomona.ml.preprocess import DecodeLimits, preprocess_batch
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -93,11 +93,14 @@ def featurize_partitions(
             cache_dir=settings.model_cache_dir,
             batch_size=get_backend(settings.backend).best_batch,
         )
+        # Untrusted bytes: only the allowed formats' decoders, and no more pixels than ingestion accepts.
+        limits = DecodeLimits(formats=tuple(sorted(settings.allowed_formats)), max_pixels=settings.max_pixels)
         for part in _task_ids(frames):
             started = time.monotonic()
             outcomes = _featurize_group(
                 s3,
                 featurizer,
+                limits,
                 pd.DataFrame(groups.value[part], columns=META_COLUMNS),
                 bucket=settings.bucket,
                 key=features_key(settings.output_prefix, batch_id, part),
@@ -124,6 +127,7 @@ def _task_ids(frames: Iterator[pd.DataFrame]) -> Iterator[int]:
 def _featurize_group(
     s3: S3Client,
     featurizer: Any,
+    limits: DecodeLimits,
     messages: pd.DataFrame,
     *,
     bucket: str,
@@ -139,7 +143,7 @@ def _featurize_group(
     with ThreadPoolExecutor(max_workers=FETCH_THREADS) as pool:
         result = pd.concat(
             [
-                _featurize_chunk(chunk, fetched, featurizer)
+                _featurize_chunk(chunk, fetched, featurizer, limits)
                 for chunk, fetched in _fetch_ahead(s3, chunks, pool)
             ],
             ignore_index=True,
@@ -178,10 +182,11 @@ def _featurize_chunk(
     chunk: pd.DataFrame,
     fetched: list[tuple[bytes | None, Reason | None, str]],
     featurizer: Any,
+    limits: DecodeLimits,
 ) -> pd.DataFrame:
     rows = list(chunk.itertuples(index=False))
     images = [body for body, _, _ in fetched if body is not None]
-    batch, decode_errors = preprocess_batch(images)
+    batch, decode_errors = preprocess_batch(images, limits)
     features = iter(featurizer(batch))
     decode_iter = iter(decode_errors)
     out_features: list[np.ndarray | None] = []

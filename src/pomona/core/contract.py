@@ -19,6 +19,7 @@ from typing import Any, Literal, Self
 from urllib.parse import quote
 
 from pomona.core.errors import BadKeyError, ContractError
+from pomona.core.settings import Settings
 
 SCHEMA_VERSION = 1
 MAX_LABEL_CHARS = 64
@@ -212,6 +213,26 @@ def _check_message(message: ImageMessage) -> None:
         raise ContractError(f"format: expected one of {sorted(IMAGE_FORMATS)}, got {message.format!r}")
     if not message.bucket or not message.key or not message.version_id:
         raise ContractError("expected non-empty bucket, key and version_id")
+
+
+def check_queued(message: ImageMessage, settings: Settings) -> None:
+    """Raise `ContractError` unless `message` names what this deployment's ingestion would have queued: an object
+    of its bucket under its uploads prefix, a sanitised label, an allowed format within the pixel limit.
+
+    The queue is a boundary: the job checks what it is told before it fetches or decodes anything."""
+    if message.bucket != settings.bucket:
+        raise ContractError(f"bucket: expected {settings.bucket!r}, got {message.bucket!r}")
+    check_upload_key(message.key, uploads_prefix=settings.uploads_prefix)
+    if sanitize_label(message.label) != message.label:
+        raise ContractError(f"label: expected a sanitised label, got {message.label!r}")
+    if message.format not in settings.allowed_formats:
+        raise ContractError(
+            f"format: expected one of {sorted(settings.allowed_formats)}, got {message.format!r}"
+        )
+    if message.width * message.height > settings.max_pixels:
+        raise ContractError(
+            f"expected at most {settings.max_pixels} pixels, got {message.width}×{message.height}"
+        )
 
 
 def _required(f: dataclasses.Field[Any]) -> bool:

@@ -4,6 +4,7 @@ arrays out."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from io import BytesIO
 
 import numpy as np
@@ -24,15 +25,29 @@ class DecodeError(PomonaError, ValueError):
     """The bytes are not an image Pillow can decode."""
 
 
-def preprocess_image(data: bytes) -> F32:
-    """Decode `data` into MobileNetV2's input: float32 (224, 224, 3) in [-1, 1]; `DecodeError` if undecodable.
+@dataclass(frozen=True, kw_only=True)
+class DecodeLimits:
+    """What a decoder may be asked to open: these formats' plugins alone, at most this many pixels (from the
+    header, before any pixel is decoded). None: anything Pillow opens, within Pillow's own bomb limit."""
+
+    formats: tuple[str, ...] | None = None
+    max_pixels: int | None = None
+
+
+def preprocess_image(data: bytes, limits: DecodeLimits = DecodeLimits()) -> F32:
+    """Decode `data` into MobileNetV2's input: float32 (224, 224, 3) in [-1, 1]; `DecodeError` if undecodable
+    or outside `limits`.
 
     Resizing stretches to 224×224 without cropping, as the notebook's `load_img(target_size=(224, 224))` did,
     but with bilinear instead of Keras' default nearest: Pillow's bilinear widens its kernel when shrinking
     (area-aware, no aliasing), so features do not depend on pixel phase or on the JPEG decode scale below.
     """
     try:
-        with Image.open(BytesIO(data)) as img:
+        with Image.open(BytesIO(data), formats=limits.formats) as img:
+            if limits.max_pixels is not None and img.width * img.height > limits.max_pixels:
+                raise DecodeError(
+                    f"expected at most {limits.max_pixels} pixels, got {img.width}×{img.height}"
+                )
             if img.format == "JPEG":
                 # Let libjpeg decode at 1/2, 1/4 or 1/8 scale, never below 224 px on either side.
                 img.draft("RGB", (IMAGE_SIZE, IMAGE_SIZE))
@@ -49,7 +64,9 @@ def preprocess_image(data: bytes) -> F32:
     return x
 
 
-def preprocess_batch(images: Sequence[bytes]) -> tuple[F32, list[str | None]]:
+def preprocess_batch(
+    images: Sequence[bytes], limits: DecodeLimits = DecodeLimits()
+) -> tuple[F32, list[str | None]]:
     """The decodable images as one (k, 224, 224, 3) batch, in input order, and one error per input (None if OK).
 
     Errors are returned, not raised, so the job turns a bad image into an error row instead of a failed stage.
@@ -58,7 +75,7 @@ def preprocess_batch(images: Sequence[bytes]) -> tuple[F32, list[str | None]]:
     errors: list[str | None] = []
     for data in images:
         try:
-            arrays.append(preprocess_image(data))
+            arrays.append(preprocess_image(data, limits))
             errors.append(None)
         except DecodeError as err:
             errors.append(str(err))

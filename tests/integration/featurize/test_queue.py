@@ -5,10 +5,11 @@ from __future__ import annotations
 import boto3
 import pytest
 
+from pomona.core.contract import ImageMessage
 from pomona.core.queues import queue_depth
 from pomona.core.settings import Settings
 from pomona.featurize.lock import RunLock
-from pomona.featurize.queue import Heartbeat, delete_messages
+from pomona.featurize.queue import Heartbeat, delete_messages, drain_queue
 
 
 def _received(settings: Settings, count: int) -> list[str]:
@@ -53,3 +54,47 @@ def test_a_heartbeat_logs_the_messages_it_could_not_keep_hidden(
     # THEN the real message stays hidden, and the lapse is logged
     assert queue_depth(sqs, deployment.images_queue_url) == {"visible": 0, "in_flight": 1}
     assert "visibility was not extended" in caplog.text
+
+
+def _message(settings: Settings, **changes: object) -> str:
+    fields: dict[str, object] = {
+        "bucket": settings.bucket,
+        "key": "uploads/Apple Red/a.jpg",
+        "version_id": "v1",
+        "etag": '"e"',
+        "sha256": "0" * 64,
+        "size": 100,
+        "format": "JPEG",
+        "width": 100,
+        "height": 100,
+        "mode": "RGB",
+        "label": "Apple Red",
+        "uploaded_at": "2026-12-01T00:00:00.000Z",
+        "validated_at": "2026-12-01T00:00:00.000Z",
+    }
+    return ImageMessage(**(fields | changes)).to_json()  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        pytest.param({"bucket": "someone-elses-bucket"}, id="foreign-bucket"),
+        pytest.param({"key": "models/pca/LATEST"}, id="key-outside-uploads"),
+        pytest.param({"key": "uploads/../models/x.jpg"}, id="key-escaping-uploads"),
+        pytest.param({"label": "Apple\u202eRed"}, id="bidi-override-label"),
+        pytest.param({"format": "TIFF"}, id="format-not-allowed"),
+        pytest.param({"width": 100_000, "height": 100_000}, id="too-many-pixels"),
+    ],
+)
+def test_hostile_messages_are_never_taken(deployment: Settings, changes: dict[str, object]) -> None:
+    # GIVEN a message ingestion would have queued, and one naming what it never would
+    sqs = boto3.client("sqs")
+    sqs.send_message(QueueUrl=deployment.images_queue_url, MessageBody=_message(deployment))
+    sqs.send_message(QueueUrl=deployment.images_queue_url, MessageBody=_message(deployment, **changes))
+
+    # WHEN the job drains the queue
+    received = drain_queue(sqs, deployment, visibility_timeout_s=60, wait_s=0)
+
+    # THEN it takes the real one alone; the hostile one is counted and left for the DLQ
+    assert [m.key for m, _ in received.messages] == ["uploads/Apple Red/a.jpg"]
+    assert received.malformed == 1

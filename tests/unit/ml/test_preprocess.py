@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from pomona.ml.preprocess import IMAGE_SIZE, DecodeError, preprocess_batch, preprocess_image
+from pomona.ml.preprocess import IMAGE_SIZE, DecodeError, DecodeLimits, preprocess_batch, preprocess_image
 
 RED = (255, 0, 0)
 WHITE_OUT = np.array([1.0, 1.0, 1.0], dtype=np.float32)  # white after x / 127.5 - 1
@@ -189,3 +189,23 @@ def test_importing_the_featurizer_module_does_not_import_tensorflow() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
 
     assert result.stdout.strip() == "False"
+
+
+def test_decode_limits_allow_only_the_named_formats() -> None:
+    # GIVEN a valid GIF, and limits naming JPEG and PNG alone
+    gif = encode(Image.new("RGB", (64, 64), RED), "GIF")
+    limits = DecodeLimits(formats=("JPEG", "PNG"))
+
+    # WHEN / THEN the GIF decoder is never asked, and the error says so; without limits it decodes
+    with pytest.raises(DecodeError, match="expected an image Pillow can decode"):
+        preprocess_image(gif, limits)
+    assert preprocess_image(gif).shape == (IMAGE_SIZE, IMAGE_SIZE, 3)
+
+
+def test_decode_limits_refuse_more_pixels_from_the_header() -> None:
+    png = encode(Image.new("RGB", (300, 200), RED), "PNG")
+
+    with pytest.raises(DecodeError, match="expected at most 50000 pixels, got 300×200"):
+        preprocess_image(png, DecodeLimits(max_pixels=50_000))
+    batch, errors = preprocess_batch([png], DecodeLimits(max_pixels=60_000))
+    assert (batch.shape[0], errors) == (1, [None])
