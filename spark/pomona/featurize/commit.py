@@ -65,22 +65,15 @@ class Committer:
         )
         return state, set(seen_table.column("sha256").to_pylist())
 
-    def lineage(self) -> tuple[int, dict[str, str] | None]:
-        """The committed PCA version and the (weights id, backend) its features came from; None before the first."""
-        version, _ = self.read_latest()
-        metadata = self._version_metadata(version) if version else None
-        if metadata is None:
-            return version, None
-        return version, {"weights_id": metadata["weights_id"], "backend": metadata["backend"]}
-
     def batch_keys(self, folder: str, batch_id: str) -> list[str]:
         """The part files of `batch_id` under `folder` ("features" or "projections")."""
         return self._keys(f"{self.prefix}{folder}/batch_id={batch_id}/")
 
     # -- recovery
 
-    def recover(self) -> None:
-        """Finish a commit a crash interrupted after LATEST moved, and delete what uncommitted runs left."""
+    def recover(self) -> dict[str, Any] | None:
+        """Finish a commit a crash interrupted after LATEST moved, and delete what uncommitted runs left; the
+        committed version's metadata (None before the first commit)."""
         version, _ = self.read_latest()
         metadata = self._version_metadata(version) if version else None
         if metadata and not self._manifest_exists(metadata["batch_id"]):
@@ -92,6 +85,7 @@ class Committer:
                 self.s3, self.bucket, manifest_key(self.prefix, metadata["batch_id"]), metadata["manifest"]
             )
         self._delete_orphans(latest=version)
+        return metadata
 
     def _delete_orphans(self, *, latest: int) -> None:
         orphans: list[str] = []

@@ -15,7 +15,7 @@ import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -104,8 +104,7 @@ class Job:
         )
         preimport.start()
         try:
-            self.committer.recover()
-            self._check_lineage()
+            self._check_lineage(self.committer.recover())
             with Heartbeat(
                 self.sqs,
                 self.settings.images_queue_url,
@@ -269,14 +268,17 @@ class Job:
             },
         }
 
-    def _check_lineage(self) -> None:
-        """Refuse, before a message is received, to merge features of another model into the committed PCA."""
-        version, committed = self.committer.lineage()
+    def _check_lineage(self, committed: dict[str, Any] | None) -> None:
+        """Refuse, before a message is received, to merge features of another model into the committed PCA
+        (`committed`: its version's metadata)."""
+        if committed is None:
+            return
+        theirs = {"weights_id": committed["weights_id"], "backend": committed["backend"]}
         ours = {"weights_id": self._provenance["pomona.weights_id"], "backend": self.settings.backend}
-        if committed is not None and committed != ours:
+        if theirs != ours:
             raise LineageError(
-                f"expected features from the model of PCA v{version} (weights {committed['weights_id']}, backend "
-                f"{committed['backend']}), got weights {ours['weights_id']}, backend {ours['backend']}: one PCA "
+                f"expected features from the model of PCA v{committed['version']} (weights {theirs['weights_id']}, backend "
+                f"{theirs['backend']}), got weights {ours['weights_id']}, backend {ours['backend']}: one PCA "
                 "never mixes features of two models. Run with that model's POMONA_WEIGHTS and POMONA_BACKEND, or "
                 "start a new lineage under a new POMONA_OUTPUT_PREFIX; nothing was received or written"
             )
@@ -298,7 +300,7 @@ class Job:
         return file_provenance(weights_id=weights.weights_id, backend=self.settings.backend)
 
 
-def _merged(stored: PcaState | None, part_states: Iterator[bytes] | pd.Series) -> PcaState:
+def _merged(stored: PcaState | None, part_states: Iterable[bytes]) -> PcaState:
     """The stored state with every part's statistics merged in."""
     state = stored or PcaState.empty(FEATURE_DIM)
     for state_bytes in part_states:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -73,8 +74,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = Settings.from_env().override(
         max_images=args.max_images, weights=args.weights, backend=args.backend
     )
-    given = {"visibility_timeout_s": args.visibility_timeout} if args.visibility_timeout is not None else {}
-    options = JobOptions(**given)
+    options = JobOptions()
+    if args.visibility_timeout is not None:
+        options = dataclasses.replace(options, visibility_timeout_s=args.visibility_timeout)
     spark = spark_session(args.master)
     try:
         result = run_job(spark, settings, options)

@@ -31,8 +31,7 @@ if TYPE_CHECKING:
 
 SIDECAR_SUFFIX = ".reason.json"
 # A part file's key from its kind folder on: the same whatever output prefix the writer had.
-_PART_FOLDERS_OF = {"features": "features/batch_id=", "projections": "projections/batch_id="}
-_PART_FOLDERS = tuple(_PART_FOLDERS_OF.values())
+_PART_FOLDERS = {"features": "features/batch_id=", "projections": "projections/batch_id="}
 
 
 # -- the layout --------------------------------------------------------------------------------------------------
@@ -164,29 +163,26 @@ class CommittedOutputs:
     def version_json(self, version: int, name: str) -> dict[str, Any] | None:
         return self._json(pca_prefix(self.prefix, version) + name)
 
-    def part_keys(self, kind: str, manifests: Sequence[dict[str, Any]] | None = None) -> list[str]:
-        """The `kind` ("features" or "projections") part files the committed manifests list, oldest first,
-        as keys under this reader's prefix."""
-        found = self.manifests() if manifests is None else manifests
-        return [self._here(key) for m in found for key in m.get("files", {}).get(kind, [])]
-
     def read_parts(
         self, kind: str, columns: Sequence[str], manifests: Sequence[dict[str, Any]] | None = None
     ) -> tuple[pa.Table | None, list[str]]:
-        """`columns` of every committed `kind` part file as one table (None when there is none), and the keys
-        of listed part files that could not be found (or are not `kind` part files).
+        """`columns` of every `kind` ("features" or "projections") part file the committed manifests list,
+        oldest first, as one table (None when there is none), and the listed keys that could not be found (or
+        are not `kind` part files).
 
         pyarrow is imported here, for the tools that read part files; nothing else in core needs it."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         tables, missing = [], []
-        for key in self.part_keys(kind, manifests):
-            body = self.files.read(key) if key.startswith(self.prefix + _PART_FOLDERS_OF[kind]) else None
-            if body is None:
-                missing.append(key)
-            else:
-                tables.append(pq.read_table(io.BytesIO(body), columns=list(columns)))
+        for m in self.manifests() if manifests is None else manifests:
+            for listed in m.get("files", {}).get(kind, []):
+                key = self._part_key(listed, kind)
+                body = None if key is None else self.files.read(key)
+                if body is None:
+                    missing.append(listed)
+                else:
+                    tables.append(pq.read_table(io.BytesIO(body), columns=list(columns)))
         return (pa.concat_tables(tables) if tables else None), missing
 
     def sidecar_keys(self) -> list[str]:
@@ -212,12 +208,10 @@ class CommittedOutputs:
     def _reason_folder(self, key: str) -> str:
         return key[len(self.quarantine_prefix) :].split("/", 1)[0]
 
-    def _here(self, key: str) -> str:
-        for folder in _PART_FOLDERS:
-            _, found, rest = key.partition(folder)
-            if found:
-                return f"{self.prefix}{folder}{rest}"
-        return key
+    def _part_key(self, listed: str, kind: str) -> str | None:
+        """A listed `kind` part file's key under this reader's prefix; None if it is not one."""
+        _, found, rest = listed.partition(_PART_FOLDERS[kind])
+        return f"{self.prefix}{found}{rest}" if found else None
 
     def _json(self, key: str) -> dict[str, Any] | None:
         body = self.files.read(key)

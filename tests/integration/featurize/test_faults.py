@@ -69,16 +69,6 @@ class Uploaded:
 
 
 @pytest.fixture
-def cache_dir(model_cache: Path) -> Path:
-    return model_cache
-
-
-@pytest.fixture
-def options(job_options: JobOptions) -> JobOptions:
-    return job_options
-
-
-@pytest.fixture
 def uploaded(deployment: Settings, random_model: Callable[[Settings], Settings]) -> Iterator[Uploaded]:
     """12 distinct images and one more copy of the first under another key, ingested onto the images queue."""
     handler._ingestor.cache_clear()
@@ -101,7 +91,7 @@ def uploaded(deployment: Settings, random_model: Callable[[Settings], Settings])
 
 
 def _start_job(
-    settings: Settings, cache_dir: Path, *, fault: str | None = None, short_visibility: bool = False
+    settings: Settings, *, fault: str | None = None, short_visibility: bool = False
 ) -> subprocess.Popen[str]:
     """The job as its pod runs it: spark/main.py in its own process, against `settings`.
 
@@ -112,7 +102,6 @@ def _start_job(
         **os.environ,
         **LOCAL_ENV,
         **settings.to_env(),
-        "POMONA_CACHE_DIR": str(cache_dir),
         "SPARK_LOCAL_IP": "127.0.0.1",
     }
     env.pop("POMONA_FAULT", None)
@@ -142,13 +131,13 @@ def _finish(process: subprocess.Popen[str]) -> tuple[int, str]:
 
 
 def _run_until_drained(
-    spark: Any, settings: Settings, options: JobOptions, *, max_runs: int = 4
+    spark: Any, settings: Settings, job_options: JobOptions, *, max_runs: int = 4
 ) -> list[BatchResult]:
     """Clean runs, as the schedule would start them, until no message is left: returns what each did."""
     results: list[BatchResult] = []
     for _ in range(max_runs):
         _wait_until_visible(settings)
-        results.append(run_job(spark, settings, options))
+        results.append(run_job(spark, settings, job_options))
         if _queue_depth(settings) == (0, 0):
             return results
     pytest.fail(f"expected the queue to drain within {max_runs} runs, found {_queue_depth(settings)} left")
@@ -252,19 +241,19 @@ def _assert_committed_exactly_once(settings: Settings, shas: frozenset[str]) -> 
 
 @pytest.mark.parametrize("phase", [pytest.param(phase, id=phase) for phase in PHASES])
 def test_a_run_killed_at_any_phase_loses_and_doubles_nothing(
-    phase: str, spark: Any, uploaded: Uploaded, options: JobOptions, cache_dir: Path
+    phase: str, spark: Any, uploaded: Uploaded, job_options: JobOptions
 ) -> None:
     settings = uploaded.settings
 
     # GIVEN 13 queued uploads (12 distinct images, one of them twice), and a run killed at `phase`
-    code, output = _finish(_start_job(settings, cache_dir, fault=phase))
+    code, output = _finish(_start_job(settings, fault=phase))
     assert code == KILLED, output[-3000:]
     assert "Injected fault" in output
     killed_batches = _batch_ids(settings)
 
     # WHEN the dead run's lock expires and clean runs follow until the queue is empty
     _expire_lock(settings)
-    results = _run_until_drained(spark, settings, options)
+    results = _run_until_drained(spark, settings, job_options)
 
     # THEN every image is committed exactly once, in one batch: the killed run's if it moved LATEST
     (manifest,) = _assert_committed_exactly_once(settings, uploaded.shas)
@@ -283,13 +272,13 @@ def test_a_run_killed_at_any_phase_loses_and_doubles_nothing(
 
 
 def test_two_runs_started_at_once_commit_once(
-    spark: Any, uploaded: Uploaded, options: JobOptions, cache_dir: Path
+    spark: Any, uploaded: Uploaded, job_options: JobOptions
 ) -> None:
     settings = uploaded.settings
 
     # GIVEN queued uploads
     # WHEN two runs start at the same moment
-    processes = [_start_job(settings, cache_dir) for _ in range(2)]
+    processes = [_start_job(settings) for _ in range(2)]
     outcomes = sorted(_finish(p) for p in processes)
 
     # THEN one commits; the other stops at the lock with one error line, no traceback, and writes nothing
@@ -304,19 +293,19 @@ def test_two_runs_started_at_once_commit_once(
     assert {k.split("/")[2] for k in _keys(settings, "models/pca/v")} == {"v1"}
 
     # AND a later run finds nothing left to do: every image is committed exactly once
-    (later,) = _run_until_drained(spark, settings, options)
+    (later,) = _run_until_drained(spark, settings, job_options)
     assert later.manifest is None
     _assert_committed_exactly_once(settings, uploaded.shas)
 
 
 def test_a_run_whose_lock_was_taken_over_commits_nothing(
-    spark: Any, uploaded: Uploaded, options: JobOptions, cache_dir: Path
+    spark: Any, uploaded: Uploaded, job_options: JobOptions
 ) -> None:
     settings = uploaded.settings
     s3 = boto3.client("s3")
 
     # GIVEN a run that has taken the lock and is working
-    process = _start_job(settings, cache_dir, short_visibility=True)
+    process = _start_job(settings, short_visibility=True)
     deadline = time.monotonic() + JOB_TIMEOUT_S
     while get_json(s3, settings.bucket, LOCK_KEY) is None and process.poll() is None:
         assert time.monotonic() < deadline, "expected the run to take the lock"
@@ -336,7 +325,7 @@ def test_a_run_whose_lock_was_taken_over_commits_nothing(
 
     # AND once the other run is done, clean runs commit every image exactly once
     other.release()
-    _run_until_drained(spark, settings, options)
+    _run_until_drained(spark, settings, job_options)
     _assert_committed_exactly_once(settings, uploaded.shas)
 
 
@@ -509,7 +498,7 @@ def _handler_for(proxy: FlakyProxy) -> type[BaseHTTPRequestHandler]:
 
 
 def test_transient_errors_are_retried_and_commit_every_image_once(
-    spark: Any, uploaded: Uploaded, options: JobOptions
+    spark: Any, uploaded: Uploaded, job_options: JobOptions
 ) -> None:
     settings = uploaded.settings
 
@@ -518,7 +507,7 @@ def test_transient_errors_are_retried_and_commit_every_image_once(
         flaky = settings.replace(endpoint_url=proxy.url)
 
         # WHEN the job runs through it until the queue is empty
-        results = _run_until_drained(spark, flaky, dataclasses.replace(options, visibility_timeout_s=10))
+        results = _run_until_drained(spark, flaky, dataclasses.replace(job_options, visibility_timeout_s=10))
 
     # THEN faults of every kind hit both driver and executors, and still every image is committed once
     kinds = Counter(fault for fault, _ in proxy.injected)
@@ -531,7 +520,7 @@ def test_transient_errors_are_retried_and_commit_every_image_once(
 
 
 def test_a_conditional_write_whose_response_was_lost_is_not_a_conflict(
-    spark: Any, uploaded: Uploaded, options: JobOptions, caplog: pytest.LogCaptureFixture
+    spark: Any, uploaded: Uploaded, job_options: JobOptions, caplog: pytest.LogCaptureFixture
 ) -> None:
     settings = uploaded.settings
 
@@ -543,7 +532,7 @@ def test_a_conditional_write_whose_response_was_lost_is_not_a_conflict(
     with FlakyProxy(settings.endpoint_url or "", plan) as proxy:
         # WHEN one run goes through it, renewing its lock every second
         result = run_job(
-            spark, settings.replace(endpoint_url=proxy.url), dataclasses.replace(options, heartbeat_s=1)
+            spark, settings.replace(endpoint_url=proxy.url), dataclasses.replace(job_options, heartbeat_s=1)
         )
 
     # THEN that run commits every image once and kept its lock throughout
