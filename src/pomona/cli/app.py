@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 
 from pomona.cli.cluster import app as cluster_app
+from pomona.cli.dlq import app as dlq_app
 from pomona.core.errors import PomonaError
 
 app = typer.Typer(
@@ -26,6 +27,7 @@ model_app = typer.Typer(help="The MobileNetV2 featurizer's model files.", no_arg
 app.add_typer(bench_app, name="bench")
 app.add_typer(model_app, name="model")
 app.add_typer(cluster_app, name="cluster")
+app.add_typer(dlq_app, name="dlq")
 local_app = typer.Typer(help="The embedded AWS stack.", no_args_is_help=True)
 app.add_typer(local_app, name="local")
 app.add_typer(job_app, name="job")
