@@ -1,4 +1,4 @@
-"""The ingestion Lambda: powertools wiring around `ingest.validate_upload`.
+"""The ingestion Lambda: powertools wiring around `Ingestor.ingest` (pomona.ingest.ingestor).
 
 Two event shapes reach it: a direct S3 notification (S3 → Lambda on AWS) and S3 notifications wrapped in SQS
 records (S3 → SQS → Lambda, and the embedded stack's poller). The SQS shape reports partial batch failures, so

@@ -1,8 +1,19 @@
 """One upload, start to end: HEAD, GET, validate, then queue it or quarantine it. The I/O around `checks`.
 
-Every object ends one of three ways: queued on the images queue, quarantined with a reason (copied under
-`quarantine/<reason>/`, a JSON sidecar beside it, the original deleted — the bucket is versioned, so the bytes
-stay), or gone (deleted before we got to it: nothing to do). Anything else raises, and the platform retries.
+Every event ends one of four ways, each counted by a metric:
+
+- `accepted` (`ImagesAccepted`): queued on the images queue.
+- `quarantined` (`ImagesRejected` by `Reason`): copied under `quarantine/<reason>/` with a JSON sidecar beside
+  it, the original deleted (the bucket is versioned, so the bytes stay).
+- `gone` (`ImagesGone`): the key has no current object when we get to it: its owner deleted it (a delete marker
+  is current) or it never was there. Nothing to do.
+- `superseded` (`ImagesSuperseded`): the key's current version is a newer one than the event names. The newer
+  upload has an event of its own, which ingests it; the older bytes stay a noncurrent version.
+
+Anything else raises and is retried by the platform, then dead-lettered. A failing S3 or SQS call counts in
+`ImagesFailed` by `ErrorCode` first: a 403 is an IAM, bucket policy or KMS mistake to fix, never "gone".
+Nothing is remembered by the idempotency store when we raise, so once the cause is fixed the retry (or a redrive
+from the DLQ) ingests the upload.
 """
 
 from __future__ import annotations
@@ -19,7 +30,8 @@ from aws_lambda_powertools.utilities.idempotency import (
     IdempotencyConfig,
     idempotent_function,
 )
-from botocore.exceptions import ClientError
+from aws_lambda_powertools.utilities.idempotency.exceptions import IdempotencyPersistenceLayerError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from pomona.core.aws import RETRIES, error_code
 from pomona.core.contract import (
@@ -36,13 +48,28 @@ from pomona.core.settings import Settings
 from pomona.ingest.checks import ImageVerdict, Limits, validate_image
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from aws_lambda_powertools import Metrics
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_sqs import SQSClient
 
-Outcome = Literal["accepted", "quarantined", "gone"]
+Outcome = Literal["accepted", "quarantined", "gone", "superseded"]
 # How long a finished record keeps a repeated event from queueing the image again.
 IDEMPOTENCY_TTL_S = 7 * 24 * 3600
+# What S3 answers for a key or version that is not there. A HEAD response has no body, so botocore names its
+# error by the status alone.
+_MISSING = frozenset({"404", "NoSuchKey", "NoSuchVersion", "NotFound"})
+# `ErrorCode` for a bodiless (HEAD) error; any 403 there is a denial (IAM, bucket policy, KMS, signature).
+_STATUS_CODES = {
+    400: "BadRequest",
+    403: "AccessDenied",
+    404: "NotFound",
+    405: "MethodNotAllowed",
+    412: "PreconditionFailed",
+    500: "InternalError",
+    503: "SlowDown",
+}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -95,11 +122,32 @@ class Ingestor:
         )
 
     def ingest(self, ref: ObjectRef) -> dict[str, Any]:
-        """Queue or quarantine one object, once; a repeated event returns the first outcome."""
-        version_id = ref.version_id or self._version_by_etag(ref)
-        outcome: dict[str, Any] = self._ingest_once(
-            ref={"bucket": ref.bucket, "key": ref.key, "version_id": version_id}
-        )
+        """Queue or quarantine one object, once; a repeated event returns the first outcome.
+
+        A failing AWS call (S3, SQS, or DynamoDB under the idempotency store) is logged and counted in
+        `ImagesFailed` by its error code, then raised again.
+        """
+        version_id = ref.version_id
+        try:
+            version_id = version_id or self._version_by_etag(ref)
+            outcome: dict[str, Any] = self._ingest_once(
+                ref={"bucket": ref.bucket, "key": ref.key, "version_id": version_id, "etag": ref.etag}
+            )
+        except (ClientError, BotoCoreError, IdempotencyPersistenceLayerError) as err:
+            cause = err.__cause__ if isinstance(err, IdempotencyPersistenceLayerError) else err
+            code = failure_code(cause)
+            self.log.error(
+                "Ingestion failed",
+                extra={
+                    "key": ref.key,
+                    "version_id": version_id,
+                    "error_code": code,
+                    "operation": getattr(cause, "operation_name", None),
+                    "error": str(cause),
+                },
+            )
+            self._count_by("ImagesFailed", "ErrorCode", code)
+            raise
         return outcome
 
     def _version_by_etag(self, ref: ObjectRef) -> str | None:
@@ -122,13 +170,22 @@ class Ingestor:
 
     def _ingest(self, ref: dict[str, Any]) -> dict[str, Any]:
         bucket, key, version_id = ref["bucket"], ref["key"], ref["version_id"]
-        try:
-            head = self.s3.head_object(Bucket=bucket, Key=key, **_version(version_id))
+        try:  # the key's current version, not the event's: a deleted or replaced upload is not ingested
+            head = self.s3.head_object(Bucket=bucket, Key=key)
         except ClientError as err:
-            if _status(err) in {404, 403} and error_code(err) in {"404", "NoSuchKey", "NoSuchVersion", "403"}:
-                self.log.info("Object gone before ingestion", extra={"key": key, "version_id": version_id})
-                return {"outcome": "gone", "key": key}
-            raise
+            if error_code(err) not in _MISSING:
+                raise
+            deleted = _header(err, "x-amz-delete-marker") == "true"
+            return self._gone(key, version_id, deleted=deleted)
+        if not is_current_version(version_id, ref.get("etag"), head):
+            # A newer upload of the key replaced this one. It has an ObjectCreated event of its own, which
+            # ingests it, so skipping this one loses nothing; its bytes stay a noncurrent version.
+            self.log.info(
+                "Upload superseded before ingestion",
+                extra={"key": key, "version_id": version_id, "current_version_id": head.get("VersionId")},
+            )
+            self._count("ImagesSuperseded", MetricUnit.Count, 1)
+            return {"outcome": "superseded", "key": key}
         version_id = head.get("VersionId") or version_id
         size = head["ContentLength"]
         source = {"bucket": bucket, "key": key, "version_id": version_id, "size": size, "etag": head["ETag"]}
@@ -146,7 +203,12 @@ class Ingestor:
             detail = f"expected at most {self.limits.max_bytes} bytes, got {size}"
             return self._quarantine(source, Reason.TOO_LARGE_BYTES, detail, sha256=None)
 
-        body = self.s3.get_object(Bucket=bucket, Key=key, **_version(version_id))["Body"].read()
+        try:  # that version, even if a newer one lands after the HEAD
+            body = self.s3.get_object(Bucket=bucket, Key=key, **_version(version_id))["Body"].read()
+        except ClientError as err:
+            if error_code(err) not in _MISSING:
+                raise
+            return self._gone(key, version_id, deleted=False)  # deleted for good between HEAD and GET
         verdict = validate_image(
             body, limits=self.limits, declared_type=head.get("ContentType"), filename=key
         )
@@ -221,21 +283,21 @@ class Ingestor:
         self.log.warning(
             "Image quarantined", extra={"key": source["key"], "reason": reason.value, "detail": detail}
         )
-        if self.metrics is not None:
-            # Its own metric set: the Reason dimension must not attach to ImagesAccepted or BytesValidated.
-            with single_metric(
-                name="ImagesRejected",
-                unit=MetricUnit.Count,
-                value=1,
-                default_dimensions=self.metrics.default_dimensions,
-            ) as rejected:
-                rejected.add_dimension(name="Reason", value=reason.value)
+        self._count_by("ImagesRejected", "Reason", reason.value)
         return {
             "outcome": "quarantined",
             "key": source["key"],
             "reason": reason.value,
             "quarantine_key": target,
         }
+
+    def _gone(self, key: str, version_id: str | None, *, deleted: bool) -> dict[str, Any]:
+        self.log.info(
+            "Object gone before ingestion",
+            extra={"key": key, "version_id": version_id, "delete_marker": deleted},
+        )
+        self._count("ImagesGone", MetricUnit.Count, 1)
+        return {"outcome": "gone", "key": key}
 
     def _current_version(self, bucket: str, key: str) -> str | None:
         try:
@@ -249,9 +311,43 @@ class Ingestor:
         if self.metrics is not None:
             self.metrics.add_metric(name=name, unit=unit, value=value)
 
+    def _count_by(self, name: str, dimension: str, value: str) -> None:
+        """One count of `name` by `dimension`, in a metric set of its own so the dimension attaches to no other."""
+        if self.metrics is not None:
+            with single_metric(
+                name=name, unit=MetricUnit.Count, value=1, default_dimensions=self.metrics.default_dimensions
+            ) as metric:
+                metric.add_dimension(name=dimension, value=value)
+
+
+def is_current_version(version_id: str | None, etag: str | None, head: Mapping[str, Any]) -> bool:
+    """Whether `head`, S3's answer to a HEAD of the key without a version id, is the upload an event names.
+
+    A real version id must be the current one. Without one (an unversioned bucket, whose objects have no id or
+    "null", or an event we could not place) the event's ETag, when it has one, must be the current object's.
+    """
+    if version_id not in {None, "null"}:
+        return bool(head.get("VersionId") == version_id)
+    return etag is None or str(head.get("ETag", "")).strip('"') == etag.strip('"')
+
+
+def failure_code(err: BaseException | None) -> str:
+    """A low-cardinality name for a failed AWS call: its error code, named from the status for an S3 HEAD."""
+    if isinstance(err, ClientError):
+        code = error_code(err)
+        if code and not code.isdigit():
+            return code
+        status = _status(err) or int(code or 0)
+        return _STATUS_CODES.get(status, f"Http{status}")
+    return type(err).__name__  # botocore's own: EndpointConnectionError, ReadTimeoutError, ...
+
 
 def _version(version_id: str | None) -> dict[str, Any]:
     return {"VersionId": version_id} if version_id else {}
+
+
+def _header(err: ClientError, name: str) -> str | None:
+    return err.response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get(name)
 
 
 def _status(err: ClientError) -> int:

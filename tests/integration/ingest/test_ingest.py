@@ -8,6 +8,7 @@ from typing import Any
 
 import boto3
 import pytest
+from lambda_output import Emitted
 
 from pomona.core.contract import ImageMessage, Reason, quarantine_key, sidecar_key
 from pomona.core.settings import Settings
@@ -186,19 +187,98 @@ def test_poison_record_fails_alone_and_reaches_the_dlq(ingest: Settings) -> None
     assert dead["Body"] == "{not json"
 
 
-def test_two_versions_of_one_key_are_both_ingested(ingest: Settings) -> None:
-    # GIVEN a key uploaded twice with different bytes (moto's events carry no version id, only the ETag)
+def _quarantined(settings: Settings) -> list[str]:
+    listed = boto3.client("s3").list_objects_v2(Bucket=settings.bucket, Prefix=settings.quarantine_prefix)
+    return [item["Key"] for item in listed.get("Contents", [])]
+
+
+@pytest.mark.parametrize(
+    "missing",
+    [
+        pytest.param("never-uploaded", id="never-uploaded"),
+        pytest.param("version-deleted", id="version-deleted-for-good"),
+    ],
+)
+def test_a_missing_object_is_counted_gone_and_is_no_error(
+    ingest: Settings,
+    emitted: Emitted,
+    s3_event_factory: Callable[..., dict[str, Any]],
+    missing: str,
+) -> None:
+    # GIVEN a notification for an object that is not there: never uploaded, or its version deleted for good
+    key = "uploads/Lime/missing.jpg"
+    version = "3HL4kqtJlcpXroDTDmJ+rmSpXd3dIbrHY"
+    if missing == "version-deleted":
+        version = _upload(ingest, key, fruit_image("Lime", 9))
+        boto3.client("s3").delete_object(Bucket=ingest.bucket, Key=key, VersionId=version)
+
+    # WHEN S3 notifies the Lambda
+    response = handler.lambda_handler(
+        s3_event_factory(bucket=ingest.bucket, key=key, version_id=version), LambdaContext()
+    )
+
+    # THEN it is done with, counted as gone and logged: nothing queued, quarantined or failed
+    assert response == {"processed": 1}
+    assert emitted.count("ImagesGone") == 1
+    assert emitted.count("ImagesFailed") == 0
+    (log,) = emitted.logs("Object gone before ingestion")
+    assert (log.key, log.version_id, log.delete_marker) == (key, version, False)  # type: ignore[attr-defined]
+    assert _images(ingest) == []
+    assert _quarantined(ingest) == []
+
+
+def test_an_upload_deleted_by_its_owner_before_ingestion_is_skipped(
+    ingest: Settings, emitted: Emitted
+) -> None:
+    # GIVEN an upload its owner deleted before the Lambda got to it: a delete marker is its key's current version
+    key = "uploads/Plum/oops.jpg"
+    version = _upload(ingest, key, fruit_image("Plum", 10))
+    s3 = boto3.client("s3")
+    s3.delete_object(Bucket=ingest.bucket, Key=key)
+
+    # WHEN its notification is handled (its version still exists: a HEAD of that version would find it)
+    stats = _poller(ingest).drain()
+
+    # THEN it is not queued, nor quarantined; it is counted gone, and its bytes stay a version of the key
+    assert stats.failed == 0
+    assert _images(ingest) == []
+    assert _quarantined(ingest) == []
+    assert emitted.count("ImagesGone") == 1
+    (log,) = emitted.logs("Object gone before ingestion")
+    assert (log.key, log.version_id, log.delete_marker) == (key, version, True)  # type: ignore[attr-defined]
+    versions = s3.list_object_versions(Bucket=ingest.bucket, Prefix=key)
+    assert [v["VersionId"] for v in versions["Versions"]] == [version]
+    assert [m["IsLatest"] for m in versions["DeleteMarkers"]] == [True]
+
+
+@pytest.mark.parametrize(
+    "first_body",
+    [
+        pytest.param(fruit_image("Apple Red", 11), id="older-is-an-image"),
+        pytest.param(b"not an image at all", id="older-is-not-an-image"),
+    ],
+)
+def test_an_upload_replaced_by_a_newer_version_is_skipped_for_the_newer_one(
+    ingest: Settings, emitted: Emitted, first_body: bytes
+) -> None:
+    # GIVEN a key uploaded twice before ingestion (moto's events carry no version id, only the ETag)
     key = "uploads/Unknown/apple.jpg"
-    first = _upload(ingest, key, b"not an image at all")
-    second = _upload(ingest, key, fruit_image("Apple Red", 8), ContentType="image/jpeg")
+    first = _upload(ingest, key, first_body)
+    second = _upload(ingest, key, fruit_image("Apple Red", 12), ContentType="image/jpeg")
 
     # WHEN both notifications are handled
-    _poller(ingest).drain()
+    stats = _poller(ingest).drain()
 
-    # THEN the first version is quarantined and the second queued: neither hides behind the other
-    s3 = boto3.client("s3")
-    target = quarantine_key(Reason.NOT_AN_IMAGE, key, quarantine_prefix=ingest.quarantine_prefix)
-    sidecar = json.loads(s3.get_object(Bucket=ingest.bucket, Key=sidecar_key(target))["Body"].read())
-    assert sidecar["version_id"] == first
+    # THEN only the newer version is queued; the older one is counted superseded, neither queued nor
+    # quarantined (it is no longer what the key holds), and both stay versions of the key
+    assert stats.failed == 0
     assert [(m.key, m.version_id) for m in _images(ingest)] == [(key, second)]
+    assert _quarantined(ingest) == []
+    assert emitted.count("ImagesSuperseded") == 1
+    assert emitted.count("ImagesAccepted") == 1
+    (log,) = emitted.logs("Upload superseded before ingestion")
+    assert (log.version_id, log.current_version_id) == (first, second)  # type: ignore[attr-defined]
+    s3 = boto3.client("s3")
+    versions = s3.list_object_versions(Bucket=ingest.bucket, Prefix=key)["Versions"]
+    assert sorted(v["VersionId"] for v in versions) == sorted([first, second])
     assert s3.head_object(Bucket=ingest.bucket, Key=key)["VersionId"] == second

@@ -1,4 +1,5 @@
-"""The ingestion Lambda under faults: a crash after queueing, a sandbox killed after queueing, poison records.
+"""The ingestion Lambda under faults: a crash after queueing, a sandbox killed after queueing, poison records,
+S3 denying access to an upload.
 
 What holds at which layer, as these tests show it:
 - Lambda + idempotency (powertools, keyed by bucket, key and version id): a repeated event that finds a
@@ -8,6 +9,9 @@ What holds at which layer, as these tests show it:
   at least once: one message or more per object version, never none while the event is retried.
 - The featurization job: images are identified by sha256, so the extra message is counted as a duplicate
   and the image is featurized once. Exactly once holds end to end, not on the queue.
+- A denied read (403: IAM, bucket policy, KMS) or any other S3 error fails just its record, is counted in
+  `ImagesFailed` by `ErrorCode`, and leaves no idempotency record: retried, then dead-lettered, and ingested
+  once access is fixed (or the DLQ redriven). It is never taken for a deleted upload.
 """
 
 from __future__ import annotations
@@ -19,10 +23,14 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import unquote_plus
 
 import boto3
 import pyarrow.parquet as pq
 import pytest
+from botocore.exceptions import ClientError
+from denying_proxy import DenyingProxy
+from lambda_output import Emitted
 
 from pomona.core.contract import ImageMessage
 from pomona.core.resources import describe
@@ -213,3 +221,145 @@ def test_poison_records_reach_the_dlq_and_hold_back_neither_their_batch_nor_late
     dead = sqs.receive_message(QueueUrl=_dlq_url(ingest), MaxNumberOfMessages=10)["Messages"]
     assert sorted(m["Body"] for m in dead) == sorted([not_json, not_an_event])
     assert _depth(ingest.events_queue_url) == 0
+
+
+# -- S3 denies access ----------------------------------------------------------------------------------------
+
+
+def _notify(settings: Settings, event_factory: Callable[..., dict[str, Any]], keys: dict[str, str]) -> None:
+    """Put S3's notifications for `keys` (key → version id) on the events queue, in AWS's shape: with version ids.
+
+    moto's own notifications, which carry none, are purged first.
+    """
+    sqs = boto3.client("sqs")
+    sqs.purge_queue(QueueUrl=settings.events_queue_url)
+    for key, version_id in keys.items():
+        event = event_factory(bucket=settings.bucket, key=key, version_id=version_id)
+        sqs.send_message(QueueUrl=settings.events_queue_url, MessageBody=json.dumps(event))
+
+
+def _versions(settings: Settings, images: dict[str, bytes]) -> dict[str, str]:
+    s3 = boto3.client("s3")
+    return {key: s3.head_object(Bucket=settings.bucket, Key=key)["VersionId"] for key in images}
+
+
+def _key_of(record: dict[str, Any]) -> str:
+    return unquote_plus(json.loads(record["body"])["Records"][0]["s3"]["object"]["key"])
+
+
+@pytest.mark.parametrize(
+    "methods",
+    [
+        pytest.param(("HEAD", "GET"), id="denied-head-and-get"),  # no s3:GetObject on the key
+        pytest.param(("GET",), id="denied-get-only"),  # e.g. no kms:Decrypt on an SSE-KMS object
+    ],
+)
+def test_a_denied_upload_fails_alone_is_counted_and_is_ingested_once_access_is_fixed(
+    ingest: Settings,
+    denying_s3: DenyingProxy,
+    emitted: Emitted,
+    s3_event_factory: Callable[..., dict[str, Any]],
+    methods: tuple[str, ...],
+) -> None:
+    # GIVEN three uploads notified in one batch, and S3 answering 403 AccessDenied to the Lambda for one of them
+    images = _upload(ingest, 3)
+    versions = _versions(ingest, images)
+    denied = list(images)[1]
+    _notify(ingest, s3_event_factory, versions)
+    denying_s3.deny(ingest.bucket, denied, methods=methods)
+    batches: list[tuple[dict[str, Any], Any]] = []
+
+    def invocation(event: dict[str, Any], context: Any) -> Any:
+        response = handler.lambda_handler(event, context)
+        batches.append((event, response))
+        return response
+
+    poller = EventSourcePoller(ingest.events_queue_url, invocation, retry_after_s=0)
+
+    # WHEN the batch is handled
+    first = poller.poll_once()
+
+    # THEN the two readable uploads are queued, and the denied one alone is reported failed: not taken as gone
+    assert (first.received, first.failed) == (3, 1)
+    ((event, response),) = batches
+    (failure,) = response["batchItemFailures"]
+    (record,) = [r for r in event["Records"] if r["messageId"] == failure["itemIdentifier"]]
+    assert _key_of(record) == denied
+    assert sorted(m.key for m in _peek_images(ingest)) == sorted(set(images) - {denied})
+    assert [call[0] for call in denying_s3.refused] == [methods[0]]
+    # ... counted by its error code alone, and logged with the key, its version and the code
+    assert emitted.metrics("ImagesFailed") == [
+        {"service": "pomona-ingest", "ErrorCode": "AccessDenied", "value": 1}
+    ]
+    assert emitted.count("ImagesGone") == 0
+    (log,) = emitted.logs("Ingestion failed")
+    assert log.levelname == "ERROR"
+    assert (log.key, log.version_id, log.error_code) == (denied, versions[denied], "AccessDenied")  # type: ignore[attr-defined]
+    # ... and not remembered by the idempotency store: only the two others have a record
+    assert [r["status"] for r in _idempotency_records(ingest)] == ["COMPLETED"] * 2
+
+    # WHEN access is fixed and the platform redelivers the same event
+    denying_s3.allow(ingest.bucket, denied)
+    retry = poller.drain()
+
+    # THEN it ingests the image, once; every upload is on the images queue once and nothing is dead-lettered
+    assert (retry.received, retry.succeeded) == (1, 1)
+    assert _key_of(batches[-1][0]["Records"][0]) == denied
+    assert Counter(m.key for m in _peek_images(ingest)) == dict.fromkeys(images, 1)
+    assert emitted.count("ImagesAccepted") == 3
+    assert emitted.count("ImagesFailed") == 1
+    assert _depth(ingest.events_queue_url) == _depth(_dlq_url(ingest)) == 0
+
+
+def test_an_upload_denied_for_good_reaches_the_dlq_and_a_redrive_after_the_fix_ingests_it(
+    ingest: Settings, denying_s3: DenyingProxy, emitted: Emitted
+) -> None:
+    # GIVEN an upload the Lambda may not read (moto's own notification: no version id, so the ETag places it)
+    boto3.client("sqs").purge_queue(QueueUrl=ingest.events_queue_url)  # the s3:TestEvent would ride along
+    (key,) = _upload(ingest, 1)
+    denying_s3.deny(ingest.bucket, key)
+
+    # WHEN the platform retries it up to the redrive limit
+    stats = EventSourcePoller(ingest.events_queue_url, handler.lambda_handler, retry_after_s=0).drain()
+
+    # THEN it failed every time, counted each time, and its event waits in the DLQ; nothing was queued
+    assert stats.failed == describe().events.max_receive_count
+    assert emitted.count("ImagesFailed", ErrorCode="AccessDenied") == stats.failed
+    sqs = boto3.client("sqs")
+    (dead,) = sqs.receive_message(QueueUrl=_dlq_url(ingest), MaxNumberOfMessages=10)["Messages"]
+    assert _key_of({"body": dead["Body"]}) == key
+    assert _peek_images(ingest) == []
+    assert _idempotency_records(ingest) == []
+
+    # WHEN access is fixed and the operator moves the DLQ's messages back to the events queue
+    denying_s3.allow(ingest.bucket, key)
+    sqs.send_message(QueueUrl=ingest.events_queue_url, MessageBody=dead["Body"])
+    sqs.delete_message(QueueUrl=_dlq_url(ingest), ReceiptHandle=dead["ReceiptHandle"])
+    redriven = EventSourcePoller(ingest.events_queue_url, handler.lambda_handler).drain()
+
+    # THEN the upload is ingested, once
+    assert (redriven.received, redriven.succeeded) == (1, 1)
+    assert [m.key for m in _peek_images(ingest)] == [key]
+
+
+def test_any_other_s3_error_raises_and_is_counted_by_its_code(
+    ingest: Settings,
+    denying_s3: DenyingProxy,
+    emitted: Emitted,
+    s3_event_factory: Callable[..., dict[str, Any]],
+) -> None:
+    # GIVEN an upload S3 will not serve: archived to Glacier, say (HEAD works, GET is 403 InvalidObjectState)
+    (key,) = _upload(ingest, 1)
+    event = s3_event_factory(bucket=ingest.bucket, key=key, version_id=_versions(ingest, {key: b""})[key])
+    denying_s3.deny(ingest.bucket, key, methods=("GET",), code="InvalidObjectState")
+
+    # WHEN S3 notifies the Lambda directly
+    with pytest.raises(ClientError, match="InvalidObjectState"):
+        handler.lambda_handler(event, LambdaContext())
+
+    # THEN the invocation failed (Lambda retries it, then sends it to the on-failure destination), counted
+    assert emitted.metrics("ImagesFailed") == [
+        {"service": "pomona-ingest", "ErrorCode": "InvalidObjectState", "value": 1}
+    ]
+    assert _peek_images(ingest) == []
+    assert _idempotency_records(ingest) == []
