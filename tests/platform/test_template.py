@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import re
+from functools import cache
 from typing import Any
 
 import pytest
+from iam_policies import Request, Statement, decide
 from manifests import ROOT
 
 from pomona.core.resources import describe
@@ -24,26 +26,47 @@ PARAMETERS = {
 PSEUDO = {"AWS::Partition": "aws", "AWS::AccountId": "123456789012", "AWS::Region": "us-east-1"}
 # Actions AWS offers no resource-level permissions for, so `Resource: "*"` is the only way to grant them.
 RESOURCE_STAR_ONLY = {"xray:PutTraceSegments", "xray:PutTelemetryRecords"}
+BUCKET_ARN = f"arn:aws:s3:::{describe().bucket}"
+OPERATOR = "arn:aws:iam::123456789012:role/operator"
+ADMIN = "arn:aws:iam::123456789012:role/admin"
+# What an administrator's identity policy grants: everything, so only the queue's own policy can refuse.
+ADMIN_POLICY: list[Statement] = [{"Effect": "Allow", "Action": "*", "Resource": "*"}]
+_NO_VALUE = object()  # AWS::NoValue: the key or list item is left out
+
+
+@cache
+def _decoded() -> dict[str, Any]:
+    decoded, problems = cfnlint_decode.decode(TEMPLATE)
+    assert not problems
+    return decoded  # type: ignore[no-any-return]
+
+
+def stack(**parameters: str) -> dict[str, Any]:
+    """The template with intrinsic functions evaluated for these parameters (defaults otherwise)."""
+    decoded = _decoded()
+    names = (
+        {k: str(v.get("Default", "")) for k, v in decoded["Parameters"].items()}
+        | PARAMETERS
+        | PSEUDO
+        | parameters
+    )
+    return resolve(decoded, decoded, names)  # type: ignore[no-any-return]
 
 
 @pytest.fixture(scope="module")
 def template() -> dict[str, Any]:
-    decoded, problems = cfnlint_decode.decode(TEMPLATE)
-    assert not problems
-    return resolve(decoded, decoded)  # type: ignore[no-any-return]
+    return stack()
 
 
-def resolve(node: Any, template: dict[str, Any], names: dict[str, str] | None = None) -> Any:
-    """Intrinsic functions evaluated with default parameters; resources become `<Logical>` / `<Logical>.<Attr>`."""
-    if names is None:
-        names = (
-            {k: str(v.get("Default", "")) for k, v in template["Parameters"].items()} | PARAMETERS | PSEUDO
-        )
+def resolve(node: Any, template: dict[str, Any], names: dict[str, str]) -> Any:
+    """Intrinsic functions evaluated; resources become `<Logical>` / `<Logical>.<Attr>`."""
     if isinstance(node, list):
-        return [resolve(n, template, names) for n in node]
+        return [v for v in (resolve(n, template, names) for n in node) if v is not _NO_VALUE]
     if not isinstance(node, dict):
         return node
     if set(node) == {"Ref"}:
+        if node["Ref"] == "AWS::NoValue":
+            return _NO_VALUE
         return names.get(node["Ref"], f"<{node['Ref']}>")
     if set(node) == {"Fn::GetAtt"}:
         return f"<{'.'.join(node['Fn::GetAtt'])}>"
@@ -57,7 +80,23 @@ def resolve(node: Any, template: dict[str, Any], names: dict[str, str] | None = 
     if set(node) == {"Fn::Select"}:
         index, values = node["Fn::Select"]
         return resolve(values, template, names)[int(index)]
-    return {k: resolve(v, template, names) for k, v in node.items()}
+    if set(node) == {"Fn::If"}:
+        condition, yes, no = node["Fn::If"]
+        return resolve(
+            yes if _holds(template["Conditions"][condition], template, names) else no, template, names
+        )
+    resolved = {k: resolve(v, template, names) for k, v in node.items()}
+    return {k: v for k, v in resolved.items() if v is not _NO_VALUE}
+
+
+def _holds(condition: dict[str, Any], template: dict[str, Any], names: dict[str, str]) -> bool:
+    ((function, args),) = condition.items()
+    if function == "Fn::Not":
+        return not _holds(args[0], template, names)
+    if function == "Fn::Equals":
+        left, right = (resolve(a, template, names) for a in args)
+        return bool(left == right)
+    raise ValueError(f"expected Fn::Not or Fn::Equals in a condition, got {function}")
 
 
 def resources(template: dict[str, Any], kind: str) -> dict[str, dict[str, Any]]:
@@ -65,7 +104,7 @@ def resources(template: dict[str, Any], kind: str) -> dict[str, dict[str, Any]]:
 
 
 def statements(template: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    """(where, statement) for every IAM statement: role policies, trust policies and bucket policies."""
+    """(where, statement) for every IAM statement: role, trust, bucket and queue policies."""
     found = []
     for name, role in resources(template, "AWS::IAM::Role").items():
         trust = role["AssumeRolePolicyDocument"]
@@ -73,9 +112,22 @@ def statements(template: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
         found += [(f"{name} trust", s) for s in trust["Statement"]]
         for policy in role.get("Policies", []):
             found += [(f"{name}/{policy['PolicyName']}", s) for s in policy["PolicyDocument"]["Statement"]]
-    for name, policy in resources(template, "AWS::S3::BucketPolicy").items():
-        found += [(name, s) for s in policy["PolicyDocument"]["Statement"]]
+    for kind in ("AWS::S3::BucketPolicy", "AWS::SQS::QueuePolicy"):
+        for name, policy in resources(template, kind).items():
+            found += [(name, s) for s in policy["PolicyDocument"]["Statement"]]
     return found
+
+
+def identity_policy(template: dict[str, Any], role: str) -> list[Statement]:
+    return [s for where, s in statements(template) if where.startswith(f"{role}/")]
+
+
+def queue_policy(template: dict[str, Any], queue: str) -> list[Statement]:
+    """The statements of the QueuePolicy attached to `queue` (a logical id)."""
+    (policy,) = [
+        p for p in resources(template, "AWS::SQS::QueuePolicy").values() if f"<{queue}>" in p["Queues"]
+    ]
+    return policy["PolicyDocument"]["Statement"]  # type: ignore[no-any-return]
 
 
 def _list(value: Any) -> list[Any]:
@@ -85,8 +137,8 @@ def _list(value: Any) -> list[Any]:
 def allowed(template: dict[str, Any], role: str) -> dict[str, set[str]]:
     """Action → the resources `role` may use it on."""
     grants: dict[str, set[str]] = {}
-    for where, statement in statements(template):
-        if where.startswith(f"{role}/") and statement["Effect"] == "Allow":
+    for statement in identity_policy(template, role):
+        if statement["Effect"] == "Allow":
             for action in _list(statement["Action"]):
                 grants.setdefault(action, set()).update(_list(statement["Resource"]))
     return grants
@@ -128,20 +180,30 @@ def test_resource_star_only_for_actions_without_resource_permissions(template: d
 
 
 def test_bucket_refuses_plain_http(template: dict[str, Any]) -> None:
-    ((_, deny),) = [(w, s) for w, s in statements(template) if s["Effect"] == "Deny"]
+    ((_, deny),) = [
+        (w, s) for w, s in statements(template) if w == "ImagesBucketPolicy" and s["Effect"] == "Deny"
+    ]
 
     assert deny["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
     assert deny["Resource"] == ["<ImagesBucket.Arn>", "<ImagesBucket.Arn>/*"]
 
 
-def test_lambda_role_is_scoped_to_prefixes_queue_and_table(template: dict[str, Any]) -> None:
-    bucket = f"arn:aws:s3:::{describe().bucket}"
+def test_lambda_role_is_scoped_to_prefixes_queues_and_table(template: dict[str, Any]) -> None:
     grants = allowed(template, "IngestRole")
 
-    assert grants["s3:GetObjectVersion"] == {f"{bucket}/uploads/*"}
-    assert grants["s3:DeleteObject"] == {f"{bucket}/uploads/*"}
-    assert grants["s3:PutObject"] == {f"{bucket}/quarantine/*"}
-    assert grants["sqs:SendMessage"] == {"<ImagesQueue.Arn>", "<IngestFailuresQueue.Arn>"}
+    assert grants["s3:GetObjectVersion"] == {f"{BUCKET_ARN}/uploads/*"}
+    assert grants["s3:DeleteObject"] == {f"{BUCKET_ARN}/uploads/*"}
+    assert grants["s3:PutObject"] == {f"{BUCKET_ARN}/quarantine/*"}
+    # It queues images; failed events reach their DLQ by the events queue's redrive, not by the function.
+    assert grants["sqs:SendMessage"] == {"<ImagesQueue.Arn>"}
+    drain = {
+        "sqs:ReceiveMessage",
+        "sqs:DeleteMessage",
+        "sqs:GetQueueAttributes",
+        "sqs:ChangeMessageVisibility",
+    }
+    assert {a for a in grants if a.startswith("sqs:")} == drain | {"sqs:SendMessage"}
+    assert all(grants[a] == {"<EventsQueue.Arn>"} for a in drain)
     assert {a for a in grants if a.startswith("dynamodb:")} == {
         "dynamodb:GetItem",
         "dynamodb:PutItem",
@@ -152,16 +214,17 @@ def test_lambda_role_is_scoped_to_prefixes_queue_and_table(template: dict[str, A
     assert grants["logs:PutLogEvents"] == {"<IngestLogGroup.Arn>"}
 
 
-def test_job_role_reads_uploads_and_writes_only_outputs_and_quarantine(template: dict[str, Any]) -> None:
-    bucket = f"arn:aws:s3:::{describe().bucket}"
-    grants = allowed(template, "JobRole")
+@pytest.mark.parametrize("output_prefix", ["", "runs/2025/"], ids=["bucket-root", "prefixed"])
+def test_job_role_reads_uploads_and_writes_only_outputs_and_quarantine(output_prefix: str) -> None:
+    grants = allowed(stack(OutputPrefix=output_prefix), "JobRole")
 
-    assert grants["s3:GetObjectVersion"] == {f"{bucket}/uploads/*"}
+    assert grants["s3:GetObjectVersion"] == {f"{BUCKET_ARN}/uploads/*"}
+    # The run lock lives under the output prefix with the outputs it guards (pomona.core.outputs.lock_key).
     assert grants["s3:PutObject"] == {
-        f"{bucket}/{prefix}/*"
-        for prefix in ("features", "projections", "models", "batches", "locks", "quarantine")
-    }
-    assert f"{bucket}/uploads/*" not in grants["s3:DeleteObject"]
+        f"{BUCKET_ARN}/{output_prefix}{name}/*"
+        for name in ("features", "projections", "models", "batches", "locks")
+    } | {f"{BUCKET_ARN}/quarantine/*"}
+    assert f"{BUCKET_ARN}/uploads/*" not in grants["s3:DeleteObject"]
     assert {a for a in grants if a.startswith("sqs:")} == {
         "sqs:ReceiveMessage",
         "sqs:DeleteMessage",
@@ -171,33 +234,44 @@ def test_job_role_reads_uploads_and_writes_only_outputs_and_quarantine(template:
     assert all(grants[a] == {"<ImagesQueue.Arn>"} for a in grants if a.startswith("sqs:"))
 
 
-def test_bucket_listing_is_limited_by_prefix(template: dict[str, Any]) -> None:
-    listing = [
-        s
-        for where, s in statements(template)
-        if s["Effect"] == "Allow" and {"s3:ListBucket", "s3:ListBucketVersions"} & set(_list(s["Action"]))
-    ]
+@pytest.mark.parametrize(
+    ("role", "action"),
+    [
+        ("IngestRole", "s3:ListBucket"),
+        ("IngestRole", "s3:ListBucketVersions"),
+        ("JobRole", "s3:ListBucket"),
+    ],
+)
+def test_roles_may_list_the_bucket_so_a_missing_key_is_a_404(
+    template: dict[str, Any], role: str, action: str
+) -> None:
+    # S3 answers 404 for a missing key only to a caller allowed s3:ListBucket on the bucket, and that check
+    # carries no s3:prefix: a prefix-conditioned grant turns a deleted upload or an absent lock into a 403.
+    bucket_policy = [s for where, s in statements(template) if where == "ImagesBucketPolicy"]
+    request = Request(principal=f"<{role}.Arn>", action=action, resource=BUCKET_ARN)
 
-    assert len(listing) == 2
-    assert all(s["Condition"]["StringLike"]["s3:prefix"] for s in listing)
+    decision = decide(request, resource_policy=bucket_policy, identity_policy=identity_policy(template, role))
+
+    assert decision == "allow"
 
 
 @pytest.mark.parametrize(
-    ("role", "service_account"),
-    [("JobRole", "pomona"), ("TriggerRole", "pomona-trigger")],
-    ids=["job", "trigger"],
+    ("role", "service_accounts"),
+    [("JobRole", ["pomona", "pomona-executor"]), ("TriggerRole", "pomona-trigger")],
+    ids=["job-driver-and-executors", "trigger"],
 )
-def test_irsa_trust_is_limited_to_one_service_account(
-    template: dict[str, Any], role: str, service_account: str
+def test_irsa_trust_is_limited_to_the_jobs_service_accounts(
+    template: dict[str, Any], role: str, service_accounts: str | list[str]
 ) -> None:
     ((_, trust),) = [(w, s) for w, s in statements(template) if w == f"{role} trust"]
     issuer = "oidc.eks.us-east-1.amazonaws.com/id/ABC123"
+    subjects = [f"system:serviceaccount:pomona:{name}" for name in _list(service_accounts)]
 
     assert trust["Principal"] == {"Federated": PARAMETERS["OidcProviderArn"]}
     assert trust["Action"] == "sts:AssumeRoleWithWebIdentity"
     assert trust["Condition"] == {
         "StringEquals": {
-            f"{issuer}:sub": f"system:serviceaccount:pomona:{service_account}",
+            f"{issuer}:sub": subjects if isinstance(service_accounts, list) else subjects[0],
             f"{issuer}:aud": "sts.amazonaws.com",
         }
     }
@@ -205,6 +279,104 @@ def test_irsa_trust_is_limited_to_one_service_account(
 
 def test_trigger_role_only_reads_queue_depth(template: dict[str, Any]) -> None:
     assert allowed(template, "TriggerRole") == {"sqs:GetQueueAttributes": {"<ImagesQueue.Arn>"}}
+
+
+# -- who may send to the queues --------------------------------------------------------------------------------
+
+
+def _send(template: dict[str, Any], queue: str, principal: str, **context: str) -> str:
+    """The decision on `principal` sending to `queue`, with its identity policy from the template, if a role."""
+    roles = {f"<{name}.Arn>": name for name in resources(template, "AWS::IAM::Role")}
+    identity = identity_policy(template, roles[principal]) if principal in roles else []
+    if principal in {ADMIN, OPERATOR}:
+        identity = ADMIN_POLICY
+    request = Request(
+        principal=principal, action="sqs:SendMessage", resource=f"<{queue}.Arn>", context=context
+    )
+    return decide(request, resource_policy=queue_policy(template, queue), identity_policy=identity)
+
+
+@pytest.mark.parametrize(
+    ("principal", "expected"),
+    [
+        pytest.param("<IngestRole.Arn>", "allow", id="ingest-lambda"),
+        pytest.param("<JobRole.Arn>", "deny", id="job"),
+        pytest.param(ADMIN, "deny", id="administrator"),
+        pytest.param(OPERATOR, "deny", id="operator-without-redrive-parameter"),
+    ],
+)
+def test_images_queue_takes_messages_only_from_the_ingestion_lambda(
+    template: dict[str, Any], principal: str, expected: str
+) -> None:
+    # A message here makes the job fetch and featurize what it names: no one else may write one.
+    assert _send(template, "ImagesQueue", principal) == expected
+
+
+def test_redrive_role_may_also_send_to_the_images_queue() -> None:
+    # GIVEN the stack deployed with an operator's role for redriving dead-letter queues
+    template = stack(RedriveRoleArn=OPERATOR)
+
+    # THEN that role may send (a message move task sends with its caller's permissions); others still may not
+    assert _send(template, "ImagesQueue", OPERATOR) == "allow"
+    assert _send(template, "ImagesQueue", "<IngestRole.Arn>") == "allow"
+    assert _send(template, "ImagesQueue", ADMIN) == "deny"
+
+
+def test_images_queue_refuses_plain_http(template: dict[str, Any]) -> None:
+    assert _send(template, "ImagesQueue", "<IngestRole.Arn>", **{"aws:SecureTransport": "false"}) == "deny"
+
+
+S3_FROM_THE_BUCKET = {"aws:SourceArn": BUCKET_ARN, "aws:SourceAccount": "123456789012"}
+
+
+@pytest.mark.parametrize(
+    ("principal", "context", "expected"),
+    [
+        pytest.param("s3.amazonaws.com", S3_FROM_THE_BUCKET, "allow", id="s3-for-the-bucket"),
+        pytest.param(
+            "s3.amazonaws.com",
+            {"aws:SourceArn": "arn:aws:s3:::someone-elses-bucket", "aws:SourceAccount": "123456789012"},
+            "deny",
+            id="s3-for-another-bucket",
+        ),
+        pytest.param(
+            "s3.amazonaws.com",
+            {"aws:SourceArn": BUCKET_ARN, "aws:SourceAccount": "210987654321"},
+            "implicit deny",
+            id="s3-for-another-account",
+        ),
+        pytest.param("<IngestRole.Arn>", {}, "deny", id="ingest-lambda"),
+        pytest.param(ADMIN, {}, "deny", id="administrator"),
+    ],
+)
+def test_events_queue_takes_notifications_only_from_the_bucket(
+    template: dict[str, Any], principal: str, context: dict[str, str], expected: str
+) -> None:
+    # An event makes the Lambda judge (and possibly retire) the key it names: only the bucket's own S3 events.
+    assert _send(template, "EventsQueue", principal, **context) == expected
+
+
+def test_redrive_role_may_also_send_to_the_events_queue() -> None:
+    template = stack(RedriveRoleArn=OPERATOR)
+
+    assert _send(template, "EventsQueue", OPERATOR) == "allow"
+    assert _send(template, "EventsQueue", "s3.amazonaws.com", **S3_FROM_THE_BUCKET) == "allow"
+    assert _send(template, "EventsQueue", ADMIN) == "deny"
+
+
+@pytest.mark.parametrize(
+    ("dlq", "source"), [("ImagesDeadLetterQueue", "images"), ("IngestFailuresQueue", "events")]
+)
+def test_dead_letter_queues_take_only_their_source_queue(
+    template: dict[str, Any], dlq: str, source: str
+) -> None:
+    queue = resources(template, "AWS::SQS::Queue")[dlq]
+    name = getattr(describe(), source).name
+
+    assert queue["RedriveAllowPolicy"] == {
+        "redrivePermission": "byQueue",
+        "sourceQueueArns": [f"arn:aws:sqs:us-east-1:123456789012:{name}"],
+    }
 
 
 # -- agreement with pomona.core.resources ------------------------------------------------------------------------------
@@ -227,29 +399,31 @@ def test_bucket_matches_resources(template: dict[str, Any]) -> None:
     }
 
 
-def test_images_queue_matches_resources(template: dict[str, Any]) -> None:
-    spec = describe().images
+@pytest.mark.parametrize(
+    ("source", "dlq"), [("images", "ImagesDeadLetterQueue"), ("events", "IngestFailuresQueue")]
+)
+def test_queues_match_resources(template: dict[str, Any], source: str, dlq: str) -> None:
+    spec = getattr(describe(), source)
     queues = {q["QueueName"]: q for q in resources(template, "AWS::SQS::Queue").values()}
 
-    images = queues[spec.name]
+    queue = queues[spec.name]
 
-    assert images["VisibilityTimeout"] == spec.visibility_timeout_s
-    assert images["MessageRetentionPeriod"] == spec.retention_s
-    assert images["RedrivePolicy"] == {
-        "deadLetterTargetArn": "<ImagesDeadLetterQueue.Arn>",
+    assert queue["VisibilityTimeout"] == spec.visibility_timeout_s
+    assert queue["MessageRetentionPeriod"] == spec.retention_s
+    assert queue["RedrivePolicy"] == {
+        "deadLetterTargetArn": f"<{dlq}.Arn>",
         "maxReceiveCount": spec.max_receive_count,
     }
-    assert spec.dlq_name in queues
+    assert resources(template, "AWS::SQS::Queue")[dlq]["QueueName"] == spec.dlq_name
     assert all(q["SqsManagedSseEnabled"] for q in queues.values())
 
 
-def test_failed_ingestions_go_to_the_events_dead_letter_queue(template: dict[str, Any]) -> None:
-    # On AWS, S3 invokes the Lambda directly; the events queue exists locally only, its DLQ name is reused here.
-    (config,) = resources(template, "AWS::Lambda::EventInvokeConfig").values()
-    failures = resources(template, "AWS::SQS::Queue")["IngestFailuresQueue"]
+def test_events_queue_outlasts_six_function_timeouts(template: dict[str, Any]) -> None:
+    # Lambda's advice for SQS event sources: a batch in flight never reappears while it is being handled.
+    (function,) = resources(template, "AWS::Lambda::Function").values()
+    events = resources(template, "AWS::SQS::Queue")["EventsQueue"]
 
-    assert config["DestinationConfig"] == {"OnFailure": {"Destination": "<IngestFailuresQueue.Arn>"}}
-    assert failures["QueueName"] == describe().events.dlq_name
+    assert events["VisibilityTimeout"] >= 6 * function["Timeout"]
 
 
 def test_idempotency_table_matches_resources(template: dict[str, Any]) -> None:
@@ -261,22 +435,54 @@ def test_idempotency_table_matches_resources(template: dict[str, Any]) -> None:
     assert table["TimeToLiveSpecification"] == {"AttributeName": spec.ttl_attribute, "Enabled": True}
 
 
-def test_uploads_notify_the_lambda(template: dict[str, Any]) -> None:
-    (bucket,) = resources(template, "AWS::S3::Bucket").values()
-    (permission,) = resources(template, "AWS::Lambda::Permission").values()
+# -- uploads → events queue → Lambda -------------------------------------------------------------------------------
 
-    (notification,) = bucket["NotificationConfiguration"]["LambdaConfigurations"]
 
+def test_uploads_notify_the_events_queue_not_the_lambda(template: dict[str, Any]) -> None:
+    bucket = template["Resources"]["ImagesBucket"]
+    notifications = bucket["Properties"]["NotificationConfiguration"]
+
+    (notification,) = notifications["QueueConfigurations"]
+
+    assert set(notifications) == {"QueueConfigurations"}
+    assert notification["Event"] == "s3:ObjectCreated:*"
     assert notification["Filter"]["S3Key"]["Rules"] == [
         {"Name": "prefix", "Value": describe().uploads_prefix}
     ]
-    assert notification["Function"] == "<IngestFunction.Arn>"
-    assert (permission["Principal"], permission["SourceArn"]) == (
-        "s3.amazonaws.com",
-        f"arn:aws:s3:::{describe().bucket}",
-    )
-    # The permission must exist before S3 accepts the notification.
-    assert template["Resources"]["ImagesBucket"]["DependsOn"] == "IngestInvokePermission"
+    assert notification["Queue"] == "<EventsQueue.Arn>"
+    # S3 sends a test event when the notification is set: the queue's policy must already let it in.
+    assert bucket["DependsOn"] == "EventsQueuePolicy"
+    assert resources(template, "AWS::SQS::QueuePolicy")["EventsQueuePolicy"]["Queues"] == ["<EventsQueue>"]
+    # Nothing invokes the function asynchronously any more.
+    assert resources(template, "AWS::Lambda::Permission") == {}
+    assert resources(template, "AWS::Lambda::EventInvokeConfig") == {}
+
+
+def test_events_queue_feeds_the_lambda_with_partial_batch_failures(template: dict[str, Any]) -> None:
+    (mapping,) = resources(template, "AWS::Lambda::EventSourceMapping").values()
+    (function,) = resources(template, "AWS::Lambda::Function").values()
+
+    assert mapping["EventSourceArn"] == "<EventsQueue.Arn>"
+    assert mapping["FunctionName"] == "<IngestFunction.Arn>"
+    # One bad record is retried alone; the rest of its batch is deleted (pomona.ingest.handler).
+    assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert 1 <= mapping["BatchSize"] <= 10
+    assert mapping["MaximumBatchingWindowInSeconds"] == 0
+    # No more pollers than the function may run: a throttled batch spends a receive of each record.
+    assert mapping["ScalingConfig"]["MaximumConcurrency"] == function["ReservedConcurrentExecutions"]
+
+
+def test_outputs_name_the_settings_they_fill(template: dict[str, Any]) -> None:
+    outputs = template["Outputs"]
+
+    assert outputs["EventsQueueUrl"]["Value"] == "<EventsQueue>"
+    assert outputs["EventsDlqUrl"]["Value"] == "<IngestFailuresQueue>"
+    named = {
+        o["Description"].split()[0]
+        for o in outputs.values()
+        if o.get("Description", "").startswith("POMONA_")
+    }
+    assert {"POMONA_BUCKET", "POMONA_IMAGES_QUEUE_URL", "POMONA_EVENTS_QUEUE_URL"} <= named <= set(ENV_VARS)
 
 
 def test_lambda_runs_the_image_with_pomona_settings(template: dict[str, Any]) -> None:
@@ -292,3 +498,39 @@ def test_lambda_runs_the_image_with_pomona_settings(template: dict[str, Any]) ->
     assert {v for v in variables if not v.startswith("POWERTOOLS_")} <= set(ENV_VARS)
     assert variables["POMONA_IMAGES_QUEUE_URL"] == "<ImagesQueue>"
     assert variables["POMONA_BUCKET"] == describe().bucket
+
+
+# -- the evaluator itself ------------------------------------------------------------------------------------
+
+
+def test_evaluator_reads_negated_operators_as_iam_does() -> None:
+    # A negated operator holds when the key is absent: S3's request has no aws:PrincipalArn, a role's no SourceArn.
+    deny = {
+        "Effect": "Deny",
+        "Principal": "*",
+        "Action": "sqs:SendMessage",
+        "Resource": "q",
+        "Condition": {"ArnNotEquals": {"aws:SourceArn": BUCKET_ARN}},
+    }
+
+    assert decide(Request("arn:aws:iam::1:role/x", "sqs:SendMessage", "q"), resource_policy=[deny]) == "deny"
+    assert (
+        decide(
+            Request("s3.amazonaws.com", "sqs:SendMessage", "q", {"aws:SourceArn": BUCKET_ARN}),
+            resource_policy=[deny],
+        )
+        == "implicit deny"
+    )
+
+
+def test_evaluator_refuses_operators_it_does_not_know() -> None:
+    statement = {
+        "Effect": "Deny",
+        "Principal": "*",
+        "Action": "*",
+        "Resource": "*",
+        "Condition": {"StringEqualsIfExists": {"aws:SourceAccount": "1"}},
+    }
+
+    with pytest.raises(ValueError, match="got 'StringEqualsIfExists'"):
+        decide(Request("s3.amazonaws.com", "sqs:SendMessage", "q"), resource_policy=[statement])

@@ -33,7 +33,8 @@ class Resources:
     bucket: str
     uploads_prefix: str
     quarantine_prefix: str
-    # S3 ObjectCreated events for `uploads_prefix` land here (locally; on AWS they invoke the Lambda directly).
+    # S3 ObjectCreated events for `uploads_prefix` land here, drained by the Lambda (on AWS by its event source
+    # mapping, locally by a poller playing that part).
     events: QueueSpec
     # Accepted images, one message each, drained by the featurization job.
     images: QueueSpec
@@ -50,7 +51,8 @@ def describe(name: str = DEFAULT_NAME) -> Resources:
         bucket=f"{name}-images",
         uploads_prefix="uploads/",
         quarantine_prefix="quarantine/",
-        # Lambda's SQS integration wants the visibility timeout ≥ 6× the function timeout (30 s).
+        # Lambda's SQS integration wants the visibility timeout ≥ 6× the function timeout (30 s). Three receives:
+        # the event source mapping's MaximumConcurrency keeps throttling from spending them.
         events=QueueSpec(
             name=f"{name}-events",
             visibility_timeout_s=180,
