@@ -10,6 +10,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 from manifests import CHART, HelmError, Render, by_kind, crd_errors, one, run_helm
+from network_policies import OUTSIDE, Pod, may_connect
 
 from pomona.core.settings import ENV_VARS
 
@@ -125,6 +126,13 @@ def test_crd_check_rejects_unknown_fields(render: Render) -> None:
             "expected minExecutors <= initialExecutors <= maxExecutors, got 0, 20, 8",
             id="initial>max",
         ),
+        # The NetworkPolicy opens spark.ports: a port moved elsewhere would be silently closed.
+        pytest.param(
+            {"spark.conf.spark\\.driver\\.port": "7100"},
+            "expected spark.driver.port to be set through spark.ports",
+            id="port-in-spark-conf",
+        ),
+        pytest.param({"spark.ports.driver": "80"}, "/spark/ports/driver", id="privileged-port"),
     ],
 )
 def test_bad_values_fail_the_render(helm: Path, sets: dict[str, str], message: str) -> None:
@@ -294,17 +302,80 @@ def test_placement_is_per_role(render: Render) -> None:
     assert "tolerations" not in spec["driver"]
 
 
-def test_service_account_carries_the_irsa_role(render: Render) -> None:
+def test_service_accounts_carry_the_irsa_role(render: Render) -> None:
     manifests = render("values-ci.yaml")
 
     accounts = {a["metadata"]["name"]: a for a in by_kind(manifests, "ServiceAccount")}
 
     spec = _spec(manifests)
-    job_account = accounts[spec["driver"]["serviceAccount"]]
-    assert job_account["metadata"]["annotations"] == {
-        "eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/pomona-job"
+    irsa = {"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/pomona-job"}
+    # The executors assume the same role (the stack's JobRole trusts both), by default from the driver's values.
+    assert accounts[spec["driver"]["serviceAccount"]]["metadata"]["annotations"] == irsa
+    assert accounts[spec["executor"]["serviceAccount"]]["metadata"]["annotations"] == irsa
+
+
+@pytest.mark.parametrize("files", [(), ("values-ci.yaml",)], ids=["defaults", "ci-backlog"])
+def test_executors_have_their_own_service_account_without_api_access(
+    render: Render, files: tuple[str, ...]
+) -> None:
+    manifests = render(*files)
+    spec = _spec(manifests)
+    accounts = {a["metadata"]["name"]: a for a in by_kind(manifests, "ServiceAccount")}
+
+    executor = accounts[spec["executor"]["serviceAccount"]]
+
+    # Executors never call the Kubernetes API: no token in their pods, and nothing bound to their account.
+    assert executor["metadata"]["name"] == "pomona-executor"
+    assert executor["automountServiceAccountToken"] is False
+    bound = {
+        s["name"]
+        for b in by_kind(manifests, "RoleBinding")
+        for s in b["subjects"]
+        if s["kind"] == "ServiceAccount"
     }
-    assert spec["executor"]["serviceAccount"] == spec["driver"]["serviceAccount"]
+    assert executor["metadata"]["name"] not in bound
+    # The driver keeps its own account and the Role that lets it create its executors.
+    assert spec["driver"]["serviceAccount"] == "pomona"
+    assert "pomona" in bound
+    assert "automountServiceAccountToken" not in accounts["pomona"]
+    # No pod template that could mount one anyway.
+    assert "template" not in spec["executor"]
+
+
+def test_executor_service_account_can_be_named_and_annotated(render: Render) -> None:
+    manifests = render(
+        set={
+            "serviceAccount.annotations.eks\\.amazonaws\\.com/role-arn": "arn:aws:iam::1:role/driver",
+            "executorServiceAccount.name": "featurizers",
+            "executorServiceAccount.annotations.eks\\.amazonaws\\.com/role-arn": "arn:aws:iam::1:role/exec",
+        }
+    )
+
+    accounts = {a["metadata"]["name"]: a for a in by_kind(manifests, "ServiceAccount")}
+
+    assert _spec(manifests)["executor"]["serviceAccount"] == "featurizers"
+    assert accounts["featurizers"]["metadata"]["annotations"] == {
+        "eks.amazonaws.com/role-arn": "arn:aws:iam::1:role/exec"
+    }
+
+
+def test_executor_service_account_follows_a_renamed_driver_account(render: Render) -> None:
+    # The stack trusts <JobServiceAccount> and <JobServiceAccount>-executor: renaming one renames the pair.
+    spec = _spec(render(set={"serviceAccount.name": "featurize"}))
+
+    assert (spec["driver"]["serviceAccount"], spec["executor"]["serviceAccount"]) == (
+        "featurize",
+        "featurize-executor",
+    )
+
+
+def test_executors_share_the_driver_account_when_theirs_is_not_created(render: Render) -> None:
+    manifests = render(set={"executorServiceAccount.create": "false"})
+
+    spec = _spec(manifests)
+
+    assert spec["executor"]["serviceAccount"] == spec["driver"]["serviceAccount"] == "pomona"
+    assert [a["metadata"]["name"] for a in by_kind(manifests, "ServiceAccount")] == ["pomona"]
 
 
 def test_driver_role_grants_what_spark_on_kubernetes_needs(render: Render) -> None:
@@ -341,7 +412,10 @@ def test_schedule_mode_renders_no_trigger(render: Render) -> None:
     manifests = render()
 
     assert by_kind(manifests, "CronJob") == []
-    assert [a["metadata"]["name"] for a in by_kind(manifests, "ServiceAccount")] == ["pomona"]
+    assert [a["metadata"]["name"] for a in by_kind(manifests, "ServiceAccount")] == [
+        "pomona",
+        "pomona-executor",
+    ]
 
 
 def test_backlog_mode_suspends_the_schedule_and_renders_the_trigger(render: Render) -> None:
@@ -385,15 +459,126 @@ def test_trigger_role_allows_only_starting_and_watching_runs(render: Render) -> 
     assert bindings["pomona-trigger"]["subjects"][0]["name"] == "pomona-trigger"
 
 
-def test_network_policy_selects_the_job_pods(render: Render) -> None:
-    manifests = render("values-ci.yaml")
+# -- NetworkPolicy ------------------------------------------------------------------------------------------------
+
+
+def _pods(manifests: list[dict[str, Any]]) -> tuple[Pod, Pod]:
+    """The run's driver and one executor, labelled as the operator labels them from the spec."""
+    spec = _spec(manifests)
+    driver = Pod("pomona", {**spec["driver"]["labels"], "spark-role": "driver"})
+    executor = Pod("pomona", {**spec["executor"]["labels"], "spark-role": "executor"})
+    return driver, executor
+
+
+KUBE_DNS = Pod("kube-system", {"k8s-app": "kube-dns"})
+NEIGHBOUR = Pod("pomona", {"app": "moto"})
+
+
+def test_network_policy_is_on_by_default_and_selects_the_spark_pods(render: Render) -> None:
+    manifests = render()
+    spec = _spec(manifests)
 
     policy = one(manifests, "NetworkPolicy")
 
-    assert policy["spec"]["podSelector"]["matchLabels"] == _spec(manifests)["driver"]["labels"]
-    assert {"protocol": "TCP", "port": 443} in [
-        p for rule in policy["spec"]["egress"] for p in rule.get("ports", [])
-    ]
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    assert (
+        policy["spec"]["podSelector"]["matchLabels"] == spec["driver"]["labels"] == spec["executor"]["labels"]
+    )
+
+
+def test_network_policy_opens_the_ports_spark_is_told_to_use(render: Render) -> None:
+    manifests = render(set={"spark.ports.driver": "17078", "spark.ports.blockManager": "17079"})
+    conf = _spec(manifests)["sparkConf"]
+    driver, executor = _pods(manifests)
+
+    assert (
+        conf["spark.driver.port"],
+        conf["spark.blockManager.port"],
+        conf["spark.driver.blockManager.port"],
+    ) == (
+        "17078",
+        "17079",
+        "17079",
+    )
+    assert may_connect(manifests, executor, driver, 17078)
+    assert may_connect(manifests, executor, driver, 17079)
+    assert may_connect(manifests, driver, executor, 17079)  # task results, broadcast pieces
+    assert may_connect(manifests, executor, executor, 17079)  # shuffle blocks, without a shuffle service
+    assert not may_connect(manifests, executor, driver, 7078)
+
+
+@pytest.mark.parametrize(
+    ("source", "target", "port", "protocol", "allowed"),
+    [
+        pytest.param("executor", "driver", 7078, "TCP", True, id="executor-registers-with-driver"),
+        pytest.param("driver", "executor", 7079, "TCP", True, id="driver-fetches-results"),
+        pytest.param("executor", "executor", 7079, "TCP", True, id="shuffle-between-executors"),
+        pytest.param("executor", "driver", 4040, "TCP", False, id="driver-ui-closed"),
+        pytest.param("driver", KUBE_DNS, 53, "UDP", True, id="dns-udp"),
+        pytest.param("driver", KUBE_DNS, 53, "TCP", True, id="dns-tcp"),
+        pytest.param("executor", OUTSIDE, 443, "TCP", True, id="https-to-aws"),
+        pytest.param("executor", OUTSIDE, 80, "TCP", False, id="no-plain-http-out"),
+        pytest.param("executor", OUTSIDE, 53, "UDP", False, id="no-outside-resolver"),
+        pytest.param("executor", NEIGHBOUR, 5000, "TCP", False, id="no-other-pods"),
+        pytest.param(NEIGHBOUR, "driver", 7078, "TCP", False, id="no-one-else-reaches-the-driver"),
+        pytest.param(NEIGHBOUR, "executor", 7079, "TCP", False, id="no-one-else-reaches-executors"),
+        pytest.param(OUTSIDE, "driver", 7078, "TCP", False, id="nothing-from-outside"),
+    ],
+)
+def test_network_policy_allows_the_run_dns_and_https_only(
+    render: Render,
+    source: str | Pod | None,
+    target: str | Pod | None,
+    port: int,
+    protocol: str,
+    allowed: bool,
+) -> None:
+    manifests = render()
+    pods = dict(zip(("driver", "executor"), _pods(manifests), strict=True))
+
+    def peer(p: str | Pod | None) -> Pod | None:
+        return pods[p] if isinstance(p, str) else p
+
+    assert may_connect(manifests, peer(source), peer(target), port, protocol) is allowed
+
+
+def test_network_policy_isolates_runs_of_other_releases(render: Render) -> None:
+    manifests = render()
+    driver, executor = _pods(manifests)
+    stranger = Pod("pomona", {**executor.labels, "app.kubernetes.io/instance": "other"})
+
+    assert not may_connect(manifests, stranger, driver, 7078)
+    assert not may_connect(manifests, driver, stranger, 7079)
+
+
+def test_network_policy_rules_are_never_wider_than_a_port(render: Render) -> None:
+    # Every rule names its ports; one without peers (anywhere) names HTTPS alone; no peer selects everything.
+    spec = one(render(), "NetworkPolicy")["spec"]
+
+    rules = spec["ingress"] + spec["egress"]
+
+    assert all(rule.get("ports") for rule in rules)
+    anywhere = [rule["ports"] for rule in spec["egress"] if "to" not in rule]
+    assert anywhere == [[{"protocol": "TCP", "port": 443}]]
+    assert all("from" in rule for rule in spec["ingress"])
+    peers = [peer for rule in rules for peer in rule.get("to", []) + rule.get("from", [])]
+    assert all(peer.get("podSelector", {}).get("matchLabels") for peer in peers)
+
+
+def test_kind_values_let_the_job_reach_moto_and_the_api_server(render: Render) -> None:
+    manifests = render("values-kind.yaml")
+    driver, executor = _pods(manifests)
+    moto = Pod("pomona", {"app": "moto"})
+
+    assert may_connect(manifests, executor, moto, 5000)
+    assert may_connect(manifests, driver, OUTSIDE, 6443)  # kind's API server behind the kubernetes Service
+    assert not may_connect(
+        manifests, executor, Pod("pomona", {"app": "ingest"}), 5000
+    )  # moto's port, not moto
+
+
+def test_network_policy_can_be_turned_off(render: Render) -> None:
+    assert by_kind(render(set={"networkPolicy.enabled": "false"}), "NetworkPolicy") == []
 
 
 def test_monitoring_uses_the_prometheus_servlet_and_a_pod_monitor(render: Render) -> None:
@@ -434,4 +619,11 @@ def test_jmx_exporter_uses_the_operator_monitoring_block(render: Render) -> None
 def test_no_optional_resources_by_default(render: Render) -> None:
     kinds = {m["kind"] for m in render()}
 
-    assert kinds == {"ServiceAccount", "ConfigMap", "Role", "RoleBinding", "ScheduledSparkApplication"}
+    assert kinds == {
+        "ServiceAccount",
+        "ConfigMap",
+        "Role",
+        "RoleBinding",
+        "ScheduledSparkApplication",
+        "NetworkPolicy",
+    }

@@ -14,6 +14,7 @@ import kubernetes_validate
 import pytest
 import yaml
 from manifests import CHART, ROOT, Manifest, Render, one
+from network_policies import OUTSIDE, Pod, may_connect
 
 SCRIPT = ROOT / "scripts" / "kind-e2e.sh"
 TOOLS = ("docker", "kind", "kubectl", "helm", "pomona", "python")
@@ -178,6 +179,20 @@ def test_chart_as_installed_reaches_what_the_script_deploys(dry_run: tuple[str, 
         for c_port in container.get("ports", [])
     }
     assert port["targetPort"] in listening
+
+    # AND the job's NetworkPolicy lets its pods reach that pod there, and the API server on kind's 6443
+    ((_, moto),) = [
+        (ns, m)
+        for ns, m in deployed
+        if ns == namespace and m["kind"] == "Deployment"
+        if service["spec"]["selector"].items() <= m["spec"]["template"]["metadata"]["labels"].items()
+    ]
+    moto_pod = Pod(namespace, moto["spec"]["template"]["metadata"]["labels"])
+    release_namespace = option(install, "--namespace")
+    for role in ("driver", "executor"):
+        pod = Pod(release_namespace, spec[role]["labels"])
+        assert may_connect(manifests, pod, moto_pod, port["targetPort"])
+    assert may_connect(manifests, Pod(release_namespace, spec["driver"]["labels"]), OUTSIDE, 6443)
 
     # AND every Secret the job's pods read credentials from is one the script creates there
     secrets = {m["metadata"]["name"]: m for ns, m in deployed if ns == namespace and m["kind"] == "Secret"}

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from iam_policies import Request, Statement, decide
-from manifests import ROOT
+from manifests import ROOT, Render, one
 
 from pomona.core.resources import describe
 from pomona.core.settings import ENV_VARS
@@ -275,6 +275,23 @@ def test_irsa_trust_is_limited_to_the_jobs_service_accounts(
             f"{issuer}:aud": "sts.amazonaws.com",
         }
     }
+
+
+@pytest.mark.parametrize("account", ["", "featurize"], ids=["chart-default", "renamed"])
+def test_job_role_trusts_exactly_the_charts_driver_and_executor_accounts(
+    render: Render, account: str
+) -> None:
+    # GIVEN the chart and the stack installed with the same ServiceAccount name (the release's by default)
+    manifests = render(set={"serviceAccount.name": account} if account else {})
+    spec = one(manifests, "ScheduledSparkApplication")["spec"]["template"]
+    template = stack(JobServiceAccount=account or "pomona")
+    ((_, trust),) = [(w, s) for w, s in statements(template) if w == "JobRole trust"]
+
+    # THEN the role trusts the driver's and the executors' accounts, and no other
+    (subjects,) = [v for k, v in trust["Condition"]["StringEquals"].items() if k.endswith(":sub")]
+    assert sorted(subjects) == sorted(
+        f"system:serviceaccount:pomona:{spec[role]['serviceAccount']}" for role in ("driver", "executor")
+    )
 
 
 def test_trigger_role_only_reads_queue_depth(template: dict[str, Any]) -> None:

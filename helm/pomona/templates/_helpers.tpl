@@ -49,6 +49,15 @@ app.kubernetes.io/component: spark-job
 {{- end }}
 {{- end }}
 
+{{/* The executors': `<driver's>-executor` unless named, the driver's own when not created and not named. */}}
+{{- define "pomona.executorServiceAccountName" -}}
+{{- if .Values.executorServiceAccount.create }}
+{{- default (printf "%s-executor" (include "pomona.serviceAccountName" .)) .Values.executorServiceAccount.name }}
+{{- else }}
+{{- default (include "pomona.serviceAccountName" .) .Values.executorServiceAccount.name }}
+{{- end }}
+{{- end }}
+
 {{- define "pomona.triggerServiceAccountName" -}}
 {{- if .Values.trigger.serviceAccount.create }}
 {{- default (printf "%s-trigger" (include "pomona.fullname" .)) .Values.trigger.serviceAccount.name }}
@@ -81,6 +90,12 @@ app.kubernetes.io/component: spark-job
 {{- fail (printf "dynamicAllocation: expected minExecutors <= initialExecutors <= maxExecutors, got %d, %d, %d" (int $da.minExecutors) (int $da.initialExecutors) (int $da.maxExecutors)) }}
 {{- end }}
 {{- end }}
+{{- /* The NetworkPolicy opens spark.ports; a port moved through spark.conf would be closed. */}}
+{{- range $key := list "spark.driver.port" "spark.blockManager.port" "spark.driver.blockManager.port" }}
+{{- if hasKey $.Values.spark.conf $key }}
+{{- fail (printf "spark.conf: expected %s to be set through spark.ports (the NetworkPolicy opens those), got it in spark.conf" $key) }}
+{{- end }}
+{{- end }}
 {{- end }}
 
 {{/* Spark properties: the chart's, then `spark.conf` over them. Values are strings, as the CRD requires. */}}
@@ -89,6 +104,9 @@ app.kubernetes.io/component: spark-job
   nothing else in the cluster can talk to the driver's RPC endpoints. */}}
 {{- $conf := dict
   "spark.authenticate" "true"
+  "spark.driver.port" (toString .Values.spark.ports.driver)
+  "spark.blockManager.port" (toString .Values.spark.ports.blockManager)
+  "spark.driver.blockManager.port" (toString .Values.spark.ports.blockManager)
   "spark.python.worker.reuse" "true"
   "spark.dynamicAllocation.shuffleTracking.enabled" (toString .Values.dynamicAllocation.shuffleTrackingEnabled)
   "spark.dynamicAllocation.executorIdleTimeout" .Values.dynamicAllocation.executorIdleTimeout
@@ -138,7 +156,11 @@ cores: {{ $values.cores }}
 coreLimit: {{ $values.coreLimit | quote }}
 memory: {{ $values.memory | quote }}
 memoryOverhead: {{ $values.memoryOverhead | quote }}
+{{- if eq $role "driver" }}
 serviceAccount: {{ include "pomona.serviceAccountName" $root }}
+{{- else }}
+serviceAccount: {{ include "pomona.executorServiceAccountName" $root }}
+{{- end }}
 labels:
   {{- include "pomona.jobPodLabels" $root | nindent 2 }}
 envFrom:
