@@ -1,38 +1,55 @@
 """The commit protocol: how a batch's outputs become visible to readers all at once, or not at all.
 
   1. outputs: features and projections part files (the executors), failed images quarantined;
-  2. the PCA version `models/pca/v<N>/` (model, metadata holding the manifest to be, seen hashes, quality);
-  3. `models/pca/LATEST` moved from N-1 to N with a conditional write (a concurrent run fails here, cleanly);
+  2. the PCA version `models/pca/v<N>-<batch id>/` (model, seen hashes, quality, and metadata holding the
+     manifest to be and the parent version), each file written only if absent: no other run writes there;
+  3. `models/pca/LATEST` moved from (N-1, its batch) to (N, this batch) with a conditional write: of two runs
+     that got this far, exactly one commits; the other stops, its version uncommitted;
   4. `batches/<id>/manifest.json`;
   5. the messages deleted (the driver, `pomona.featurize.queue`).
-A crash before 3 leaves files no reader trusts; the next run's `recover` deletes them and the messages come back.
-A crash between 3 and 4 is rolled forward by `recover`, which writes the manifest from the version's metadata.
-A crash after 4 only redelivers messages, which dedupe finds committed. The run lock (`pomona.featurize.lock`)
-keeps two runs from working at once.
+A crash before 3 leaves files no reader trusts; a later run's `recover` deletes them once their run's lease has
+lapsed, and the messages come back. A crash between 3 and 4 is rolled forward by `recover`, which writes the
+manifest from the version's metadata. A crash after 4 only redelivers messages, which dedupe finds committed. The
+run lock (`pomona.featurize.lock`) keeps two runs from working at once; steps 2 and 3 hold even when it fails to.
 """
 
 from __future__ import annotations
 
 import io
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 from botocore.exceptions import ClientError
 
-from pomona.core.aws import error_code, get_json, is_missing, is_precondition_failed, put_json
+from pomona.core.aws import (
+    error_code,
+    get_json,
+    is_missing,
+    is_precondition_failed,
+    json_bytes,
+    put_json,
+)
 from pomona.core.contract import ImageMessage, QuarantineSidecar, Reason, quarantine_key, sidecar_key
-from pomona.core.outputs import manifest_key, pca_latest_key, pca_prefix
+from pomona.core.outputs import lease_key, leases_prefix, manifest_key, pca_latest_key, pca_prefix
 from pomona.core.settings import Settings
-from pomona.featurize.lock import ConcurrentRunError
-from pomona.featurize.tasks import put_parquet
+from pomona.featurize.lock import ConcurrentRunError, lease_is_live
 from pomona.ml.pca import PcaModel, PcaState, load_npz
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 log = logging.getLogger(__name__)
+
+
+class Latest(NamedTuple):
+    """`models/pca/LATEST` as read: the committed version (0: none yet), its batch (None before LATEST named one),
+    and the pointer's ETag for the conditional update."""
+
+    version: int
+    batch_id: str | None
+    etag: str | None
 
 
 class Committer:
@@ -46,19 +63,20 @@ class Committer:
 
     # -- reading the committed state
 
-    def read_latest(self) -> tuple[int, str | None]:
-        """The committed PCA version (0 when there is none yet) and the pointer's ETag for a conditional update."""
+    def read_latest(self) -> Latest:
+        """The committed PCA version (0 when there is none yet), its batch, and the pointer's ETag for a conditional
+        update."""
         found = get_json(self.s3, self.bucket, pca_latest_key(self.prefix))
         if found is None:
-            return 0, None
+            return Latest(0, None, None)
         document, etag = found
-        return int(document["version"]), etag
+        return Latest(int(document["version"]), document.get("batch_id"), etag)
 
-    def load_version(self, version: int) -> tuple[PcaState | None, set[str]]:
-        """The merge state and the hashes of every image committed up to `version`."""
-        if version == 0:
+    def load_version(self, latest: Latest) -> tuple[PcaState | None, set[str]]:
+        """The merge state and the hashes of every image committed up to `latest`."""
+        if latest.version == 0:
             return None, set()
-        base = pca_prefix(self.prefix, version)
+        base = pca_prefix(self.prefix, latest.version, latest.batch_id)
         _, state = load_npz(self.s3.get_object(Bucket=self.bucket, Key=base + "model.npz")["Body"].read())
         seen_table = pq.read_table(
             io.BytesIO(self.s3.get_object(Bucket=self.bucket, Key=base + "seen.parquet")["Body"].read())
@@ -74,8 +92,8 @@ class Committer:
     def recover(self) -> dict[str, Any] | None:
         """Finish a commit a crash interrupted after LATEST moved, and delete what uncommitted runs left; the
         committed version's metadata (None before the first commit)."""
-        version, _ = self.read_latest()
-        metadata = self._version_metadata(version) if version else None
+        latest = self.read_latest()
+        metadata = self._version_metadata(latest.version, latest.batch_id) if latest.version else None
         if metadata and not self._manifest_exists(metadata["batch_id"]):
             log.warning(
                 "Rolling forward a batch committed to LATEST without a manifest",
@@ -84,20 +102,35 @@ class Committer:
             put_json(
                 self.s3, self.bucket, manifest_key(self.prefix, metadata["batch_id"]), metadata["manifest"]
             )
-        self._delete_orphans(latest=version)
+        self._delete_orphans(latest=latest.version)
         return metadata
 
     def _delete_orphans(self, *, latest: int) -> None:
-        orphans: list[str] = []
+        """Delete the files of batches without a manifest whose run's lease has lapsed: a live run (one that took
+        over a lock it thought lapsed, say) keeps its files; it cannot commit them past LATEST anyway."""
+        by_batch: dict[str, list[str]] = {}
         for folder in ("features/", "projections/"):
             for batch_prefix in self._folders(f"{self.prefix}{folder}"):
                 batch_id = batch_prefix.rstrip("/").rsplit("batch_id=", 1)[-1]
-                if not self._manifest_exists(batch_id):
-                    orphans += self._keys(batch_prefix)
+                by_batch.setdefault(batch_id, []).extend(self._keys(batch_prefix))
         for version_prefix in self._folders(f"{self.prefix}models/pca/"):
             name = version_prefix.rstrip("/").rsplit("/", 1)[-1]
-            if name.startswith("v") and name[1:].isdigit() and int(name[1:]) > latest:
-                orphans += self._keys(version_prefix)
+            number, _, batch_id = name.removeprefix("v").partition("-")
+            if batch_id:
+                by_batch.setdefault(batch_id, []).extend(self._keys(version_prefix))
+            elif (
+                name.startswith("v") and number.isdigit() and int(number) > latest
+            ):  # before batch-named folders
+                by_batch.setdefault(name, []).extend(self._keys(version_prefix))
+        for lease in self._keys(leases_prefix(self.prefix)):
+            by_batch.setdefault(lease.rsplit("/", 1)[-1].removesuffix(".json"), []).append(lease)
+        orphans = [
+            key
+            for batch_id, keys in by_batch.items()
+            if not self._manifest_exists(batch_id)
+            and not lease_is_live(self.s3, self.bucket, lease_key(self.prefix, batch_id))
+            for key in keys
+        ]
         for start in range(0, len(orphans), 1000):
             chunk = orphans[start : start + 1000]
             self.s3.delete_objects(Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in chunk]})
@@ -137,21 +170,23 @@ class Committer:
 
     def write_version(
         self,
-        version: int,
+        latest: Latest,
+        batch_id: str,
         model: PcaModel,
         model_npz: bytes,
         seen: set[str],
         manifest: dict[str, Any],
         quality: dict[str, Any],
     ) -> None:
-        """Step 2."""
-        base = pca_prefix(self.prefix, version)
-        self.s3.put_object(Bucket=self.bucket, Key=base + "model.npz", Body=model_npz)
-        put_parquet(self.s3, self.bucket, base + "seen.parquet", pa.table({"sha256": sorted(seen)}))
-        put_json(self.s3, self.bucket, base + "quality.json", quality)
+        """Step 2: version `latest.version + 1`, in this batch's own folder, each file only if absent."""
+        version = latest.version + 1
+        base = pca_prefix(self.prefix, version, batch_id)
+        seen_file = io.BytesIO()
+        pq.write_table(pa.table({"sha256": sorted(seen)}), seen_file, compression="zstd")
         metadata = {
             "version": version,
-            "batch_id": manifest["batch_id"],
+            "batch_id": batch_id,
+            "parent": {"version": latest.version, "batch_id": latest.batch_id},
             "n_seen": model.n_seen,
             "k": model.n_components,
             "explained_variance_ratio": model.explained_variance_ratio.tolist(),
@@ -160,21 +195,25 @@ class Committer:
             "created_at": manifest["created_at"],
             "manifest": manifest,
         }
-        put_json(self.s3, self.bucket, base + "metadata.json", metadata)
+        for name, body in [
+            ("model.npz", model_npz),
+            ("seen.parquet", seen_file.getvalue()),
+            ("quality.json", json_bytes(quality)),
+            ("metadata.json", json_bytes(metadata)),
+        ]:
+            self._put_once(base + name, body)
 
-    def advance_latest(self, *, version: int, etag: str | None, batch_id: str) -> None:
-        """Step 3: point LATEST at `version`, only if nobody moved it since we read `etag`.
-
-        `batch_id` names the batch whose metadata `version` holds: it tells our own write from another run's.
-        """
+    def advance_latest(self, latest: Latest, *, batch_id: str) -> None:
+        """Step 3: point LATEST at (`latest.version + 1`, `batch_id`), only if nobody moved it since we read it."""
+        version = latest.version + 1
         try:
             put_json(
                 self.s3,
                 self.bucket,
                 pca_latest_key(self.prefix),
-                {"version": version},
-                if_none_match=etag is None,
-                if_match=etag,
+                {"version": version, "batch_id": batch_id},
+                if_none_match=latest.etag is None,
+                if_match=latest.etag,
             )
         except ClientError as err:
             if is_precondition_failed(err):
@@ -182,7 +221,7 @@ class Committer:
                     return  # our first attempt landed, its response was lost, and botocore's retry met it
                 raise ConcurrentRunError(
                     f"expected models/pca/LATEST to be unchanged since this run read it, found it moved "
-                    f"(another run committed first); version {version} is left uncommitted"
+                    f"(another run committed first); version {version} of batch {batch_id} is left uncommitted"
                 ) from err
             raise
 
@@ -200,12 +239,29 @@ class Committer:
     # -- helpers
 
     def _committed(self, *, version: int, batch_id: str) -> bool:
-        metadata = self._version_metadata(version)
-        return self.read_latest()[0] == version and (metadata or {}).get("batch_id") == batch_id
+        """Whether (version, batch_id) is LATEST or one of its ancestors: read from LATEST back through each
+        version's parent, files no other run can have written under those batch ids."""
+        current = self.read_latest()
+        at: tuple[int, str | None] = (current.version, current.batch_id)
+        while at[0] >= version and at[1] is not None:
+            if at == (version, batch_id):
+                return True
+            parent = (self._version_metadata(*at) or {}).get("parent") or {}
+            at = (int(parent.get("version", 0)), parent.get("batch_id"))
+        return False
 
-    def _version_metadata(self, version: int) -> dict[str, Any] | None:
-        found = get_json(self.s3, self.bucket, pca_prefix(self.prefix, version) + "metadata.json")
+    def _version_metadata(self, version: int, batch_id: str | None) -> dict[str, Any] | None:
+        found = get_json(self.s3, self.bucket, pca_prefix(self.prefix, version, batch_id) + "metadata.json")
         return None if found is None else found[0]
+
+    def _put_once(self, key: str, body: bytes) -> None:
+        """Write `key` only if absent. The key is this batch's alone: one already there is our own first attempt,
+        its response lost and botocore's retry refused."""
+        try:
+            self.s3.put_object(Bucket=self.bucket, Key=key, Body=body, IfNoneMatch="*")
+        except ClientError as err:
+            if not is_precondition_failed(err):
+                raise
 
     def _manifest_exists(self, batch_id: str) -> bool:
         return get_json(self.s3, self.bucket, manifest_key(self.prefix, batch_id)) is not None

@@ -26,7 +26,7 @@ import pandas as pd
 from pomona.core.aws import RETRIES
 from pomona.core.contract import ImageMessage, Reason, utc_now
 from pomona.core.errors import PomonaError
-from pomona.core.outputs import new_batch_id
+from pomona.core.outputs import lease_key, lock_key, new_batch_id
 from pomona.core.settings import Settings, injected_fault
 from pomona.featurize.commit import Committer
 from pomona.featurize.dedupe import split_duplicates
@@ -34,6 +34,7 @@ from pomona.featurize.lock import RunLock
 from pomona.featurize.partitions import partition_count, split_evenly
 from pomona.featurize.queue import Heartbeat, delete_messages, drain_queue
 from pomona.featurize.tasks import (
+    DEFERRED,
     META_COLUMNS,
     OUTCOME_SCHEMA,
     PROJECTED_SCHEMA,
@@ -83,17 +84,29 @@ class BatchResult:
 class Job:
     """One run of the featurization job against one deployment."""
 
-    def __init__(self, spark: SparkSession, settings: Settings, options: JobOptions) -> None:
+    def __init__(
+        self,
+        spark: SparkSession,
+        settings: Settings,
+        options: JobOptions,
+        *,
+        committer: Committer | None = None,
+    ) -> None:
         self.spark = spark
         self.settings = settings
         self.options = options
         self.s3: S3Client = boto3.client("s3", endpoint_url=settings.endpoint_url, config=RETRIES)
         self.sqs: SQSClient = boto3.client("sqs", endpoint_url=settings.endpoint_url, config=RETRIES)
-        self.committer = Committer(self.s3, settings)
+        self.committer = committer or Committer(self.s3, settings)
+        # Named up front: the run's lease on it exists before any of its files.
+        self.batch_id = new_batch_id(entropy=os.urandom(8))
 
     def run(self) -> BatchResult:
         started = time.monotonic()
-        lock = RunLock(self.s3, self.settings.bucket)
+        prefix = self.settings.output_prefix
+        lock = RunLock(
+            self.s3, self.settings.bucket, lock_key(prefix), lease_key=lease_key(prefix, self.batch_id)
+        )
         lock.acquire()
         # The quality probe's scikit-learn takes ~0.7 s of CPU to import. Imported while the run recovers and
         # drains the queue, mostly waiting, it is off the batch's path (`probe_quality` waits for it if needed). Only
@@ -131,19 +144,34 @@ class Job:
         if not received.messages:
             return BatchResult(manifest=None, skipped=f"no valid messages ({received.malformed} malformed)")
 
-        latest, latest_etag = self.committer.read_latest()
+        latest = self.committer.read_latest()
         stored_state, seen = self.committer.load_version(latest)
         fresh, duplicates = split_duplicates(received.messages, seen)
         if not fresh:
             self._delete([r for _, r in duplicates])
             return BatchResult(manifest=None, skipped=f"all {len(duplicates)} images already committed")
-        version, batch_id = latest + 1, new_batch_id(entropy=os.urandom(8))
+        version, batch_id = latest.version + 1, self.batch_id
 
         with timed(timings, "featurize_s"):
             outcomes = self._featurize([m for m, _ in fresh], batch_id=batch_id, version=version)
         written = outcomes[outcomes["part"].notna()]
-        failures = outcomes[outcomes["sha256"].notna()]
+        failed = outcomes[outcomes["sha256"].notna()]
+        deferred, failures = failed[failed["reason"] == DEFERRED], failed[failed["reason"] != DEFERRED]
+        # A deferred image's messages stay on the queue (duplicates within this batch too): they come back.
+        deferred_shas = set(deferred["sha256"])
+        kept = {r for m, r in received.messages if m.sha256 in deferred_shas}
+        done = [r for r in received.receipts if r not in kept]
+        heartbeat.receipts = done
         self._fault("after_features")
+        by_sha = {m.sha256: m for m, _ in fresh}
+        if written.empty:
+            for failure in failures.itertuples(index=False):
+                self.committer.quarantine(by_sha[failure.sha256], Reason(failure.reason), failure.detail)
+            self._delete(done)
+            return BatchResult(
+                manifest=None,
+                skipped=f"no image featurized: {len(failures)} quarantined, {len(deferred)} deferred",
+            )
         with timed(timings, "refit_s"):
             state = _merged(stored_state, written["state"])
             model = self._refit(state)
@@ -153,7 +181,6 @@ class Job:
             projected = self._project(parts, model_npz, batch_id=batch_id, version=version)
 
         committing = time.monotonic()
-        by_sha = {m.sha256: m for m, _ in fresh}
         for failure in failures.itertuples(index=False):
             self.committer.quarantine(by_sha[failure.sha256], Reason(failure.reason), failure.detail)
         with timed(timings, "quality_s"):
@@ -164,6 +191,7 @@ class Job:
             "duplicates": len(duplicates),
             "featurized": len(projected),
             "failed": dict(Counter(failures["reason"])),
+            "deferred": dict(Counter(deferred["error_code"])),
             "labels": dict(Counter(projected["label"])),
         }
         timings["total_s"] = time.monotonic() - started
@@ -172,14 +200,14 @@ class Job:
         # gives it a full TTL for the few writes left, so no run can take over in between.
         heartbeat.lock.renew()
         self.committer.write_version(
-            version, model, model_npz, seen | set(projected["sha256"]), manifest, quality
+            latest, batch_id, model, model_npz, seen | set(projected["sha256"]), manifest, quality
         )
         self._fault("after_pca_version")
-        self.committer.advance_latest(version=version, etag=latest_etag, batch_id=batch_id)
+        self.committer.advance_latest(latest, batch_id=batch_id)
         self._fault("after_latest")
         self.committer.write_manifest(manifest)
         self._fault("after_manifest")
-        self._delete(received.receipts)
+        self._delete(done)
         manifest["timings"]["commit_s"] = round(time.monotonic() - committing, 3)
         log.info("Batch committed", extra={"batch_id": batch_id, "pca_version": version, **counts})
         return BatchResult(manifest=manifest)
@@ -206,8 +234,6 @@ class Job:
             groups.destroy()
 
     def _refit(self, state: PcaState) -> PcaModel:
-        if state.n < 1:
-            raise PomonaError("expected at least 1 image featurized to fit a PCA, got none")
         return fit_pca_or_point(
             state,
             variance_target=self.settings.variance_target,

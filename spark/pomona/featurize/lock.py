@@ -1,4 +1,5 @@
-"""The run lock: a lease in S3 that keeps two featurization runs from working at once."""
+"""The run lock: a lease in S3 that keeps two featurization runs from working at once; and each run's own lease
+on its batch's files, which outlives a takeover of the lock so that recovery never deletes a live run's files."""
 
 from __future__ import annotations
 
@@ -19,7 +20,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-LOCK_KEY = "locks/featurize.json"
 LOCK_TTL = timedelta(minutes=30)
 
 
@@ -39,12 +39,18 @@ class RunLock:
 
     s3: S3Client
     bucket: str
-    key: str = LOCK_KEY
+    key: str  # pomona.core.outputs.lock_key
+    # The run's lease on its batch (pomona.core.outputs.lease_key), written and renewed while the lock is ours.
+    lease_key: str | None = None
     owner: str = field(default_factory=lambda: uuid.uuid4().hex)
     etag: str | None = None
 
     def acquire(self, now: datetime | None = None) -> None:
         now = now or datetime.now(UTC)
+        self._take(now)
+        self._write_lease(now)
+
+    def _take(self, now: datetime) -> None:
         try:
             self.etag = put_json(self.s3, self.bucket, self.key, self._document(now), if_none_match=True)
             return
@@ -72,10 +78,13 @@ class RunLock:
         raise ConcurrentRunError("expected to take the run lock, another run took it at the same moment")
 
     def renew(self, now: datetime | None = None) -> None:
+        now = now or datetime.now(UTC)
+        self._renew(now)
+        self._write_lease(now)
+
+    def _renew(self, now: datetime) -> None:
         try:
-            self.etag = put_json(
-                self.s3, self.bucket, self.key, self._document(now or datetime.now(UTC)), if_match=self.etag
-            )
+            self.etag = put_json(self.s3, self.bucket, self.key, self._document(now), if_match=self.etag)
         except ClientError as err:
             # S3 answers a conditional write to a key that is gone with 404: the lock was deleted under us.
             if not (is_precondition_failed(err) or is_missing(err)):
@@ -89,12 +98,20 @@ class RunLock:
         """Delete the lock if it is still ours: a run that lost it must not free the run that took it over.
 
         The conditional renewal first makes it ours for a full TTL, so no run can take it over before the delete.
+        The run's lease goes either way: the run is over, and what it left uncommitted is recovery's to delete.
         """
         try:
-            self.renew()
+            self._renew(datetime.now(UTC))
+            self.s3.delete_object(Bucket=self.bucket, Key=self.key)
         except ConcurrentRunError:
-            return
-        self.s3.delete_object(Bucket=self.bucket, Key=self.key)
+            pass
+        finally:
+            if self.lease_key is not None:
+                self.s3.delete_object(Bucket=self.bucket, Key=self.lease_key)
+
+    def _write_lease(self, now: datetime) -> None:
+        if self.lease_key is not None:  # the key is this run's alone: no condition needed
+            put_json(self.s3, self.bucket, self.lease_key, self._document(now))
 
     def _holder(self) -> tuple[Holder, str] | None:
         """Who holds the lock until when, and the document's ETag; None when there is no lock.
@@ -127,3 +144,19 @@ class RunLock:
             "acquired_at": now.isoformat(),
             "expires_at": (now + LOCK_TTL).isoformat(),
         }
+
+
+def lease_is_live(s3: S3Client, bucket: str, key: str, now: datetime | None = None) -> bool:
+    """Whether the run lease at `key` is held: written by a run that renewed it within its TTL. A lease that cannot
+    be read as one counts as live until its TTL has passed since it was written, as a malformed lock does."""
+    try:
+        response = s3.get_object(Bucket=bucket, Key=key)
+    except ClientError as err:
+        if is_missing(err):
+            return False
+        raise
+    try:
+        expires_at = datetime.fromisoformat(json.loads(response["Body"].read())["expires_at"])
+    except (ValueError, KeyError, TypeError):
+        expires_at = response["LastModified"] + LOCK_TTL
+    return expires_at > (now or datetime.now(UTC))

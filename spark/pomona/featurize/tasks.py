@@ -14,14 +14,14 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import boto3
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from pomona.core.aws import RETRIES, error_code, is_missing
 from pomona.core.contract import Reason
@@ -42,16 +42,29 @@ CHUNK = 64  # images decoded and featurized together in an executor
 FETCH_THREADS = 8  # concurrent GETs per Python worker: S3 latency hides behind the model
 META_COLUMNS = ("sha256", "key", "label", "version_id", "etag", "bucket")
 # What a partition of the featurize pass tells the driver, besides the features part file it wrote: one row per
-# image that failed (sha256, reason, detail), and one row for that part file (its number, and the PCA statistics
-# of its features). The features themselves stay in S3, where the projection pass reads them back: they never
-# travel through Spark.
-OUTCOME_SCHEMA = "sha256 string, reason string, detail string, part int, state binary"
+# image that failed (sha256, reason, detail, and the S3 error code of a deferred one), and one row for that part
+# file (its number, and the PCA statistics of its features). The features themselves stay in S3, where the
+# projection pass reads them back: they never travel through Spark.
+OUTCOME_SCHEMA = "sha256 string, reason string, detail string, error_code string, part int, state binary"
 OUTCOME_COLUMNS = [field.split()[0] for field in OUTCOME_SCHEMA.split(", ")]
 PROJECTED_SCHEMA = "sha256 string, label string, projection array<float>"
+# Not a `Reason`: the image's message is left on the queue, so it comes back (and reaches the DLQ after the queue's
+# receive limit); one image's access or throttling error never fails its task, nor its batch.
+DEFERRED = "deferred"
 
 
-def fetch_image(s3: S3Client, row: Any) -> tuple[bytes | None, Reason | None, str]:
-    """The exact bytes the message names, or why they cannot be had (gone, or changed since validation)."""
+class Fetched(NamedTuple):
+    """An image's bytes, or why there are none: a `Reason` to quarantine it, or DEFERRED with the S3 error code."""
+
+    body: bytes | None
+    reason: str | None = None
+    detail: str = ""
+    error_code: str | None = None
+
+
+def fetch_image(s3: S3Client, row: Any) -> Fetched:
+    """The exact bytes the message names, or why they cannot be had: gone or changed since validation (for good),
+    or an error of the moment (access denied, throttled, a 5xx after botocore's retries: deferred)."""
     try:
         body = s3.get_object(Bucket=row.bucket, Key=row.key, VersionId=row.version_id, IfMatch=row.etag)[
             "Body"
@@ -59,18 +72,26 @@ def fetch_image(s3: S3Client, row: Any) -> tuple[bytes | None, Reason | None, st
     except ClientError as err:
         code = error_code(err)
         if code in {"PreconditionFailed", "412"}:
-            return None, Reason.OBJECT_CHANGED, f"expected ETag {row.etag}, found another"
-        if is_missing(err) or code in {"NoSuchVersion", "InvalidArgument", "400"}:
-            return (
-                None,
-                Reason.OBJECT_GONE,
-                f"expected version {row.version_id} of {row.key}, found none ({code})",
-            )
-        raise
+            return Fetched(None, Reason.OBJECT_CHANGED, f"expected ETag {row.etag}, found another")
+        if is_missing(err) or code == "NoSuchVersion":
+            detail = f"expected version {row.version_id} of {row.key}, found none ({code})"
+            return Fetched(None, Reason.OBJECT_GONE, detail)
+        # 403 included: an IAM or bucket-policy mistake must not be taken for a missing object.
+        return _deferred(row, code or "ClientError", err)
+    except BotoCoreError as err:  # the connection failed through every retry
+        return _deferred(row, type(err).__name__, err)
     digest = hashlib.sha256(body).hexdigest()
     if digest != row.sha256:
-        return None, Reason.OBJECT_CHANGED, f"expected sha256 {row.sha256}, got {digest}"
-    return body, None, ""
+        return Fetched(None, Reason.OBJECT_CHANGED, f"expected sha256 {row.sha256}, got {digest}")
+    return Fetched(body)
+
+
+def _deferred(row: Any, code: str, err: Exception) -> Fetched:
+    log.warning(
+        "Image deferred: its GET failed",
+        extra={"key": row.key, "version_id": row.version_id, "error_code": code},
+    )
+    return Fetched(None, DEFERRED, f"GET {row.key} version {row.version_id} failed: {err}", code)
 
 
 def featurize_partitions(
@@ -149,7 +170,7 @@ def _featurize_group(
             ignore_index=True,
         )
     ok = result[result["reason"].isna()]
-    outcomes = [result.loc[result["reason"].notna(), ["sha256", "reason", "detail"]]]
+    outcomes = [result.loc[result["reason"].notna(), ["sha256", "reason", "detail", "error_code"]]]
     if len(ok):
         vectors = [np.asarray(f, dtype=np.float32) for f in ok["features"]]
         table = _part_table(
@@ -167,9 +188,9 @@ def _featurize_group(
 
 def _fetch_ahead(
     s3: S3Client, chunks: Iterator[pd.DataFrame], pool: ThreadPoolExecutor
-) -> Iterator[tuple[pd.DataFrame, list[tuple[bytes | None, Reason | None, str]]]]:
+) -> Iterator[tuple[pd.DataFrame, list[Fetched]]]:
     """Each chunk with its images fetched, the next chunk's GETs in flight while the caller works on this one."""
-    ahead: tuple[pd.DataFrame, list[Future[tuple[bytes | None, Reason | None, str]]]] | None = None
+    ahead: tuple[pd.DataFrame, list[Future[Fetched]]] | None = None
     for chunk in itertools.chain(chunks, [None]):
         current = ahead
         if chunk is not None:
@@ -179,43 +200,28 @@ def _fetch_ahead(
 
 
 def _featurize_chunk(
-    chunk: pd.DataFrame,
-    fetched: list[tuple[bytes | None, Reason | None, str]],
-    featurizer: Any,
-    limits: DecodeLimits,
+    chunk: pd.DataFrame, fetched: list[Fetched], featurizer: Any, limits: DecodeLimits
 ) -> pd.DataFrame:
-    rows = list(chunk.itertuples(index=False))
-    images = [body for body, _, _ in fetched if body is not None]
-    batch, decode_errors = preprocess_batch(images, limits)
-    features = iter(featurizer(batch))
-    decode_iter = iter(decode_errors)
-    out_features: list[np.ndarray | None] = []
-    reasons: list[str | None] = []
-    details: list[str | None] = []
-    for body, reason, detail in fetched:
-        if body is None:
-            out_features.append(None)
-            reasons.append(reason.value if reason else Reason.OBJECT_GONE.value)
-            details.append(detail)
-            continue
-        error = next(decode_iter)
-        if error is not None:
-            out_features.append(None)
-            reasons.append(Reason.DECODE_FAILED.value)
-            details.append(error)
+    """One row per image: its features, or the reason (and detail, error code) it has none."""
+    batch, decode_errors = preprocess_batch([f.body for f in fetched if f.body is not None], limits)
+    features, decode_iter = iter(featurizer(batch)), iter(decode_errors)
+    outcomes: list[tuple[np.ndarray | None, str | None, str | None, str | None]] = []
+    for f in fetched:
+        error = None if f.body is None else next(decode_iter)
+        if f.body is None:
+            outcomes.append((None, f.reason, f.detail, f.error_code))
+        elif error is not None:
+            outcomes.append((None, Reason.DECODE_FAILED, error, None))
         else:
-            out_features.append(next(features))
-            reasons.append(None)
-            details.append(None)
+            outcomes.append((next(features), None, None, None))
+    vectors, reasons, details, codes = zip(*outcomes, strict=True) if outcomes else ((), (), (), ())
     return pd.DataFrame(
         {
-            "sha256": [r.sha256 for r in rows],
-            "key": [r.key for r in rows],
-            "label": [r.label for r in rows],
-            "version_id": [r.version_id for r in rows],
-            "features": out_features,
-            "reason": reasons,
-            "detail": details,
+            **{c: list(chunk[c]) for c in ("sha256", "key", "label", "version_id")},
+            "features": list(vectors),
+            "reason": [None if r is None else str(r) for r in reasons],
+            "detail": list(details),
+            "error_code": list(codes),
         }
     )
 

@@ -41,6 +41,11 @@ def get_json(s3: S3Client, bucket: str, key: str) -> tuple[dict[str, Any], str] 
     return json.loads(response["Body"].read()), response["ETag"]
 
 
+def json_bytes(document: dict[str, Any]) -> bytes:
+    """A JSON document as every Pomona writer stores it: indented, keys sorted, UTF-8."""
+    return json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False).encode()
+
+
 def put_json(
     s3: S3Client,
     bucket: str,
@@ -59,7 +64,7 @@ def put_json(
     response = s3.put_object(
         Bucket=bucket,
         Key=key,
-        Body=json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False).encode(),
+        Body=json_bytes(document),
         ContentType="application/json",
         **conditions,  # type: ignore[arg-type]
     )

@@ -1,7 +1,8 @@
 """The featurization job's outputs in S3: their layout, and the one reader of what was committed.
 
 Layout, under `Settings.output_prefix`: `features/batch_id=<id>/part-N.parquet`, `projections/…` likewise,
-`models/pca/v<N>/` (model.npz, metadata.json, quality.json, …), `models/pca/LATEST`, `batches/<id>/manifest.json`.
+`models/pca/v<N>-<batch id>/` (model.npz, metadata.json, quality.json, …), `models/pca/LATEST` (the committed
+version and its batch), `batches/<id>/manifest.json`, and the job's leases under `locks/`.
 Readers trust only committed batches: those with a manifest, and only the part files their manifest lists.
 
 `CommittedOutputs` reads them from the bucket (`S3Files`) or from a folder that mirrors it (`FolderFiles`, the
@@ -56,12 +57,32 @@ def manifest_key(prefix: str, batch_id: str) -> str:
     return f"{prefix}batches/{batch_id}/manifest.json"
 
 
-def pca_prefix(prefix: str, version: int) -> str:
-    return f"{prefix}models/pca/v{version}/"
+def pca_prefix(prefix: str, version: int, batch_id: str | None) -> str:
+    """PCA version `version` as batch `batch_id` wrote it: a folder no other run can write to, so a run that lost
+    the race for LATEST never overwrites the committed version (`v<N>/` alone before batch ids named it)."""
+    return (
+        f"{prefix}models/pca/v{version}/"
+        if batch_id is None
+        else f"{prefix}models/pca/v{version}-{batch_id}/"
+    )
 
 
 def pca_latest_key(prefix: str) -> str:
     return f"{prefix}models/pca/LATEST"
+
+
+def lock_key(prefix: str) -> str:
+    """The run lock: one featurization run at a time per output prefix."""
+    return f"{prefix}locks/featurize.json"
+
+
+def leases_prefix(prefix: str) -> str:
+    """Each run's own lease on its batch's files, which recovery leaves alone while it is live."""
+    return f"{prefix}locks/runs/"
+
+
+def lease_key(prefix: str, batch_id: str) -> str:
+    return f"{leases_prefix(prefix)}{batch_id}.json"
 
 
 # -- where outputs are read from ---------------------------------------------------------------------------------
@@ -157,11 +178,19 @@ class CommittedOutputs:
         return int(latest["version"]) if latest else 0
 
     def version_file(self, version: int, name: str) -> bytes | None:
-        """A file of PCA version `version` (`model.npz`, `quality.json`, `metadata.json`, …)."""
-        return self.files.read(pca_prefix(self.prefix, version) + name)
+        """A file of committed PCA version `version` (`model.npz`, `quality.json`, `metadata.json`, …)."""
+        return self.files.read(self._version_prefix(version) + name)
 
     def version_json(self, version: int, name: str) -> dict[str, Any] | None:
-        return self._json(pca_prefix(self.prefix, version) + name)
+        return self._json(self._version_prefix(version) + name)
+
+    def _version_prefix(self, version: int) -> str:
+        """The folder of the committed `version`: LATEST names its batch, a manifest any earlier one's."""
+        latest = self._json(pca_latest_key(self.prefix)) or {}
+        if latest.get("version") == version:
+            return pca_prefix(self.prefix, version, latest.get("batch_id"))
+        batch_ids = [m["batch_id"] for m in self.manifests() if m["pca_version"] == version]
+        return pca_prefix(self.prefix, version, batch_ids[-1] if batch_ids else None)
 
     def read_parts(
         self, kind: str, columns: Sequence[str], manifests: Sequence[dict[str, Any]] | None = None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import re
 import signal
 import threading
@@ -16,12 +17,15 @@ from datetime import timedelta
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from pomona.core.errors import PomonaError, SettingsError
 from pomona.core.queues import queue_depth
+from pomona.core.settings import Settings
 from pomona.local.poller import EventSourcePoller
 from pomona.local.stack import EmbeddedStack
 
+log = logging.getLogger(__name__)
 _INTERVAL = re.compile(r"(\d+)([smh])")
 
 
@@ -65,24 +69,36 @@ def serve(stack: EmbeddedStack, *, every: timedelta, workers: int, console: Cons
                 next_run = time.monotonic() + every.total_seconds()
                 if _backlog(stack) > 0:
                     spark = spark or spark_session(f"local[{workers}]", app_name="pomona-local")
-                    try:
-                        result = run_job(spark, settings)
-                    except (
-                        PomonaError
-                    ) as err:  # a failed run is retried at the next tick, as the operator would
-                        console.print(f"[bold red]run failed:[/] {err}")
-                        continue
-                    console.print(
-                        f"batch {result.manifest['batch_id']} committed: PCA v{result.manifest['pca_version']}"
-                        if result.manifest
-                        else f"no batch committed: {result.skipped}"
-                    )
+                    console.print(_run_once(spark, settings, run_job))
             if not stats.received:
                 stop.wait(1.0)
+    except (
+        KeyboardInterrupt
+    ):  # pyspark's own SIGINT handler (once Spark has started) cancels the run and raises
+        pass
     finally:
         if spark is not None:
             spark.stop()
         console.print("stopped")
+
+
+def _run_once(spark: Any, settings: Settings, run_job: Any) -> str:
+    """One scheduled run, told in one line. A failed run is the stack's news, never its end: its messages come
+    back and the next tick retries them, as the schedule would on a cluster."""
+    try:
+        result = run_job(spark, settings)
+    except Exception as err:  # whatever the cause: the stack stays up, and says why
+        log.debug("Scheduled run failed", exc_info=True)
+        return f"[bold red]run failed:[/] {escape(_one_line(err))}"
+    if result.manifest is None:
+        return f"no batch committed: {result.skipped}"
+    return f"batch {result.manifest['batch_id']} committed: PCA v{result.manifest['pca_version']}"
+
+
+def _one_line(err: Exception) -> str:
+    """Our errors say what was expected and found; anyone else's get their type named too."""
+    first = next(iter(str(err).splitlines()), "")
+    return first if isinstance(err, PomonaError) and first else f"{type(err).__name__}: {first}"
 
 
 def _backlog(stack: EmbeddedStack) -> int:

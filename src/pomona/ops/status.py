@@ -39,6 +39,8 @@ def collect_status(s3: S3Client, sqs: SQSClient, settings: Settings, *, last: in
                 "k": m["k"],
                 "featurized": m["counts"]["featurized"],
                 "failed": sum(m["counts"]["failed"].values()),
+                # Left on the queue for redelivery, by S3 error code (manifests before deferral have none).
+                "deferred": m["counts"].get("deferred", {}),
                 "duplicates": m["counts"]["duplicates"],
                 "accuracy": (m.get("quality") or {}).get("accuracy"),
                 "net_revenue_per_1000": (m.get("quality") or {}).get("net_revenue_per_1000"),

@@ -22,6 +22,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -35,11 +36,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from pomona.core.aws import get_json, put_json
-from pomona.core.outputs import CommittedOutputs, pca_prefix
+from pomona.core.outputs import CommittedOutputs, leases_prefix, lock_key, pca_latest_key, pca_prefix
 from pomona.core.settings import Settings
-from pomona.featurize.driver import BatchResult, JobOptions, run_job
+from pomona.featurize.commit import Committer
+from pomona.featurize.driver import BatchResult, Job, JobOptions, run_job
 from pomona.featurize.entry import EXIT_CONCURRENT_RUN
-from pomona.featurize.lock import LOCK_KEY, RunLock
+from pomona.featurize.lock import ConcurrentRunError, RunLock
 from pomona.ingest import handler
 from pomona.local.poller import EventSourcePoller
 from pomona.local.stack import LOCAL_ENV
@@ -191,18 +193,29 @@ def _column(settings: Settings, keys: list[str], column: str) -> list[Any]:
     return values
 
 
-def _expire_lock(settings: Settings) -> dict[str, Any]:
-    """Move the dead run's lock past its TTL, as 30 minutes of waiting would; returns the lock as found.
+def _expire_lock(settings: Settings, *, leases: bool = True) -> dict[str, Any]:
+    """Move the dead run's lock (and with `leases`, every run lease) past its TTL, as 30 minutes of waiting would;
+    returns the lock as found.
 
     This is the production recovery path (the next run takes over an expired lock), with the clock advanced;
     deleting the lock would skip the takeover code.
     """
     s3 = boto3.client("s3")
-    found = get_json(s3, settings.bucket, LOCK_KEY)
+    found = get_json(s3, settings.bucket, lock_key(settings.output_prefix))
     assert found is not None, "expected the killed run to still hold the run lock, found none"
     holder, etag = found
     expired = (datetime.now(UTC) - timedelta(seconds=1)).isoformat()
-    put_json(s3, settings.bucket, LOCK_KEY, {**holder, "expires_at": expired}, if_match=etag)
+    put_json(
+        s3,
+        settings.bucket,
+        lock_key(settings.output_prefix),
+        {**holder, "expires_at": expired},
+        if_match=etag,
+    )
+    for key in _keys(settings, leases_prefix(settings.output_prefix)) if leases else []:
+        lease = get_json(s3, settings.bucket, key)
+        assert lease is not None
+        put_json(s3, settings.bucket, key, {**lease[0], "expires_at": expired})
     return holder
 
 
@@ -217,8 +230,10 @@ def _assert_committed_exactly_once(settings: Settings, shas: frozenset[str]) -> 
     assert Counter(_column(settings, projections, "sha256")) == Counter(shas)
     # The PCA the readers use has seen each image once.
     version = CommittedOutputs.in_bucket(s3, settings).latest_version()
+    committed = max(manifests, key=lambda m: int(m["pca_version"]))
     model_npz = s3.get_object(
-        Bucket=settings.bucket, Key=pca_prefix(settings.output_prefix, version) + "model.npz"
+        Bucket=settings.bucket,
+        Key=pca_prefix(settings.output_prefix, version, committed["batch_id"]) + "model.npz",
     )
     _, state = load_npz(model_npz["Body"].read())
     assert state.n == len(shas)
@@ -231,8 +246,8 @@ def _assert_committed_exactly_once(settings: Settings, shas: frozenset[str]) -> 
     assert sorted(_keys(settings, "features/")) == sorted(features)
     assert sorted(_keys(settings, "projections/")) == sorted(projections)
     versions = {k.split("/")[2] for k in _keys(settings, "models/pca/v")}
-    assert versions == {f"v{m['pca_version']}" for m in manifests}
-    assert get_json(s3, settings.bucket, LOCK_KEY) is None
+    assert versions == {f"v{m['pca_version']}-{m['batch_id']}" for m in manifests}
+    assert _keys(settings, "locks/") == []  # the run lock and every run's lease released
     return manifests
 
 
@@ -290,7 +305,7 @@ def test_two_runs_started_at_once_commit_once(
     assert "Traceback" not in lost_log
     (manifest,) = CommittedOutputs.in_bucket(boto3.client("s3"), settings).manifests()
     assert _batch_ids(settings) == {manifest["batch_id"]}
-    assert {k.split("/")[2] for k in _keys(settings, "models/pca/v")} == {"v1"}
+    assert {k.split("/")[2] for k in _keys(settings, "models/pca/v")} == {f"v1-{manifest['batch_id']}"}
 
     # AND a later run finds nothing left to do: every image is committed exactly once
     (later,) = _run_until_drained(spark, settings, job_options)
@@ -307,13 +322,13 @@ def test_a_run_whose_lock_was_taken_over_commits_nothing(
     # GIVEN a run that has taken the lock and is working
     process = _start_job(settings, short_visibility=True)
     deadline = time.monotonic() + JOB_TIMEOUT_S
-    while get_json(s3, settings.bucket, LOCK_KEY) is None and process.poll() is None:
+    while get_json(s3, settings.bucket, lock_key(settings.output_prefix)) is None and process.poll() is None:
         assert time.monotonic() < deadline, "expected the run to take the lock"
         time.sleep(0.2)
 
     # WHEN its lease lapses (as if its heartbeat had failed for the whole TTL) and another run takes over
     _expire_lock(settings)
-    other = RunLock(s3, settings.bucket)
+    other = RunLock(s3, settings.bucket, lock_key(settings.output_prefix))
     other.acquire()
     code, output = _finish(process)
 
@@ -321,10 +336,75 @@ def test_a_run_whose_lock_was_taken_over_commits_nothing(
     assert code == EXIT_CONCURRENT_RUN, output[-3000:]
     assert CommittedOutputs.in_bucket(s3, settings).manifests() == []
     assert _keys(settings, "models/") == []
-    assert get_json(s3, settings.bucket, LOCK_KEY) == (ANY, other.etag)
+    assert get_json(s3, settings.bucket, lock_key(settings.output_prefix)) == (ANY, other.etag)
 
     # AND once the other run is done, clean runs commit every image exactly once
     other.release()
+    _run_until_drained(spark, settings, job_options)
+    _assert_committed_exactly_once(settings, uploaded.shas)
+
+
+class HeldBeforeItsVersion(Committer):
+    """A run's committer that stops before step 2 until told to go on: a run past its fencing, slowed down."""
+
+    def __init__(self, s3: Any, settings: Settings) -> None:
+        super().__init__(s3, settings)
+        self.reached, self.go_on = threading.Event(), threading.Event()
+
+    def write_version(self, *args: Any, **kwargs: Any) -> None:
+        self.reached.set()
+        assert self.go_on.wait(JOB_TIMEOUT_S), "expected the test to let the held run go on"
+        super().write_version(*args, **kwargs)
+
+
+def test_two_runs_past_the_lock_commit_once_and_recovery_spares_the_live_ones_files(
+    spark: Any, uploaded: Uploaded, job_options: JobOptions
+) -> None:
+    settings = uploaded.settings
+    s3 = boto3.client("s3")
+
+    # GIVEN run A, holding 7 of the 13 messages, stopped after its fencing renewal, just before its PCA version
+    held = HeldBeforeItsVersion(s3, settings)
+    a = Job(
+        spark,
+        settings.replace(max_images=7),
+        dataclasses.replace(job_options, visibility_timeout_s=30),
+        committer=held,
+    )
+    pool = ThreadPoolExecutor(1, thread_name_prefix="run-a")
+    running_a = pool.submit(a.run)
+    assert held.reached.wait(JOB_TIMEOUT_S), "expected run A to reach its commit"
+
+    # WHEN the lock fails to exclude (its lease is made to look lapsed, A's own run lease is live), and run B
+    # takes it over, recovers, and commits the rest of the queue
+    _expire_lock(settings, leases=False)
+    b = run_job(spark, settings, job_options)
+    assert b.manifest is not None
+    assert a.batch_id in _batch_ids(settings), (
+        "expected B's recovery to leave A's files be: A's lease is live"
+    )
+
+    # AND A goes on, past the lock, to write its version and move LATEST
+    held.go_on.set()
+    failed = running_a.exception(timeout=JOB_TIMEOUT_S)
+    pool.shutdown()
+
+    # THEN A's conditional write to LATEST fails: exactly one of the two commits, and B's version is untouched
+    assert isinstance(failed, ConcurrentRunError), failed
+    (manifest,) = CommittedOutputs.in_bucket(s3, settings).manifests()
+    assert manifest["batch_id"] == b.manifest["batch_id"]
+    latest = get_json(s3, settings.bucket, pca_latest_key(settings.output_prefix))
+    assert latest is not None
+    assert latest[0] == {"version": 1, "batch_id": b.manifest["batch_id"]}
+    versions = {k.split("/")[2] for k in _keys(settings, "models/pca/v")}
+    assert versions == {f"v1-{b.manifest['batch_id']}", f"v1-{a.batch_id}"}
+    model_npz = s3.get_object(
+        Bucket=settings.bucket,
+        Key=pca_prefix(settings.output_prefix, 1, b.manifest["batch_id"]) + "model.npz",
+    )
+    assert load_npz(model_npz["Body"].read())[1].n == b.manifest["counts"]["featurized"]
+
+    # AND once A's messages come back, clean runs commit every image exactly once; A's files are gone
     _run_until_drained(spark, settings, job_options)
     _assert_committed_exactly_once(settings, uploaded.shas)
 
@@ -337,6 +417,10 @@ class Fault(enum.Enum):
     SERVER_ERROR = "server_error"  # 500 InternalError
     RESET = "reset"  # the connection is reset before the request reaches the service
     LOST_RESPONSE = "lost_response"  # the service does the work, then the connection is reset
+    DENIED = "denied"  # 403 AccessDenied: an IAM or bucket-policy mistake, until someone fixes it
+
+
+TRANSIENT = (Fault.THROTTLE, Fault.SERVER_ERROR, Fault.RESET, Fault.LOST_RESPONSE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -350,7 +434,7 @@ class Call:
 Plan = Callable[[Call], Fault | None]
 
 
-def every_kth(k: dict[str, int], faults: tuple[Fault, ...] = tuple(Fault)) -> Plan:
+def every_kth(k: dict[str, int], faults: tuple[Fault, ...] = TRANSIENT) -> Plan:
     """Every `k[service]`-th request to that service fails, the faults taken in turn."""
     turn = itertools.cycle(faults)
     counts: Counter[str] = Counter()
@@ -448,7 +532,7 @@ def _handler_for(proxy: FlakyProxy) -> type[BaseHTTPRequestHandler]:
             if fault is Fault.RESET:
                 self._reset()
                 return
-            if fault in {Fault.THROTTLE, Fault.SERVER_ERROR}:
+            if fault in {Fault.THROTTLE, Fault.SERVER_ERROR, Fault.DENIED}:
                 self._error(fault, service)
                 return
             upstream = http.client.HTTPConnection(*proxy.upstream, timeout=60)
@@ -474,7 +558,11 @@ def _handler_for(proxy: FlakyProxy) -> type[BaseHTTPRequestHandler]:
                 self.wfile.write(data)
 
         def _error(self, fault: Fault, service: str) -> None:
-            status, code = (503, "SlowDown") if fault is Fault.THROTTLE else (500, "InternalError")
+            status, code = {
+                Fault.THROTTLE: (503, "SlowDown"),
+                Fault.SERVER_ERROR: (500, "InternalError"),
+                Fault.DENIED: (403, "AccessDenied"),
+            }[fault]
             if service == "sqs":
                 if fault is Fault.THROTTLE:
                     status, code = 400, "RequestThrottled"
@@ -511,7 +599,7 @@ def test_transient_errors_are_retried_and_commit_every_image_once(
 
     # THEN faults of every kind hit both driver and executors, and still every image is committed once
     kinds = Counter(fault for fault, _ in proxy.injected)
-    assert set(kinds) == set(Fault), kinds
+    assert set(kinds) == set(TRANSIENT), kinds
     assert {call.service for _, call in proxy.injected} == {"s3", "sqs"}
     executors = [c for _, c in proxy.injected if "versionId=" in c.path or "/part-" in c.path]
     assert executors, "expected faults in the Spark workers' requests too"
@@ -539,4 +627,39 @@ def test_a_conditional_write_whose_response_was_lost_is_not_a_conflict(
     assert len(proxy.injected) == 4, [(c.number, c.method, c.path) for _, c in proxy.injected]
     assert result.manifest is not None
     assert not [r for r in caplog.records if r.getMessage() == "Heartbeat failed"]
+    _assert_committed_exactly_once(settings, uploaded.shas)
+
+
+def test_an_image_denied_access_is_deferred_while_the_rest_of_its_batch_commits(
+    spark: Any, uploaded: Uploaded, job_options: JobOptions
+) -> None:
+    settings = uploaded.settings
+    denied_key = f"uploads/{SYNTHETIC_LABELS[2]}/img_5.jpg"
+    fixed = threading.Event()
+
+    def deny_one_image(call: Call) -> Fault | None:
+        is_its_get = call.method == "GET" and call.path.split("?")[0].endswith(denied_key)
+        return Fault.DENIED if is_its_get and not fixed.is_set() else None
+
+    # GIVEN a bucket policy that denies the job one image's GET (S3 answers 403 AccessDenied)
+    with FlakyProxy(settings.endpoint_url or "", deny_one_image) as proxy:
+        denied = settings.replace(endpoint_url=proxy.url)
+        options = dataclasses.replace(job_options, visibility_timeout_s=SHORT_VISIBILITY_S)
+
+        # WHEN the job runs
+        first = run_job(spark, denied, options)
+
+        # THEN every other image commits; the denied one is counted by its error code, neither quarantined nor
+        # deleted: its message comes back once its visibility timeout passes
+        assert proxy.injected, "expected the proxy to deny the image's GET"
+        assert first.manifest is not None
+        assert first.manifest["counts"]["featurized"] == len(uploaded.shas) - 1
+        assert first.manifest["counts"]["deferred"] == {"AccessDenied": 1}
+        assert first.manifest["counts"]["failed"] == {}
+        assert sum(_queue_depth(settings)) == 1
+        assert _keys(settings, settings.quarantine_prefix) == []
+
+        # AND once access is fixed, the next run commits it, and every image is committed exactly once
+        fixed.set()
+        _run_until_drained(spark, denied, options)
     _assert_committed_exactly_once(settings, uploaded.shas)

@@ -89,10 +89,12 @@ def test_queue_to_committed_outputs(spark: object, ingest: Settings, job_options
         "duplicates": 0,
         "featurized": 24,
         "failed": {},
+        "deferred": {},
         "labels": {"Apple Red": 8, "Banana": 8, "Lime": 8},
     }
     assert json.loads(s3.get_object(Bucket=ingest.bucket, Key=pca_latest_key(""))["Body"].read()) == {
-        "version": 1
+        "version": 1,
+        "batch_id": manifest["batch_id"],
     }
     features = _read_parquet(ingest, stored["files"]["features"])
     assert sorted(features["key"]) == sorted(images)  # type: ignore[type-var]
@@ -101,7 +103,9 @@ def test_queue_to_committed_outputs(spark: object, ingest: Settings, job_options
     projections = _read_parquet(ingest, stored["files"]["projections"])
     assert {len(p) for p in projections["projection"]} == {stored["k"]}  # type: ignore[arg-type]
     metadata = json.loads(
-        s3.get_object(Bucket=ingest.bucket, Key=pca_prefix("", 1) + "metadata.json")["Body"].read()
+        s3.get_object(Bucket=ingest.bucket, Key=pca_prefix("", 1, manifest["batch_id"]) + "metadata.json")[
+            "Body"
+        ].read()
     )
     assert metadata["n_seen"] == 24
     assert metadata["weights_id"] == "random"
@@ -174,6 +178,7 @@ def test_duplicates_poison_and_malformed(spark: object, ingest: Settings, job_op
         "duplicates": 1,
         "featurized": 7,
         "failed": {Reason.DECODE_FAILED.value: 1},
+        "deferred": {},
         "labels": {"Plum": 1, "Apple Red": 2, "Banana": 2, "Lime": 2},
     }
     target = quarantine_key(Reason.DECODE_FAILED, poison.key, quarantine_prefix=ingest.quarantine_prefix)
@@ -201,7 +206,9 @@ def test_two_runs_accumulate_into_one_shot_pca(
     one_shot = fit_pca(PcaState.from_rows(features), n_components=second["k"])
     s3 = boto3.client("s3")
     model, state = load_npz(
-        s3.get_object(Bucket=ingest.bucket, Key=pca_prefix("", 2) + "model.npz")["Body"].read()
+        s3.get_object(Bucket=ingest.bucket, Key=pca_prefix("", 2, second["batch_id"]) + "model.npz")[
+            "Body"
+        ].read()
     )
 
     # THEN the incremental model is the one-shot model
@@ -250,9 +257,9 @@ def test_a_run_with_another_model_refuses_before_receiving_anything(
     # THEN nothing was received or committed: the messages wait, visible, for a run with the committed model
     assert queue_depth(boto3.client("sqs"), ingest.images_queue_url) == {"visible": queued, "in_flight": 0}
     s3 = boto3.client("s3")
-    assert json.loads(s3.get_object(Bucket=ingest.bucket, Key=pca_latest_key(""))["Body"].read()) == {
-        "version": 1
-    }
+    assert (
+        json.loads(s3.get_object(Bucket=ingest.bucket, Key=pca_latest_key(""))["Body"].read())["version"] == 1
+    )
     assert run_job(spark, ingest, job_options).manifest["pca_version"] == 2  # type: ignore[arg-type,index]
 
 

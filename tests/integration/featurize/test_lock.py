@@ -8,8 +8,9 @@ from datetime import UTC, datetime
 import boto3
 import pytest
 
+from pomona.core.outputs import lock_key
 from pomona.core.settings import Settings
-from pomona.featurize.lock import LOCK_KEY, LOCK_TTL, ConcurrentRunError, RunLock
+from pomona.featurize.lock import LOCK_TTL, ConcurrentRunError, RunLock
 
 
 @pytest.mark.parametrize(
@@ -26,8 +27,9 @@ def test_a_malformed_lock_is_reported_held_for_its_ttl_then_taken_over(
 ) -> None:
     # GIVEN a lock document that is not a lock
     s3 = boto3.client("s3")
-    s3.put_object(Bucket=deployment.bucket, Key=LOCK_KEY, Body=document)
-    lock = RunLock(s3, deployment.bucket)
+    key = lock_key(deployment.output_prefix)
+    s3.put_object(Bucket=deployment.bucket, Key=key, Body=document)
+    lock = RunLock(s3, deployment.bucket, key)
 
     # WHEN a run comes now, THEN it stops, and the log says why
     with pytest.raises(ConcurrentRunError, match=r"malformed lock document"):
@@ -36,5 +38,5 @@ def test_a_malformed_lock_is_reported_held_for_its_ttl_then_taken_over(
 
     # WHEN a run comes once the TTL has passed since the document was written, THEN it takes the lock
     lock.acquire(now=datetime.now(UTC) + LOCK_TTL * 1.1)
-    held = json.loads(s3.get_object(Bucket=deployment.bucket, Key=LOCK_KEY)["Body"].read())
+    held = json.loads(s3.get_object(Bucket=deployment.bucket, Key=key)["Body"].read())
     assert held["owner"] == lock.owner

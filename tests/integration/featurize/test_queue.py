@@ -6,6 +6,7 @@ import boto3
 import pytest
 
 from pomona.core.contract import ImageMessage
+from pomona.core.outputs import lock_key
 from pomona.core.queues import queue_depth
 from pomona.core.settings import Settings
 from pomona.featurize.lock import RunLock
@@ -42,7 +43,7 @@ def test_a_heartbeat_logs_the_messages_it_could_not_keep_hidden(
 ) -> None:
     # GIVEN a run holding two messages and the lock, one receipt of which SQS does not know
     sqs, s3 = boto3.client("sqs"), boto3.client("s3")
-    lock = RunLock(s3, deployment.bucket)
+    lock = RunLock(s3, deployment.bucket, lock_key(deployment.output_prefix))
     lock.acquire()
     heartbeat = Heartbeat(sqs, deployment.images_queue_url, lock, every_s=3600, visibility_timeout_s=60)
     heartbeat.receipts = [*_received(deployment, 1), "not-a-receipt"]

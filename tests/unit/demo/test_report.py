@@ -58,7 +58,7 @@ def _write_batch(
 def _write_pca(out: Path, version: int, x: npt.NDArray[np.float32], labels: list[str], **fit: Any) -> None:
     state = PcaState.from_rows(x)
     model = fit_pca(state, **fit)
-    folder = out / pca_prefix("", version)
+    folder = out / pca_prefix("", version, None)
     folder.mkdir(parents=True)
     (folder / "model.npz").write_bytes(state_to_npz(model, state))
     quality = quality_report(project(model, x), labels, gain=1.0, loss=5.0)
