@@ -8,14 +8,10 @@ the queue, and no file of an uncommitted run is left beside the committed ones.
 from __future__ import annotations
 
 import dataclasses
-import enum
 import hashlib
-import http.client
 import io
 import itertools
 import os
-import socket
-import struct
 import subprocess
 import sys
 import threading
@@ -24,17 +20,15 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 from unittest.mock import ANY
-from urllib.parse import urlsplit
 
 import boto3
 import pyarrow.parquet as pq
 import pytest
 
+from fault_proxy import TRANSIENT, Call, Fault, FlakyProxy, Plan
 from pomona.core.aws import get_json, put_json
 from pomona.core.outputs import CommittedOutputs, leases_prefix, lock_key, pca_latest_key, pca_prefix
 from pomona.core.settings import Settings
@@ -412,28 +406,6 @@ def test_two_runs_past_the_lock_commit_once_and_recovery_spares_the_live_ones_fi
 # -- 3. transient AWS errors -------------------------------------------------------------------------------------
 
 
-class Fault(enum.Enum):
-    THROTTLE = "throttle"  # S3 503 SlowDown, SQS RequestThrottled
-    SERVER_ERROR = "server_error"  # 500 InternalError
-    RESET = "reset"  # the connection is reset before the request reaches the service
-    LOST_RESPONSE = "lost_response"  # the service does the work, then the connection is reset
-    DENIED = "denied"  # 403 AccessDenied: an IAM or bucket-policy mistake, until someone fixes it
-
-
-TRANSIENT = (Fault.THROTTLE, Fault.SERVER_ERROR, Fault.RESET, Fault.LOST_RESPONSE)
-
-
-@dataclasses.dataclass(frozen=True)
-class Call:
-    number: int
-    method: str
-    path: str
-    service: str  # "s3" or "sqs"
-
-
-Plan = Callable[[Call], Fault | None]
-
-
 def every_kth(k: dict[str, int], faults: tuple[Fault, ...] = TRANSIENT) -> Plan:
     """Every `k[service]`-th request to that service fails, the faults taken in turn."""
     turn = itertools.cycle(faults)
@@ -458,131 +430,6 @@ def lose_responses(puts: dict[str, set[int]]) -> Plan:
         return None
 
     return plan
-
-
-class FlakyProxy:
-    """An HTTP proxy in front of the moto server that fails the requests `plan` picks; one per test.
-
-    The job's S3 and SQS clients, in the driver and in the Spark workers alike, reach AWS through it when
-    `settings.endpoint_url` names it.
-    """
-
-    def __init__(self, upstream: str, plan: Plan) -> None:
-        target = urlsplit(upstream)
-        self.upstream = (target.hostname or "127.0.0.1", target.port or 80)
-        self.plan = plan
-        self.injected: list[tuple[Fault, Call]] = []
-        self._count = itertools.count(1)
-        self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="flaky-proxy", daemon=True)
-
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
-
-    def decide(self, method: str, path: str, service: str) -> tuple[Fault | None, Call]:
-        with self._lock:
-            call = Call(number=next(self._count), method=method, path=path, service=service)
-            fault = self.plan(call)
-            if fault is not None:
-                self.injected.append((fault, call))
-            return fault, call
-
-    def __enter__(self) -> Self:
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join()
-
-
-_HOP_BY_HOP = {
-    "connection",
-    "keep-alive",
-    "transfer-encoding",
-    "expect",
-    "content-length",
-    "proxy-connection",
-}
-
-
-def _handler_for(proxy: FlakyProxy) -> type[BaseHTTPRequestHandler]:
-    class Relay(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"  # keep-alive, as botocore's pool expects, and 100-continue for S3 PUTs
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-        def do_GET(self) -> None:
-            self._relay()
-
-        do_PUT = do_POST = do_HEAD = do_DELETE = do_GET
-
-        def _relay(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            service = "sqs" if self.headers.get("X-Amz-Target", "").startswith("AmazonSQS") else "s3"
-            fault, _ = proxy.decide(self.command, self.path, service)
-            if fault is Fault.RESET:
-                self._reset()
-                return
-            if fault in {Fault.THROTTLE, Fault.SERVER_ERROR, Fault.DENIED}:
-                self._error(fault, service)
-                return
-            upstream = http.client.HTTPConnection(*proxy.upstream, timeout=60)
-            try:
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
-                upstream.request(self.command, self.path, body=body, headers=headers)
-                response = upstream.getresponse()
-                data = response.read()
-            finally:
-                upstream.close()
-            if fault is Fault.LOST_RESPONSE:
-                self._reset()
-                return
-            self.send_response_only(response.status, response.reason)
-            for name, value in response.getheaders():
-                if name.lower() not in _HOP_BY_HOP:
-                    self.send_header(name, value)
-            # A HEAD response announces the object's length and carries no body.
-            length = response.getheader("Content-Length", "0") if self.command == "HEAD" else str(len(data))
-            self.send_header("Content-Length", length)
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(data)
-
-        def _error(self, fault: Fault, service: str) -> None:
-            status, code = {
-                Fault.THROTTLE: (503, "SlowDown"),
-                Fault.SERVER_ERROR: (500, "InternalError"),
-                Fault.DENIED: (403, "AccessDenied"),
-            }[fault]
-            if service == "sqs":
-                if fault is Fault.THROTTLE:
-                    status, code = 400, "RequestThrottled"
-                body = f'{{"__type": "com.amazonaws.sqs#{code}", "message": "injected"}}'.encode()
-                content_type = "application/x-amz-json-1.0"
-            else:
-                body = f"<Error><Code>{code}</Code><Message>injected</Message></Error>".encode()
-                content_type = "application/xml"
-            self.send_response_only(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def _reset(self) -> None:
-            # SO_LINGER 0: closing sends a TCP RST, as a dropped connection does; the client sees no response.
-            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            self.close_connection = True
-
-    return Relay
 
 
 def test_transient_errors_are_retried_and_commit_every_image_once(

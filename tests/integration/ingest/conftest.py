@@ -6,9 +6,9 @@ import logging
 from collections.abc import Iterator
 
 import pytest
-from denying_proxy import DenyingProxy
 from lambda_output import Collect, Emitted
 
+from fault_proxy import Denials, FlakyProxy
 from pomona.core.settings import Settings
 from pomona.ingest import handler
 
@@ -26,10 +26,12 @@ def emitted(capsys: pytest.CaptureFixture[str]) -> Iterator[Emitted]:
 
 
 @pytest.fixture
-def denying_s3(ingest: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[DenyingProxy]:
-    """Every S3 client made from here on reaches the deployment through a `DenyingProxy`; SQS goes direct."""
-    with DenyingProxy(ingest.endpoint_url or "") as proxy:
+def denying_s3(ingest: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[Denials]:
+    """Every S3 client made from here on reaches the deployment through a proxy that refuses what the test
+    denies; SQS goes direct."""
+    denials = Denials()
+    with FlakyProxy(ingest.endpoint_url or "", denials) as proxy:
         monkeypatch.setenv("AWS_ENDPOINT_URL_S3", proxy.url)
         handler._ingestor.cache_clear()
-        yield proxy
+        yield denials
         handler._ingestor.cache_clear()

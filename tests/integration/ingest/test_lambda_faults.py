@@ -29,9 +29,9 @@ import boto3
 import pyarrow.parquet as pq
 import pytest
 from botocore.exceptions import ClientError
-from denying_proxy import DenyingProxy
 from lambda_output import Emitted
 
+from fault_proxy import Denials, Fault
 from pomona.core.contract import ImageMessage
 from pomona.core.resources import describe
 from pomona.core.settings import Settings
@@ -256,7 +256,7 @@ def _key_of(record: dict[str, Any]) -> str:
 )
 def test_a_denied_upload_fails_alone_is_counted_and_is_ingested_once_access_is_fixed(
     ingest: Settings,
-    denying_s3: DenyingProxy,
+    denying_s3: Denials,
     emitted: Emitted,
     s3_event_factory: Callable[..., dict[str, Any]],
     methods: tuple[str, ...],
@@ -312,7 +312,7 @@ def test_a_denied_upload_fails_alone_is_counted_and_is_ingested_once_access_is_f
 
 
 def test_an_upload_denied_for_good_reaches_the_dlq_and_a_redrive_after_the_fix_ingests_it(
-    ingest: Settings, denying_s3: DenyingProxy, emitted: Emitted
+    ingest: Settings, denying_s3: Denials, emitted: Emitted
 ) -> None:
     # GIVEN an upload the Lambda may not read (moto's own notification: no version id, so the ETag places it)
     boto3.client("sqs").purge_queue(QueueUrl=ingest.events_queue_url)  # the s3:TestEvent would ride along
@@ -344,14 +344,14 @@ def test_an_upload_denied_for_good_reaches_the_dlq_and_a_redrive_after_the_fix_i
 
 def test_any_other_s3_error_raises_and_is_counted_by_its_code(
     ingest: Settings,
-    denying_s3: DenyingProxy,
+    denying_s3: Denials,
     emitted: Emitted,
     s3_event_factory: Callable[..., dict[str, Any]],
 ) -> None:
     # GIVEN an upload S3 will not serve: archived to Glacier, say (HEAD works, GET is 403 InvalidObjectState)
     (key,) = _upload(ingest, 1)
     event = s3_event_factory(bucket=ingest.bucket, key=key, version_id=_versions(ingest, {key: b""})[key])
-    denying_s3.deny(ingest.bucket, key, methods=("GET",), code="InvalidObjectState")
+    denying_s3.deny(ingest.bucket, key, methods=("GET",), fault=Fault.ARCHIVED)
 
     # WHEN S3 notifies the Lambda directly
     with pytest.raises(ClientError, match="InvalidObjectState"):
