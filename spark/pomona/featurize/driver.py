@@ -2,7 +2,8 @@
 
 Drain the images queue, drop images already committed, featurize in the executors (`tasks`), refit the exact PCA,
 project, then commit (`commit`) and delete the messages. One run at a time (`lock`), its messages kept invisible
-and its lease alive by a heartbeat (`queue`).
+and its lease alive by a heartbeat (`queue`). Each image's outcome is its own: committed, quarantined with a
+reason, or deferred (its message left for redelivery); one image never fails the run.
 """
 
 from __future__ import annotations
