@@ -23,6 +23,7 @@ import pytest
 
 from pomona.core.contract import ImageMessage, utc_now
 from pomona.core.outputs import CommittedOutputs, pca_latest_key
+from pomona.core.queues import queue_depth
 from pomona.core.settings import Settings
 from pomona.local.stack import LOCAL_ENV
 
@@ -195,15 +196,29 @@ def test_local_up_commits_every_real_photo_contains_hostile_messages_and_survive
             sha256=hashlib.sha256(secret).hexdigest(),
         ).to_json(),
         dataclasses.replace(template, key=first_key, version_id="no-such-version").to_json(),
-        dataclasses.replace(template, label="Apple\u202eelppA").to_json(),
+        dataclasses.replace(template, key="uploads/Apple/bidi.jpg", label="Apple\u202eelppA").to_json(),
         "not json {",
     ]
     for body in hostile:
         stack.sqs.send_message(QueueUrl=stack.settings.images_queue_url, MessageBody=body)
 
-    # THEN every real photo is committed once, and nothing hostile was featurized
+    # THEN every real photo is committed once, and nothing hostile was featurized: the messages naming what
+    # ingestion would never queue are quarantined by a sidecar, the missing version as gone, and the one that is no
+    # message at all waits, in flight, for the DLQ
     shas = {hashlib.sha256(body).hexdigest(): key for key, body in real.items()}
     stack.wait_until(lambda: stack.committed() == shas, "every real photo committed")
+    sidecars = CommittedOutputs.in_bucket(stack.s3, stack.settings).sidecars()
+    assert sorted((s["reason"], s["original_key"]) for s in sidecars) == [
+        ("bad_message", "private/secret.jpg"),
+        ("bad_message", "uploads/Apple/bidi.jpg"),
+        ("bad_message", "uploads/Apple/forged.jpg"),
+        ("object_gone", first_key),
+    ]
+    assert (
+        stack.s3.list_objects_v2(Bucket=stack.settings.bucket, Prefix="quarantine/bad_message/")["KeyCount"]
+        == 3
+    )
+    assert queue_depth(stack.sqs, stack.settings.images_queue_url) == {"visible": 0, "in_flight": 1}
 
     # WHEN a run fails (a hand-edited, broken LATEST pointer) while a photo waits
     latest_key = pca_latest_key(stack.settings.output_prefix)

@@ -32,7 +32,7 @@ from pomona.core.aws import (
     put_json,
 )
 from pomona.core.contract import ImageMessage, QuarantineSidecar, Reason, quarantine_key, sidecar_key
-from pomona.core.outputs import lease_key, leases_prefix, manifest_key, pca_latest_key, pca_prefix
+from pomona.core.outputs import leases_prefix, manifest_key, pca_latest_key, pca_prefix
 from pomona.core.settings import Settings
 from pomona.featurize.lock import ConcurrentRunError, lease_is_live
 from pomona.ml.pca import PcaModel, PcaState, load_npz
@@ -67,7 +67,7 @@ class Committer:
         """The committed PCA version (0 when there is none yet), its batch, and the pointer's ETag for a conditional
         update."""
         found = get_json(self.s3, self.bucket, pca_latest_key(self.prefix))
-        if found is None:
+        if found is None:  # version 0 is also what recovery writes when it fences before the first commit
             return Latest(0, None, None)
         document, etag = found
         return Latest(int(document["version"]), document.get("batch_id"), etag)
@@ -90,24 +90,36 @@ class Committer:
     # -- recovery
 
     def recover(self) -> dict[str, Any] | None:
-        """Finish a commit a crash interrupted after LATEST moved, and delete what uncommitted runs left; the
-        committed version's metadata (None before the first commit)."""
+        """Finish the commits a crash interrupted after LATEST moved (LATEST's, and its parent's, on which a second
+        run past the lock may have built before the first wrote its manifest), then delete what uncommitted runs
+        left; the committed version's metadata (None before the first commit)."""
         latest = self.read_latest()
         metadata = self._version_metadata(latest.version, latest.batch_id) if latest.version else None
-        if metadata and not self._manifest_exists(metadata["batch_id"]):
-            log.warning(
-                "Rolling forward a batch committed to LATEST without a manifest",
-                extra={"batch_id": metadata["batch_id"]},
-            )
-            put_json(
-                self.s3, self.bucket, manifest_key(self.prefix, metadata["batch_id"]), metadata["manifest"]
-            )
-        self._delete_orphans(latest=latest.version)
+        parent = (metadata or {}).get("parent") or {}
+        parent_metadata = (
+            self._version_metadata(parent["version"], parent["batch_id"]) if parent.get("batch_id") else None
+        )
+        for committed in (metadata, parent_metadata):
+            if committed and not self._manifest_exists(committed["batch_id"]):
+                log.warning(
+                    "Rolling forward a batch committed to LATEST without a manifest",
+                    extra={"batch_id": committed["batch_id"]},
+                )
+                put_json(
+                    self.s3,
+                    self.bucket,
+                    manifest_key(self.prefix, committed["batch_id"]),
+                    committed["manifest"],
+                )
+        self._delete_orphans(latest)
         return metadata
 
-    def _delete_orphans(self, *, latest: int) -> None:
-        """Delete the files of batches without a manifest whose run's lease has lapsed: a live run (one that took
-        over a lock it thought lapsed, say) keeps its files; it cannot commit them past LATEST anyway."""
+    def _delete_orphans(self, latest: Latest) -> None:
+        """Delete the files of batches without a manifest whose run's lease has lapsed, and lapsed leases.
+
+        A live run (one whose lock was taken over while it stalled, say) keeps its files: its lease outlives the
+        lock. Before anything uncommitted is deleted, LATEST is rewritten (conditionally, same content): a run that
+        read it before, however long it stalled, can then no longer commit the files deleted here."""
         by_batch: dict[str, list[str]] = {}
         for folder in ("features/", "projections/"):
             for batch_prefix in self._folders(f"{self.prefix}{folder}"):
@@ -118,36 +130,69 @@ class Committer:
             number, _, batch_id = name.removeprefix("v").partition("-")
             if batch_id:
                 by_batch.setdefault(batch_id, []).extend(self._keys(version_prefix))
-            elif (
-                name.startswith("v") and number.isdigit() and int(number) > latest
-            ):  # before batch-named folders
-                by_batch.setdefault(name, []).extend(self._keys(version_prefix))
-        for lease in self._keys(leases_prefix(self.prefix)):
-            by_batch.setdefault(lease.rsplit("/", 1)[-1].removesuffix(".json"), []).append(lease)
-        orphans = [
-            key
-            for batch_id, keys in by_batch.items()
-            if not self._manifest_exists(batch_id)
-            and not lease_is_live(self.s3, self.bucket, lease_key(self.prefix, batch_id))
-            for key in keys
-        ]
-        for start in range(0, len(orphans), 1000):
-            chunk = orphans[start : start + 1000]
+            elif name.startswith("v") and number.isdigit() and int(number) > latest.version:
+                by_batch.setdefault(name, []).extend(self._keys(version_prefix))  # before batch-named folders
+        leases = {
+            k.rsplit("/", 1)[-1].removesuffix(".json"): k for k in self._keys(leases_prefix(self.prefix))
+        }
+        uncommitted: list[str] = []
+        lapsed: list[str] = []
+        for batch_id in by_batch.keys() | leases.keys():
+            committed = self._manifest_exists(batch_id)
+            if batch_id in leases and lease_is_live(self.s3, self.bucket, leases[batch_id]):
+                continue
+            if batch_id in leases:
+                lapsed.append(leases[batch_id])
+            if not committed:
+                uncommitted += by_batch.get(batch_id, [])
+        if uncommitted and not self._fence(latest):
+            return
+        doomed = uncommitted + lapsed
+        for start in range(0, len(doomed), 1000):
+            chunk = doomed[start : start + 1000]
             self.s3.delete_objects(Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in chunk]})
-        if orphans:
-            log.warning("Deleted files of uncommitted runs", extra={"files": len(orphans)})
+        if uncommitted:
+            log.warning("Deleted files of uncommitted runs", extra={"files": len(uncommitted)})
+
+    def _fence(self, latest: Latest) -> bool:
+        """Rewrite LATEST as read (a version 0 when there is none yet), so that no run that read it before can
+        move it; False when another run moved it meanwhile (its files are then left for a later recovery)."""
+        document = (
+            {"version": latest.version, "batch_id": latest.batch_id} if latest.version else {"version": 0}
+        )
+        try:
+            put_json(
+                self.s3,
+                self.bucket,
+                pca_latest_key(self.prefix),
+                document,
+                if_none_match=latest.etag is None,
+                if_match=latest.etag,
+            )
+        except ClientError as err:
+            if not is_precondition_failed(err):
+                raise
+            log.warning("LATEST moved during recovery; leaving uncommitted files for a later run")
+            return False
+        return True
 
     # -- the steps
 
-    def quarantine(self, message: ImageMessage, reason: Reason, detail: str) -> None:
-        """Step 1, for an image the executors could not featurize: a copy of its version and a sidecar."""
+    def quarantine(self, message: ImageMessage, reason: Reason, detail: str, *, copy: bool = True) -> None:
+        """Step 1, for an image the executors could not featurize: a copy of its version (unless `copy` is False:
+        a message that names what it should not is never read from) and a sidecar."""
         target = quarantine_key(reason, message.key, quarantine_prefix=self.quarantine_prefix)
         try:
-            self.s3.copy_object(
-                Bucket=self.bucket,
-                Key=target,
-                CopySource={"Bucket": message.bucket, "Key": message.key, "VersionId": message.version_id},
-            )
+            if copy:
+                self.s3.copy_object(
+                    Bucket=self.bucket,
+                    Key=target,
+                    CopySource={
+                        "Bucket": message.bucket,
+                        "Key": message.key,
+                        "VersionId": message.version_id,
+                    },
+                )
         except ClientError as err:
             if not is_missing(err) and error_code(err) not in {"NoSuchVersion", "InvalidArgument"}:
                 raise

@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING, Any
 import boto3
 import numpy as np
 import pandas as pd
+from botocore.exceptions import ClientError
 
-from pomona.core.aws import RETRIES
+from pomona.core.aws import RETRIES, error_code
 from pomona.core.contract import ImageMessage, Reason, utc_now
 from pomona.core.errors import PomonaError
 from pomona.core.outputs import lease_key, lock_key, new_batch_id
@@ -33,7 +34,7 @@ from pomona.featurize.commit import Committer
 from pomona.featurize.dedupe import split_duplicates
 from pomona.featurize.lock import RunLock
 from pomona.featurize.partitions import partition_count, split_evenly
-from pomona.featurize.queue import Heartbeat, delete_messages, drain_queue
+from pomona.featurize.queue import Heartbeat, Received, delete_messages, drain_queue
 from pomona.featurize.tasks import (
     DEFERRED,
     META_COLUMNS,
@@ -142,8 +143,12 @@ class Job:
             )
         heartbeat.receipts = received.receipts
         self._fault("after_receive")
+        refused = self._refuse(received)
         if not received.messages:
-            return BatchResult(manifest=None, skipped=f"no valid messages ({received.malformed} malformed)")
+            return BatchResult(
+                manifest=None,
+                skipped=f"no valid messages ({received.malformed} malformed, {refused} refused)",
+            )
 
         latest = self.committer.read_latest()
         stored_state, seen = self.committer.load_version(latest)
@@ -158,20 +163,15 @@ class Job:
         written = outcomes[outcomes["part"].notna()]
         failed = outcomes[outcomes["sha256"].notna()]
         deferred, failures = failed[failed["reason"] == DEFERRED], failed[failed["reason"] != DEFERRED]
-        # A deferred image's messages stay on the queue (duplicates within this batch too): they come back.
-        deferred_shas = set(deferred["sha256"])
-        kept = {r for m, r in received.messages if m.sha256 in deferred_shas}
-        done = [r for r in received.receipts if r not in kept]
-        heartbeat.receipts = done
+        heartbeat.receipts = _receipts_except(received, set(deferred["sha256"]))
         self._fault("after_features")
-        by_sha = {m.sha256: m for m, _ in fresh}
         if written.empty:
-            for failure in failures.itertuples(index=False):
-                self.committer.quarantine(by_sha[failure.sha256], Reason(failure.reason), failure.detail)
-            self._delete(done)
+            left, by_code = self._settle(failures, deferred, fresh)
+            self._delete(_receipts_except(received, set(deferred["sha256"]) | left.keys()))
             return BatchResult(
                 manifest=None,
-                skipped=f"no image featurized: {len(failures)} quarantined, {len(deferred)} deferred",
+                skipped=f"no image featurized: {len(failures) - len(left)} quarantined, "
+                f"{by_code.total()} deferred",
             )
         with timed(timings, "refit_s"):
             state = _merged(stored_state, written["state"])
@@ -182,17 +182,16 @@ class Job:
             projected = self._project(parts, model_npz, batch_id=batch_id, version=version)
 
         committing = time.monotonic()
-        for failure in failures.itertuples(index=False):
-            self.committer.quarantine(by_sha[failure.sha256], Reason(failure.reason), failure.detail)
+        left, by_code = self._settle(failures, deferred, fresh)
         with timed(timings, "quality_s"):
             quality = probe_quality(projected, gain=self.settings.gain, loss=self.settings.loss)
         counts = {
-            "received": len(received.messages) + received.malformed,
+            "received": len(received.messages) + received.malformed + refused,
             "malformed": received.malformed,
             "duplicates": len(duplicates),
             "featurized": len(projected),
-            "failed": dict(Counter(failures["reason"])),
-            "deferred": dict(Counter(deferred["error_code"])),
+            "failed": _failed(failures, left, refused=refused),
+            "deferred": dict(by_code),
             "labels": dict(Counter(projected["label"])),
         }
         timings["total_s"] = time.monotonic() - started
@@ -208,7 +207,7 @@ class Job:
         self._fault("after_latest")
         self.committer.write_manifest(manifest)
         self._fault("after_manifest")
-        self._delete(done)
+        self._delete(_receipts_except(received, set(deferred["sha256"]) | left.keys()))
         manifest["timings"]["commit_s"] = round(time.monotonic() - committing, 3)
         log.info("Batch committed", extra={"batch_id": batch_id, "pca_version": version, **counts})
         return BatchResult(manifest=manifest)
@@ -310,6 +309,40 @@ class Job:
                 "start a new lineage under a new POMONA_OUTPUT_PREFIX; nothing was received or written"
             )
 
+    def _refuse(self, received: Received) -> int:
+        """Quarantine, by a sidecar alone, each message the drain refused (it names what ingestion would not have
+        queued), and delete it: nothing it names is fetched. One S3 would not let us quarantine stays, for the DLQ."""
+        done = []
+        for message, receipt, detail in received.refused:
+            try:
+                self.committer.quarantine(message, Reason.BAD_MESSAGE, detail, copy=False)
+                done.append(receipt)
+            except ClientError as err:
+                log.warning("Quarantine failed", extra={"key": message.key, "error_code": error_code(err)})
+        self._delete(done)
+        return len(done)
+
+    def _settle(
+        self, failures: pd.DataFrame, deferred: pd.DataFrame, fresh: Sequence[tuple[ImageMessage, str]]
+    ) -> tuple[dict[str, str], Counter[str]]:
+        """Quarantine each failed image. Those S3 would not let us quarantine now are left for redelivery, as the
+        deferred images are: (their sha256 → the error code, every deferred image counted by error code)."""
+        by_sha = {m.sha256: m for m, _ in fresh}
+        left: dict[str, str] = {}
+        for failure in failures.itertuples(index=False):
+            try:
+                self.committer.quarantine(by_sha[failure.sha256], Reason(failure.reason), failure.detail)
+            except ClientError as err:
+                left[failure.sha256] = error_code(err) or "ClientError"
+                log.warning(
+                    "Quarantine failed; the image is deferred",
+                    extra={"key": by_sha[failure.sha256].key, "error_code": left[failure.sha256]},
+                )
+        by_code = Counter(deferred["error_code"]) + Counter(left.values())
+        if by_code:  # their messages come back; an access error comes back until someone fixes it
+            log.warning("Images deferred", extra={"by_error_code": dict(by_code)})
+        return left, by_code
+
     def _delete(self, receipts: Sequence[str]) -> None:
         delete_messages(
             self.sqs, self.settings.images_queue_url, receipts, between=lambda: self._fault("mid_delete")
@@ -325,6 +358,17 @@ class Job:
     def _provenance(self) -> dict[str, str]:
         weights = resolve_weights(self.settings.weights, cache_dir=self.settings.model_cache_dir)
         return file_provenance(weights_id=weights.weights_id, backend=self.settings.backend)
+
+
+def _receipts_except(received: Received, shas: set[str]) -> list[str]:
+    """The receipts of every valid message but those of the images `shas` (duplicates within the batch too)."""
+    return [r for m, r in received.messages if m.sha256 not in shas]
+
+
+def _failed(failures: pd.DataFrame, left: dict[str, str], *, refused: int) -> dict[str, int]:
+    """Quarantined images by reason: the executors' failures (but those deferred instead) and refused messages."""
+    quarantined = Counter(failures.loc[~failures["sha256"].isin(list(left)), "reason"])
+    return dict(quarantined + Counter({Reason.BAD_MESSAGE.value: refused}))
 
 
 def _merged(stored: PcaState | None, part_states: Iterable[bytes]) -> PcaState:

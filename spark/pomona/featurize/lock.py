@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 LOCK_TTL = timedelta(minutes=30)
+# A run's lease on its batch outlives its lock: a run that stalls past its lock's TTL, and whose lock is taken
+# over, still finds its files where it left them for another TTL.
+LEASE_TTL = 2 * LOCK_TTL
 
 
 class ConcurrentRunError(PomonaError, RuntimeError):
@@ -48,7 +51,11 @@ class RunLock:
     def acquire(self, now: datetime | None = None) -> None:
         now = now or datetime.now(UTC)
         self._take(now)
-        self._write_lease(now)
+        try:
+            self._write_lease(now)
+        except BaseException:  # no lease, no run: free the lock now rather than after its TTL
+            self.s3.delete_object(Bucket=self.bucket, Key=self.key)
+            raise
 
     def _take(self, now: datetime) -> None:
         try:
@@ -111,7 +118,7 @@ class RunLock:
 
     def _write_lease(self, now: datetime) -> None:
         if self.lease_key is not None:  # the key is this run's alone: no condition needed
-            put_json(self.s3, self.bucket, self.lease_key, self._document(now))
+            put_json(self.s3, self.bucket, self.lease_key, self._document(now, ttl=LEASE_TTL))
 
     def _holder(self) -> tuple[Holder, str] | None:
         """Who holds the lock until when, and the document's ETag; None when there is no lock.
@@ -138,17 +145,17 @@ class RunLock:
             holder = Holder(owner=f"(malformed lock document: {err})", expires_at=expires_at)
         return holder, response["ETag"]
 
-    def _document(self, now: datetime) -> dict[str, Any]:
+    def _document(self, now: datetime, *, ttl: timedelta = LOCK_TTL) -> dict[str, Any]:
         return {
             "owner": self.owner,
             "acquired_at": now.isoformat(),
-            "expires_at": (now + LOCK_TTL).isoformat(),
+            "expires_at": (now + ttl).isoformat(),
         }
 
 
 def lease_is_live(s3: S3Client, bucket: str, key: str, now: datetime | None = None) -> bool:
-    """Whether the run lease at `key` is held: written by a run that renewed it within its TTL. A lease that cannot
-    be read as one counts as live until its TTL has passed since it was written, as a malformed lock does."""
+    """Whether the run lease at `key` is held: written by a run that renewed it within LEASE_TTL. A lease that
+    cannot be read as one counts as live until that TTL has passed since it was written, as a malformed lock does."""
     try:
         response = s3.get_object(Bucket=bucket, Key=key)
     except ClientError as err:
@@ -158,5 +165,5 @@ def lease_is_live(s3: S3Client, bucket: str, key: str, now: datetime | None = No
     try:
         expires_at = datetime.fromisoformat(json.loads(response["Body"].read())["expires_at"])
     except (ValueError, KeyError, TypeError):
-        expires_at = response["LastModified"] + LOCK_TTL
+        expires_at = response["LastModified"] + LEASE_TTL
     return expires_at > (now or datetime.now(UTC))

@@ -22,9 +22,11 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Received:
-    """What the drain took off the queue: valid messages with their receipts, and what it left for the DLQ."""
+    """What the drain took off the queue: valid messages with their receipts, messages it refused (with their
+    receipts and why), and how many it could not read at all (left for the DLQ)."""
 
     messages: list[tuple[ImageMessage, str]] = field(default_factory=list)
+    refused: list[tuple[ImageMessage, str, str]] = field(default_factory=list)
     malformed: int = 0
 
     @property
@@ -35,9 +37,10 @@ class Received:
 def drain_queue(sqs: SQSClient, settings: Settings, *, visibility_timeout_s: int, wait_s: int) -> Received:
     """Receive in batches of 10 until the queue is empty or `settings.max_images` valid messages are held.
 
-    A message that breaks the contract, or names what this deployment's ingestion would not have queued (another
-    bucket, a key outside uploads/, an unsanitised label, another format, too many pixels), is counted and left
-    alone, never fetched: it comes back after its visibility timeout and the redrive policy moves it to the DLQ
+    A message that names what this deployment's ingestion would not have queued (another bucket, a key outside
+    uploads/, an unsanitised label, another format, too many pixels) is refused: the driver quarantines it by a
+    sidecar, and nothing it names is fetched. One that is no `ImageMessage` at all names nothing to quarantine: it
+    is counted and left alone, comes back after its visibility timeout, and the redrive policy moves it to the DLQ
     after the queue's receive limit.
     """
     queue_url, max_images = settings.images_queue_url, settings.max_images
@@ -54,14 +57,19 @@ def drain_queue(sqs: SQSClient, settings: Settings, *, visibility_timeout_s: int
         for message in batch:
             try:
                 image = ImageMessage.from_json(message["Body"])
-                check_queued(image, settings)
-                received.messages.append((image, message["ReceiptHandle"]))
             except ContractError as err:
                 received.malformed += 1
                 log.warning(
                     "Message breaks the contract",
                     extra={"message_id": message["MessageId"], "error": str(err)},
                 )
+                continue
+            try:
+                check_queued(image, settings)
+                received.messages.append((image, message["ReceiptHandle"]))
+            except ContractError as err:
+                received.refused.append((image, message["ReceiptHandle"], str(err)))
+                log.warning("Message refused", extra={"message_id": message["MessageId"], "error": str(err)})
     return received
 
 

@@ -53,6 +53,9 @@ class Reason(StrEnum):
     OBJECT_GONE = "object_gone"
     OBJECT_CHANGED = "object_changed"
     DECODE_FAILED = "decode_failed"
+    # A queued message naming what ingestion would not have queued (another bucket, a key outside the uploads
+    # prefix, an unsanitised label, a format or size it refuses): quarantined by a sidecar alone, never fetched.
+    BAD_MESSAGE = "bad_message"
 
 
 def utc_now() -> str:

@@ -14,16 +14,18 @@ import signal
 import threading
 import time
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
 
 from pomona.core.errors import PomonaError, SettingsError
 from pomona.core.queues import queue_depth
-from pomona.core.settings import Settings
 from pomona.local.poller import EventSourcePoller
 from pomona.local.stack import EmbeddedStack
+
+if TYPE_CHECKING:
+    from pomona.featurize.driver import BatchResult
 
 log = logging.getLogger(__name__)
 _INTERVAL = re.compile(r"(\d+)([smh])")
@@ -67,9 +69,15 @@ def serve(stack: EmbeddedStack, *, every: timedelta, workers: int, console: Cons
                 console.print(f"ingested {stats.succeeded} events ({stats.failed} failed)")
             if time.monotonic() >= next_run:
                 next_run = time.monotonic() + every.total_seconds()
-                if _backlog(stack) > 0:
-                    spark = spark or spark_session(f"local[{workers}]", app_name="pomona-local")
-                    console.print(_run_once(spark, settings, run_job))
+                # A failed run is the stack's news, never its end: its messages come back and the next tick retries
+                # them, as the schedule would on a cluster.
+                try:
+                    if _backlog(stack) > 0:
+                        spark = spark or spark_session(f"local[{workers}]", app_name="pomona-local")
+                        console.print(_told(run_job(spark, settings)))
+                except Exception as err:  # whatever the cause: the stack stays up, and says why in one line
+                    log.debug("Scheduled run failed", exc_info=True)
+                    console.print(f"[bold red]run failed:[/] {escape(_one_line(err))}")
             if not stats.received:
                 stop.wait(1.0)
     except (
@@ -82,14 +90,7 @@ def serve(stack: EmbeddedStack, *, every: timedelta, workers: int, console: Cons
         console.print("stopped")
 
 
-def _run_once(spark: Any, settings: Settings, run_job: Any) -> str:
-    """One scheduled run, told in one line. A failed run is the stack's news, never its end: its messages come
-    back and the next tick retries them, as the schedule would on a cluster."""
-    try:
-        result = run_job(spark, settings)
-    except Exception as err:  # whatever the cause: the stack stays up, and says why
-        log.debug("Scheduled run failed", exc_info=True)
-        return f"[bold red]run failed:[/] {escape(_one_line(err))}"
+def _told(result: BatchResult) -> str:
     if result.manifest is None:
         return f"no batch committed: {result.skipped}"
     return f"batch {result.manifest['batch_id']} committed: PCA v{result.manifest['pca_version']}"

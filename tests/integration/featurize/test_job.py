@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pomona.core.contract import ImageMessage, Reason, quarantine_key, sidecar_key
-from pomona.core.outputs import manifest_key, pca_latest_key, pca_prefix
+from pomona.core.outputs import CommittedOutputs, manifest_key, pca_latest_key, pca_prefix
 from pomona.core.queues import queue_depth
 from pomona.core.settings import Settings
 from pomona.featurize.driver import JobOptions, LineageError, run_job
@@ -324,4 +324,35 @@ def test_messages_naming_gone_or_changed_objects_are_reported_not_featurized(
     assert details[gone.key].startswith(f"expected version {gone.version_id} of {gone.key}, found none")
     assert details[other_etag.key] == f"expected ETag {wrong_etag}, found another"
     assert details[other_bytes.key].startswith(f"expected sha256 {forged[2].sha256}, got ")
+    assert _queue_depth(ingest) == 0
+
+
+def test_a_batch_of_refused_and_gone_messages_commits_nothing_and_quarantines_each(
+    spark: object, ingest: Settings, job_options: JobOptions
+) -> None:
+    # GIVEN a new stack's queue holding only a message naming another bucket and one naming a deleted version
+    _upload(ingest, _synthetic(1))
+    (gone,) = _queued(ingest)
+    s3, sqs = boto3.client("s3"), boto3.client("sqs")
+    s3.delete_object(Bucket=ingest.bucket, Key=gone.key, VersionId=gone.version_id)
+    foreign = dataclasses.replace(gone, bucket="someone-elses-bucket", key="uploads/Lime/theirs.jpg")
+    for message in (gone, foreign):
+        sqs.send_message(QueueUrl=ingest.images_queue_url, MessageBody=message.to_json())
+
+    # WHEN the job runs
+    result = run_job(spark, ingest, job_options)
+
+    # THEN nothing is committed, each message is quarantined by a sidecar saying why, and none is left
+    assert result.manifest is None
+    assert result.skipped == "no image featurized: 1 quarantined, 0 deferred"
+    assert CommittedOutputs.in_bucket(s3, ingest).latest_version() == 0
+    sidecars = {
+        (sidecar["reason"], sidecar["original_key"]): sidecar["detail"]
+        for sidecar in CommittedOutputs.in_bucket(s3, ingest).sidecars()
+    }
+    assert set(sidecars) == {(Reason.BAD_MESSAGE.value, foreign.key), (Reason.OBJECT_GONE.value, gone.key)}
+    assert sidecars[(Reason.BAD_MESSAGE.value, foreign.key)] == (
+        f"bucket: expected {ingest.bucket!r}, got 'someone-elses-bucket'"
+    )
+    assert s3.list_objects_v2(Bucket=ingest.bucket, Prefix="quarantine/bad_message/").get("KeyCount") == 1
     assert _queue_depth(ingest) == 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from unittest.mock import ANY
+
 import boto3
 import pytest
 
@@ -96,6 +98,23 @@ def test_hostile_messages_are_never_taken(deployment: Settings, changes: dict[st
     # WHEN the job drains the queue
     received = drain_queue(sqs, deployment, visibility_timeout_s=60, wait_s=0)
 
-    # THEN it takes the real one alone; the hostile one is counted and left for the DLQ
+    # THEN it takes the real one alone; the hostile one is refused (for the driver to quarantine), saying why
     assert [m.key for m, _ in received.messages] == ["uploads/Apple Red/a.jpg"]
-    assert received.malformed == 1
+    assert [(m.to_json(), detail.split(":")[0]) for m, _, detail in received.refused] == [
+        (_message(deployment, **changes), ANY)
+    ]
+    assert received.malformed == 0
+
+
+def test_a_message_that_is_no_image_message_is_counted_and_left_for_the_dlq(deployment: Settings) -> None:
+    # GIVEN a message that is not JSON, and one that is JSON but no ImageMessage
+    sqs = boto3.client("sqs")
+    for body in ["not json {", '{"bucket": "b"}']:
+        sqs.send_message(QueueUrl=deployment.images_queue_url, MessageBody=body)
+
+    # WHEN the job drains the queue
+    received = drain_queue(sqs, deployment, visibility_timeout_s=60, wait_s=0)
+
+    # THEN both are counted as malformed, and stay on the queue (in flight) for the DLQ
+    assert (received.messages, received.refused, received.malformed) == ([], [], 2)
+    assert queue_depth(sqs, deployment.images_queue_url) == {"visible": 0, "in_flight": 2}
