@@ -191,7 +191,8 @@ class ExecutorSampler:
         ]
 
     def _get(self, path: str) -> list[dict[str, Any]]:
-        with urllib.request.urlopen(f"{self.url}/{path}", timeout=5) as response:
+        # 30 s: the UI's first answer takes seconds on a busy machine, and a sample late is better than none.
+        with urllib.request.urlopen(f"{self.url}/{path}", timeout=30) as response:
             found: list[dict[str, Any]] = json.load(response)
         return found
 
