@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from typing import Any
 from unittest.mock import ANY
 
 import boto3
@@ -13,6 +16,18 @@ from pomona.core.queues import queue_depth
 from pomona.core.settings import Settings
 from pomona.featurize.lock import RunLock
 from pomona.featurize.queue import Heartbeat, delete_messages, drain_queue
+
+
+def _held_by(heartbeat: Heartbeat, settings: Settings, count: int, *, visibility_timeout_s: int = 60) -> None:
+    """`count` valid messages, drained as the job does into `heartbeat`."""
+    sqs = boto3.client("sqs")
+    for i in range(count):
+        sqs.send_message(QueueUrl=settings.images_queue_url, MessageBody=_message(settings, key=_key(i)))
+    drain_queue(sqs, settings, visibility_timeout_s=visibility_timeout_s, wait_s=0, on_receive=heartbeat.hold)
+
+
+def _key(i: int) -> str:
+    return f"uploads/Apple Red/{i}.jpg"
 
 
 def _received(settings: Settings, count: int) -> list[str]:
@@ -118,3 +133,94 @@ def test_a_message_that_is_no_image_message_is_counted_and_left_for_the_dlq(depl
     # THEN both are counted as malformed, and stay on the queue (in flight) for the DLQ
     assert (received.messages, received.refused, received.malformed) == ([], [], 2)
     assert queue_depth(sqs, deployment.images_queue_url) == {"visible": 0, "in_flight": 2}
+
+
+def test_the_drain_hands_each_receive_to_the_callback_as_it_goes(deployment: Settings) -> None:
+    # GIVEN 25 valid messages, and a callback noting what it is handed and what the queue holds then
+    sqs, url = boto3.client("sqs"), deployment.images_queue_url
+    for i in range(25):
+        sqs.send_message(QueueUrl=url, MessageBody=_message(deployment, key=_key(i)))
+    calls: list[tuple[list[str], dict[str, int]]] = []
+
+    def note(receipts: list[str]) -> None:
+        calls.append((receipts, queue_depth(sqs, url)))
+
+    # WHEN the job drains the queue
+    received = drain_queue(sqs, deployment, visibility_timeout_s=60, wait_s=0, on_receive=note)
+
+    # THEN each receive's receipts were handed over as it was made, while the rest still waited on the queue
+    assert [(len(receipts), depth) for receipts, depth in calls] == [
+        (10, {"visible": 15, "in_flight": 10}),
+        (10, {"visible": 5, "in_flight": 20}),
+        (5, {"visible": 0, "in_flight": 25}),
+    ]
+    assert [r for receipts, _ in calls for r in receipts] == received.receipts
+
+
+def test_the_drain_hands_over_refused_messages_but_not_malformed_ones(deployment: Settings) -> None:
+    # GIVEN a valid message, one naming another bucket, and one that is no ImageMessage
+    sqs = boto3.client("sqs")
+    for body in [_message(deployment), _message(deployment, bucket="someone-elses-bucket"), "not json {"]:
+        sqs.send_message(QueueUrl=deployment.images_queue_url, MessageBody=body)
+    calls: list[list[str]] = []
+
+    # WHEN the job drains the queue
+    received = drain_queue(sqs, deployment, visibility_timeout_s=60, wait_s=0, on_receive=calls.append)
+
+    # THEN the refused one is held too, until the driver quarantines and deletes it; the malformed one is left
+    # alone, for the DLQ
+    assert len(calls) == 1
+    assert sorted(calls[0]) == sorted([*received.receipts, *(r for _, r, _ in received.refused)])
+    assert (len(received.messages), len(received.refused), received.malformed) == (1, 1, 1)
+
+
+def test_a_heartbeat_keeps_hidden_all_it_holds_in_one_batch_call_per_10(deployment: Settings) -> None:
+    # GIVEN a run whose drain handed its heartbeat 26 messages over three receives, each taken for 3 s, and
+    # which then lets go of one (as the driver lets go of deferred images)
+    sqs, s3, url = boto3.client("sqs"), boto3.client("s3"), deployment.images_queue_url
+    lock = RunLock(s3, deployment.bucket, lock_key(deployment.output_prefix))
+    lock.acquire()
+    heartbeat = Heartbeat(sqs, url, lock, every_s=3600, visibility_timeout_s=30)
+    taken = time.monotonic()
+    _held_by(heartbeat, deployment, 26, visibility_timeout_s=3)
+    drained = time.monotonic()
+    heartbeat.receipts = heartbeat.receipts[:25]
+    calls: list[int] = []
+
+    def count(**_: Any) -> None:
+        calls.append(1)
+
+    sqs.meta.events.register("before-call.sqs.ChangeMessageVisibilityBatch", count)
+
+    # WHEN it beats once, extending what it holds to 30 s
+    heartbeat.beat()
+    lock.release()
+    assert time.monotonic() - taken < 3, "the beat came after the messages were back: this test tells nothing"
+
+    # THEN it made one batch call per 10 receipts; and once their 3 s have passed, only the one let go is back
+    assert len(calls) == 3
+    time.sleep(drained + 3.5 - time.monotonic())
+    assert queue_depth(sqs, url) == {"visible": 1, "in_flight": 25}
+
+
+def test_a_heartbeat_makes_its_batch_calls_at_once(deployment: Settings) -> None:
+    # GIVEN a heartbeat holding 30 messages, and a client whose batch calls each wait for two others to start
+    sqs, s3, url = boto3.client("sqs"), boto3.client("s3"), deployment.images_queue_url
+    lock = RunLock(s3, deployment.bucket, lock_key(deployment.output_prefix))
+    lock.acquire()
+    heartbeat = Heartbeat(sqs, url, lock, every_s=3600, visibility_timeout_s=60)
+    _held_by(heartbeat, deployment, 30)
+    together = threading.Barrier(3, timeout=10)
+
+    def wait_for_the_others(**_: Any) -> None:
+        together.wait()
+
+    sqs.meta.events.register("before-call.sqs.ChangeMessageVisibilityBatch", wait_for_the_others)
+
+    # WHEN it beats
+    heartbeat.beat()
+    lock.release()
+
+    # THEN its three batch calls were in flight together (one at a time, the first would wait in vain and raise)
+    assert not together.broken
+    assert queue_depth(sqs, url) == {"visible": 0, "in_flight": 30}
