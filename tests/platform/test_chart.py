@@ -250,6 +250,38 @@ def test_executor_is_sized_for_litert_workers(render: Render) -> None:
     assert (executor["cores"], executor["memory"], executor["memoryOverhead"]) == (2, "2g", "3g")
 
 
+def _bytes(size: str) -> int:
+    """A Spark size with its unit (512m, 2g) in bytes."""
+    return int(size[:-1]) * 1024 ** "kmgt".index(size[-1].lower()) * 1024
+
+
+@pytest.mark.parametrize("kind", sorted(SPARK_KINDS))
+def test_runs_bound_driver_results_and_know_the_seen_table(render: Render, kind: str) -> None:
+    # GIVEN the one-off SparkApplication and the schedule's template, rendered with the default values
+    manifests = render(set={"oneOff.enabled": "true"})
+    app = one(manifests, kind)
+    spec = app["spec"] if kind == "SparkApplication" else app["spec"]["template"]
+    config = one(manifests, "ConfigMap")
+
+    # THEN what one action may collect on the driver is set (a batch of 50,000 brings ~75 MB of projections and
+    # O(1) PCA states of 13 MB), and takes at most half the driver's heap
+    conf = spec["sparkConf"]
+    assert conf["spark.driver.maxResultSize"] == "512m"
+    assert _bytes(conf["spark.driver.maxResultSize"]) <= _bytes(spec["driver"]["memory"]) // 2
+    assert config["data"]["POMONA_MAX_IMAGES"] == "50000"
+    # AND the driver and executors get the dedupe index's name and the PCA retention as environment variables
+    for role in ("driver", "executor"):
+        assert {"configMapRef": {"name": config["metadata"]["name"]}} in spec[role]["envFrom"]
+    assert config["data"]["POMONA_SEEN_TABLE"] == "pomona-seen"
+    assert config["data"]["POMONA_KEEP_FULL_VERSIONS"] == "3"
+
+
+def test_driver_result_size_can_be_raised_through_spark_conf(render: Render) -> None:
+    conf = _spec(render(set={"spark.conf.spark\\.driver\\.maxResultSize": "1g"}))["sparkConf"]
+
+    assert conf["spark.driver.maxResultSize"] == "1g"
+
+
 @pytest.mark.parametrize("role", ["driver", "executor"])
 def test_pods_run_as_spark_user_with_read_only_root(render: Render, role: str) -> None:
     spec = _spec(render())

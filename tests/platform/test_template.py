@@ -26,6 +26,8 @@ PARAMETERS = {
 PSEUDO = {"AWS::Partition": "aws", "AWS::AccountId": "123456789012", "AWS::Region": "us-east-1"}
 # Actions AWS offers no resource-level permissions for, so `Resource: "*"` is the only way to grant them.
 RESOURCE_STAR_ONLY = {"xray:PutTraceSegments", "xray:PutTelemetryRecords"}
+# The job driver's calls on the dedupe index (pomona.core.resources: seen): lookups and records of committed images.
+SEEN_TABLE_ACTIONS = ["dynamodb:BatchGetItem", "dynamodb:BatchWriteItem"]
 BUCKET_ARN = f"arn:aws:s3:::{describe().bucket}"
 OPERATOR = "arn:aws:iam::123456789012:role/operator"
 ADMIN = "arn:aws:iam::123456789012:role/admin"
@@ -294,6 +296,42 @@ def test_job_role_trusts_exactly_the_charts_driver_and_executor_accounts(
     )
 
 
+def _on_table(template: dict[str, Any], role: str, action: str, table: str) -> str:
+    """The decision on `role` calling `action` on `table` (logical ids), with the role's identity policy."""
+    request = Request(principal=f"<{role}.Arn>", action=action, resource=f"<{table}.Arn>")
+    return decide(request, resource_policy=[], identity_policy=identity_policy(template, role))
+
+
+def test_job_role_may_only_batch_read_and_write_the_seen_table(template: dict[str, Any]) -> None:
+    grants = allowed(template, "JobRole")
+
+    # The driver's lookups (BatchGetItem) and records of committed images (BatchWriteItem), nothing else.
+    assert {a: grants[a] for a in grants if a.startswith("dynamodb:")} == {
+        action: {"<SeenTable.Arn>"} for action in SEEN_TABLE_ACTIONS
+    }
+
+
+@pytest.mark.parametrize("action", SEEN_TABLE_ACTIONS)
+def test_job_role_may_use_the_seen_table(template: dict[str, Any], action: str) -> None:
+    assert _on_table(template, "JobRole", action, "SeenTable") == "allow"
+    assert _on_table(template, "JobRole", action, "IdempotencyTable") == "implicit deny"
+
+
+@pytest.mark.parametrize(
+    "action",
+    [
+        *SEEN_TABLE_ACTIONS,
+        "dynamodb:GetItem",
+        "dynamodb:PutItem",
+        "dynamodb:UpdateItem",
+        "dynamodb:DeleteItem",
+    ],
+)
+def test_lambda_role_may_not_use_the_seen_table(template: dict[str, Any], action: str) -> None:
+    # Only the job records committed images; the Lambda keeps to its idempotency table.
+    assert _on_table(template, "IngestRole", action, "SeenTable") == "implicit deny"
+
+
 def test_trigger_role_only_reads_queue_depth(template: dict[str, Any]) -> None:
     assert allowed(template, "TriggerRole") == {"sqs:GetQueueAttributes": {"<ImagesQueue.Arn>"}}
 
@@ -443,13 +481,34 @@ def test_events_queue_outlasts_six_function_timeouts(template: dict[str, Any]) -
     assert events["VisibilityTimeout"] >= 6 * function["Timeout"]
 
 
+def _table(template: dict[str, Any], name: str) -> dict[str, Any]:
+    (table,) = [t for t in resources(template, "AWS::DynamoDB::Table").values() if t["TableName"] == name]
+    return table
+
+
 def test_idempotency_table_matches_resources(template: dict[str, Any]) -> None:
     spec = describe().idempotency
-    (table,) = resources(template, "AWS::DynamoDB::Table").values()
+    table = _table(template, spec.name)
 
-    assert table["TableName"] == spec.name
+    assert spec.ttl_attribute is not None
     assert table["KeySchema"] == [{"AttributeName": spec.hash_key, "KeyType": "HASH"}]
     assert table["TimeToLiveSpecification"] == {"AttributeName": spec.ttl_attribute, "Enabled": True}
+
+
+def test_seen_table_matches_resources(template: dict[str, Any]) -> None:
+    spec = describe().seen
+    table = _table(template, spec.name)
+    kept = template["Resources"]["SeenTable"]
+
+    assert table["KeySchema"] == [{"AttributeName": spec.hash_key, "KeyType": "HASH"}]
+    assert table["AttributeDefinitions"] == [{"AttributeName": spec.hash_key, "AttributeType": "S"}]
+    # Items are kept for good: no TTL, and the table outlives the stack and a replacement, recoverable in time.
+    assert spec.ttl_attribute is None
+    assert "TimeToLiveSpecification" not in table
+    assert table["BillingMode"] == "PAY_PER_REQUEST"
+    assert table["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
+    assert kept["Properties"] is table
+    assert (kept["DeletionPolicy"], kept["UpdateReplacePolicy"]) == ("Retain", "Retain")
 
 
 # -- uploads → events queue → Lambda -------------------------------------------------------------------------------
@@ -494,12 +553,14 @@ def test_outputs_name_the_settings_they_fill(template: dict[str, Any]) -> None:
 
     assert outputs["EventsQueueUrl"]["Value"] == "<EventsQueue>"
     assert outputs["EventsDlqUrl"]["Value"] == "<IngestFailuresQueue>"
+    assert outputs["SeenTableName"]["Value"] == "<SeenTable>"
     named = {
         o["Description"].split()[0]
         for o in outputs.values()
         if o.get("Description", "").startswith("POMONA_")
     }
-    assert {"POMONA_BUCKET", "POMONA_IMAGES_QUEUE_URL", "POMONA_EVENTS_QUEUE_URL"} <= named <= set(ENV_VARS)
+    filled = {"POMONA_BUCKET", "POMONA_IMAGES_QUEUE_URL", "POMONA_EVENTS_QUEUE_URL", "POMONA_SEEN_TABLE"}
+    assert filled <= named <= set(ENV_VARS)
 
 
 def test_lambda_runs_the_image_with_pomona_settings(template: dict[str, Any]) -> None:

@@ -101,7 +101,12 @@ app.kubernetes.io/component: spark-job
 {{/* Spark properties: the chart's, then `spark.conf` over them. Values are strings, as the CRD requires. */}}
 {{- define "pomona.sparkConf" -}}
 {{- /* spark.authenticate: on Kubernetes Spark makes a secret per application and hands it to its executors, so
-  nothing else in the cluster can talk to the driver's RPC endpoints. */}}
+  nothing else in the cluster can talk to the driver's RPC endpoints.
+  spark.driver.maxResultSize: what one action may bring to the driver. At POMONA_MAX_IMAGES 50000 the largest is
+  the projections, 50,000 × ~1.5 KB in Arrow (≤256 float32, sha256, label) ≈ 75 MB; the failure rows are smaller
+  and the PCA states O(1) per run (13 MB each, float64 1280×1280, tree-reduced on the executors). 512m is ~7× that,
+  well inside the 2g heap: a runaway collect fails the run with a clear error instead of the driver running out
+  of memory. Raise it with spark.conf (and driver.memory) for larger batches. */}}
 {{- $conf := dict
   "spark.authenticate" "true"
   "spark.driver.port" (toString .Values.spark.ports.driver)
@@ -110,6 +115,7 @@ app.kubernetes.io/component: spark-job
   "spark.python.worker.reuse" "true"
   "spark.dynamicAllocation.shuffleTracking.enabled" (toString .Values.dynamicAllocation.shuffleTrackingEnabled)
   "spark.dynamicAllocation.executorIdleTimeout" .Values.dynamicAllocation.executorIdleTimeout
+  "spark.driver.maxResultSize" "512m"
 }}
 {{- with .Values.monitoring }}
 {{- if and .enabled (not .prometheus.jmxExporterJar) }}

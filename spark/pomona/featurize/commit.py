@@ -1,25 +1,30 @@
 """The commit protocol: how a batch's outputs become visible to readers all at once, or not at all.
 
+  0. the run's lease `locks/runs/<batch id>.json`, before any output: the mark recovery finds its files by;
   1. outputs: features and projections part files (the executors), failed images quarantined;
-  2. the PCA version `models/pca/v<N>-<batch id>/` (model, seen hashes, quality, and metadata holding the
+  2. the PCA version `models/pca/v<N>-<batch id>/` (model, merge state, quality, and metadata holding the
      manifest to be and the parent version), each file written only if absent: no other run writes there;
   3. `models/pca/LATEST` moved from (N-1, its batch) to (N, this batch) with a conditional write: of two runs
      that got this far, exactly one commits; the other stops, its version uncommitted;
-  4. `batches/<id>/manifest.json`;
-  5. the messages deleted (the driver, `pomona.featurize.queue`).
+  4. the batch's images recorded in the dedupe index (`pomona.featurize.index`);
+  5. `batches/<id>/manifest.json`;
+  6. the messages deleted (the driver, `pomona.featurize.queue`), the lease deleted, and the merge states of
+     versions beyond `keep_full_versions` deleted (retention).
 A crash before 3 leaves files no reader trusts; a later run's `recover` deletes them once their run's lease has
-lapsed, and the messages come back. A crash between 3 and 4 is rolled forward by `recover`, which writes the
-manifest from the version's metadata. A crash after 4 only redelivers messages, which dedupe finds committed. The
-run lock (`pomona.featurize.lock`) keeps two runs from working at once; steps 2 and 3 hold even when it fails to.
+lapsed (at once if the run ended), and the messages come back. A crash between 3 and 5 is rolled forward by
+`recover`, which records the batch's images from its projections and writes the manifest from the version's
+metadata. A crash after 5 only redelivers messages, which the index finds committed. The run lock
+(`pomona.featurize.lock`) keeps two runs from working at once; steps 2 and 3 hold even when it fails to.
+Recovery reads only LATEST, its parent, and the leases: its cost follows what can be uncommitted, not history.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 from botocore.exceptions import ClientError
 
@@ -34,8 +39,9 @@ from pomona.core.aws import (
 from pomona.core.contract import ImageMessage, QuarantineSidecar, Reason, quarantine_key, sidecar_key
 from pomona.core.outputs import leases_prefix, manifest_key, pca_latest_key, pca_prefix
 from pomona.core.settings import Settings
-from pomona.featurize.lock import ConcurrentRunError, lease_is_live
-from pomona.ml.pca import PcaModel, PcaState, load_npz
+from pomona.featurize.index import SeenIndex
+from pomona.featurize.lock import ConcurrentRunError, read_lease
+from pomona.ml.pca import PcaModel, PcaState, load_state, model_to_npz, state_to_npz
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -55,11 +61,13 @@ class Latest(NamedTuple):
 class Committer:
     """The S3 side of the protocol for one deployment's outputs."""
 
-    def __init__(self, s3: S3Client, settings: Settings) -> None:
+    def __init__(self, s3: S3Client, settings: Settings, index: SeenIndex) -> None:
         self.s3 = s3
+        self.index = index
         self.bucket = settings.bucket
         self.prefix = settings.output_prefix
         self.quarantine_prefix = settings.quarantine_prefix
+        self.keep_full_versions = settings.keep_full_versions
 
     # -- reading the committed state
 
@@ -72,16 +80,16 @@ class Committer:
         document, etag = found
         return Latest(int(document["version"]), document.get("batch_id"), etag)
 
-    def load_version(self, latest: Latest) -> tuple[PcaState | None, set[str]]:
-        """The merge state and the hashes of every image committed up to `latest`."""
+    def load_state(self, latest: Latest) -> PcaState | None:
+        """The merge state of the committed version (None before the first commit): `state.npz`, or `model.npz`
+        for a version written before the state had a file of its own."""
         if latest.version == 0:
-            return None, set()
+            return None
         base = pca_prefix(self.prefix, latest.version, latest.batch_id)
-        _, state = load_npz(self.s3.get_object(Bucket=self.bucket, Key=base + "model.npz")["Body"].read())
-        seen_table = pq.read_table(
-            io.BytesIO(self.s3.get_object(Bucket=self.bucket, Key=base + "seen.parquet")["Body"].read())
-        )
-        return state, set(seen_table.column("sha256").to_pylist())
+        found = self._read(base + "state.npz") or self._read(base + "model.npz")
+        if found is None:
+            raise FileNotFoundError(f"expected the merge state of committed PCA v{latest.version} at {base}")
+        return load_state(found)
 
     def batch_keys(self, folder: str, batch_id: str) -> list[str]:
         """The part files of `batch_id` under `folder` ("features" or "projections")."""
@@ -89,70 +97,94 @@ class Committer:
 
     # -- recovery
 
-    def recover(self) -> dict[str, Any] | None:
-        """Finish the commits a crash interrupted after LATEST moved (LATEST's, and its parent's, on which a second
-        run past the lock may have built before the first wrote its manifest), then delete what uncommitted runs
-        left; the committed version's metadata (None before the first commit)."""
+    def recover(self) -> tuple[Latest, dict[str, Any] | None]:
+        """Finish the commits a crash interrupted after LATEST moved, then delete what ended runs left
+        uncommitted; LATEST as found and the committed version's metadata (None before the first commit)."""
         latest = self.read_latest()
+        metadata = self.roll_forward(latest)
+        self._delete_orphans(latest)
+        return latest, metadata
+
+    def roll_forward(self, latest: Latest) -> dict[str, Any] | None:
+        """Steps 4 and 5 for LATEST's batch and its parent's (on which a second run past the lock may have built
+        before the first finished), where they did not happen; LATEST's version metadata."""
         metadata = self._version_metadata(latest.version, latest.batch_id) if latest.version else None
-        parent = (metadata or {}).get("parent") or {}
+        if metadata is None:
+            return None
+        self._index_legacy_history(metadata)
+        parent = metadata.get("parent") or {}
         parent_metadata = (
             self._version_metadata(parent["version"], parent["batch_id"]) if parent.get("batch_id") else None
         )
-        for committed in (metadata, parent_metadata):
+        for committed in (parent_metadata, metadata):
             if committed and not self._manifest_exists(committed["batch_id"]):
                 log.warning(
                     "Rolling forward a batch committed to LATEST without a manifest",
                     extra={"batch_id": committed["batch_id"]},
                 )
-                put_json(
-                    self.s3,
-                    self.bucket,
-                    manifest_key(self.prefix, committed["batch_id"]),
-                    committed["manifest"],
-                )
-        self._delete_orphans(latest)
+                manifest = committed["manifest"]
+                self.record(manifest["batch_id"], self._projected(manifest))
+                self.write_manifest(manifest)
         return metadata
 
-    def _delete_orphans(self, latest: Latest) -> None:
-        """Delete the files of batches without a manifest whose run's lease has lapsed, and lapsed leases.
+    def _index_legacy_history(self, metadata: dict[str, Any]) -> None:
+        """Once, for a deployment whose LATEST was written before the dedupe index: record every image of its
+        `seen.parquet` (the hashes of all committed images) in the index. Versions written since say so."""
+        if metadata.get("dedupe") == "index":
+            return
+        # Recorded last, so an interrupted backfill is done again; until a batch commits, later runs find it.
+        done = f"backfilled:v{metadata['version']}-{metadata['batch_id']}"
+        if self.index.committed([done]):
+            return
+        base = pca_prefix(self.prefix, metadata["version"], metadata["batch_id"])
+        found = self._read(base + "seen.parquet")
+        if found is not None:
+            shas = pq.read_table(io.BytesIO(found)).column("sha256").to_pylist()
+            log.warning("Recording the history before the dedupe index in it", extra={"images": len(shas)})
+            self.index.record(shas, batch_id=metadata["batch_id"])
+        self.index.record([done], batch_id=metadata["batch_id"])
 
-        A live run (one whose lock was taken over while it stalled, say) keeps its files: its lease outlives the
-        lock. Before anything uncommitted is deleted, LATEST is rewritten (conditionally, same content): a run that
-        read it before, however long it stalled, can then no longer commit the files deleted here."""
-        by_batch: dict[str, list[str]] = {}
-        for folder in ("features/", "projections/"):
-            for batch_prefix in self._folders(f"{self.prefix}{folder}"):
-                batch_id = batch_prefix.rstrip("/").rsplit("batch_id=", 1)[-1]
-                by_batch.setdefault(batch_id, []).extend(self._keys(batch_prefix))
-        for version_prefix in self._folders(f"{self.prefix}models/pca/"):
-            name = version_prefix.rstrip("/").rsplit("/", 1)[-1]
-            number, _, batch_id = name.removeprefix("v").partition("-")
-            if batch_id:
-                by_batch.setdefault(batch_id, []).extend(self._keys(version_prefix))
-            elif name.startswith("v") and number.isdigit() and int(number) > latest.version:
-                by_batch.setdefault(name, []).extend(self._keys(version_prefix))  # before batch-named folders
-        leases = {
-            k.rsplit("/", 1)[-1].removesuffix(".json"): k for k in self._keys(leases_prefix(self.prefix))
-        }
+    def _projected(self, manifest: dict[str, Any]) -> list[str]:
+        """The sha256 of every image a committed batch's projections hold."""
+        shas: list[str] = []
+        for key in manifest["files"]["projections"]:
+            body = self._read(key)
+            if body is None:
+                raise FileNotFoundError(f"expected projections part file {key} of a committed batch")
+            shas += pq.read_table(io.BytesIO(body), columns=["sha256"]).column("sha256").to_pylist()
+        return shas
+
+    def _delete_orphans(self, latest: Latest) -> None:
+        """Delete the files of each run whose lease has lapsed or ended without a manifest, and those leases.
+
+        Every run writes its lease before any file, and the lease stays until its batch is committed or its files
+        are deleted: the leases name everything that can be uncommitted. A live run (one whose lock was taken over
+        while it stalled, say) keeps its files: its lease outlives the lock. Before anything is deleted, LATEST
+        is rewritten (conditionally, same content): a run that read it before, however long it stalled, can then
+        no longer commit the files deleted here."""
         uncommitted: list[str] = []
         lapsed: list[str] = []
-        for batch_id in by_batch.keys() | leases.keys():
-            committed = self._manifest_exists(batch_id)
-            if batch_id in leases and lease_is_live(self.s3, self.bucket, leases[batch_id]):
+        for key in self._keys(leases_prefix(self.prefix)):
+            lease = read_lease(self.s3, self.bucket, key)
+            if lease is None or lease.is_live():
                 continue
-            if batch_id in leases:
-                lapsed.append(leases[batch_id])
-            if not committed:
-                uncommitted += by_batch.get(batch_id, [])
+            batch_id = key.rsplit("/", 1)[-1].removesuffix(".json")
+            lapsed.append(key)
+            if not self._manifest_exists(batch_id):
+                uncommitted += self._batch_files(batch_id, lease.pca_version)
         if uncommitted and not self._fence(latest):
             return
-        doomed = uncommitted + lapsed
-        for start in range(0, len(doomed), 1000):
-            chunk = doomed[start : start + 1000]
-            self.s3.delete_objects(Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in chunk]})
+        self._delete(uncommitted)
+        self._delete(lapsed)  # last: a lease goes only once its files have
         if uncommitted:
             log.warning("Deleted files of uncommitted runs", extra={"files": len(uncommitted)})
+
+    def _batch_files(self, batch_id: str, pca_version: int | None) -> list[str]:
+        """The files an uncommitted run of `batch_id` may have written."""
+        keys = self.batch_keys("features", batch_id) + self.batch_keys("projections", batch_id)
+        if pca_version is not None:
+            keys += self._keys(pca_prefix(self.prefix, pca_version, batch_id))
+        return keys
 
     def _fence(self, latest: Latest) -> bool:
         """Rewrite LATEST as read (a version 0 when there is none yet), so that no run that read it before can
@@ -218,16 +250,13 @@ class Committer:
         latest: Latest,
         batch_id: str,
         model: PcaModel,
-        model_npz: bytes,
-        seen: set[str],
+        state: PcaState,
         manifest: dict[str, Any],
         quality: dict[str, Any],
     ) -> None:
         """Step 2: version `latest.version + 1`, in this batch's own folder, each file only if absent."""
         version = latest.version + 1
         base = pca_prefix(self.prefix, version, batch_id)
-        seen_file = io.BytesIO()
-        pq.write_table(pa.table({"sha256": sorted(seen)}), seen_file, compression="zstd")
         metadata = {
             "version": version,
             "batch_id": batch_id,
@@ -238,11 +267,12 @@ class Committer:
             "weights_id": manifest["weights_id"],
             "backend": manifest["backend"],
             "created_at": manifest["created_at"],
+            "dedupe": "index",  # its images are in the dedupe index, not in a seen list
             "manifest": manifest,
         }
         for name, body in [
-            ("model.npz", model_npz),
-            ("seen.parquet", seen_file.getvalue()),
+            ("model.npz", model_to_npz(model)),
+            ("state.npz", state_to_npz(state)),
             ("quality.json", json_bytes(quality)),
             ("metadata.json", json_bytes(metadata)),
         ]:
@@ -270,8 +300,12 @@ class Committer:
                 ) from err
             raise
 
+    def record(self, batch_id: str, shas: Iterable[str]) -> None:
+        """Step 4: the batch's images, committed now, in the dedupe index."""
+        self.index.record(shas, batch_id=batch_id)
+
     def write_manifest(self, manifest: dict[str, Any]) -> None:
-        """Step 4."""
+        """Step 5."""
         key = manifest_key(self.prefix, manifest["batch_id"])
         try:
             put_json(self.s3, self.bucket, key, manifest, if_none_match=True)
@@ -280,6 +314,31 @@ class Committer:
             # (its response lost, botocore retried it) or rolled forward from the version's metadata.
             if not is_precondition_failed(err):
                 raise
+
+    def retire(self, version: int, batch_id: str) -> None:
+        """Retention: delete the merge state (and any pre-index seen list) of each version older than the
+        `keep_full_versions` up to `version`. The walk goes back through each version's parent and stops at one
+        already retired, so a sweep a crash missed is done by the next; model.npz, metadata and quality stay: a
+        reader of a version's projections needs its components and mean."""
+        at: tuple[int, str | None] = (version, batch_id)
+        for _ in range(self.keep_full_versions):
+            at = self._parent(*at)
+        while at[0] > 0 and at[1] is not None:  # a v<N>/ folder from before batch ids is left as it is
+            doomed = [
+                k
+                for k in self._keys(pca_prefix(self.prefix, *at))
+                if k.endswith(("/state.npz", "/seen.parquet"))
+            ]
+            if not doomed:
+                return
+            self._delete(doomed)
+            at = self._parent(*at)
+
+    def _parent(self, version: int, batch_id: str | None) -> tuple[int, str | None]:
+        if version <= 0 or batch_id is None:
+            return 0, None
+        parent = (self._version_metadata(version, batch_id) or {}).get("parent") or {}
+        return int(parent.get("version", 0)), parent.get("batch_id")
 
     # -- helpers
 
@@ -291,8 +350,7 @@ class Committer:
         while at[0] >= version and at[1] is not None:
             if at == (version, batch_id):
                 return True
-            parent = (self._version_metadata(*at) or {}).get("parent") or {}
-            at = (int(parent.get("version", 0)), parent.get("batch_id"))
+            at = self._parent(*at)
         return False
 
     def _version_metadata(self, version: int, batch_id: str | None) -> dict[str, Any] | None:
@@ -311,11 +369,18 @@ class Committer:
     def _manifest_exists(self, batch_id: str) -> bool:
         return get_json(self.s3, self.bucket, manifest_key(self.prefix, batch_id)) is not None
 
-    def _folders(self, prefix: str) -> list[str]:
-        pages = self.s3.get_paginator("list_objects_v2").paginate(
-            Bucket=self.bucket, Prefix=prefix, Delimiter="/"
-        )
-        return [p["Prefix"] for page in pages for p in page.get("CommonPrefixes", [])]
+    def _read(self, key: str) -> bytes | None:
+        try:
+            return self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        except ClientError as err:
+            if is_missing(err):
+                return None
+            raise
+
+    def _delete(self, keys: list[str]) -> None:
+        for start in range(0, len(keys), 1000):
+            chunk = keys[start : start + 1000]
+            self.s3.delete_objects(Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in chunk]})
 
     def _keys(self, prefix: str) -> list[str]:
         pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)

@@ -1,8 +1,8 @@
 """The featurization job's driver: one run, read as the list of its phases.
 
-Drain the images queue, drop images already committed, featurize in the executors (`tasks`), refit the exact PCA,
-project, then commit (`commit`) and delete the messages. One run at a time (`lock`), its messages kept invisible
-and its lease alive by a heartbeat (`queue`). Each image's outcome is its own: committed, quarantined with a
+Recover, drain the images queue, drop images already committed (`index`), featurize in the executors (`tasks`),
+refit the exact PCA, project, then commit (`commit`) and delete the messages. One run at a time (`lock`), its
+messages kept invisible and its lease alive by a heartbeat (`queue`) from recovery on. Each image's outcome is its own: committed, quarantined with a
 reason, or deferred (its message left for redelivery); one image never fails the run.
 """
 
@@ -23,31 +23,33 @@ from typing import TYPE_CHECKING, Any
 import boto3
 import numpy as np
 import pandas as pd
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from pomona.core.aws import RETRIES, error_code
 from pomona.core.contract import ImageMessage, Reason, utc_now
 from pomona.core.errors import PomonaError
 from pomona.core.outputs import lease_key, lock_key, new_batch_id
 from pomona.core.settings import Settings, injected_fault
-from pomona.featurize.commit import Committer
+from pomona.featurize.commit import Committer, Latest
 from pomona.featurize.dedupe import split_duplicates
+from pomona.featurize.index import SeenIndex
 from pomona.featurize.lock import RunLock
-from pomona.featurize.partitions import partition_count, split_evenly
+from pomona.featurize.partitions import partition_count, split_evenly, tree_depth
 from pomona.featurize.queue import Heartbeat, Received, delete_messages, drain_queue
 from pomona.featurize.tasks import (
     DEFERRED,
+    FAILURE_COLUMNS,
     META_COLUMNS,
-    OUTCOME_SCHEMA,
     PROJECTED_SCHEMA,
+    PartOutcome,
+    combine_outcomes,
     featurize_partitions,
     file_provenance,
     project_partitions,
-    state_from_bytes,
 )
 from pomona.ml.backends import get_backend
 from pomona.ml.mobilenet import FEATURE_DIM
-from pomona.ml.pca import PcaModel, PcaState, fit_pca_or_point, merge_pca_state, state_to_npz
+from pomona.ml.pca import PcaModel, PcaState, fit_pca_or_point, merge_pca_state, model_to_npz
 from pomona.ml.weights import resolve_weights
 
 if TYPE_CHECKING:
@@ -99,9 +101,12 @@ class Job:
         self.options = options
         self.s3: S3Client = boto3.client("s3", endpoint_url=settings.endpoint_url, config=RETRIES)
         self.sqs: SQSClient = boto3.client("sqs", endpoint_url=settings.endpoint_url, config=RETRIES)
-        self.committer = committer or Committer(self.s3, settings)
+        dynamodb = boto3.client("dynamodb", endpoint_url=settings.endpoint_url, config=RETRIES)
+        self.committer = committer or Committer(self.s3, settings, SeenIndex(dynamodb, settings.seen_table))
         # Named up front: the run's lease on it exists before any of its files.
         self.batch_id = new_batch_id(entropy=os.urandom(8))
+        # Whether files of this batch may exist uncommitted: its lease then stays, for recovery to find them.
+        self._unsettled = False
 
     def run(self) -> BatchResult:
         started = time.monotonic()
@@ -119,7 +124,6 @@ class Job:
         )
         preimport.start()
         try:
-            self._check_lineage(self.committer.recover())
             with Heartbeat(
                 self.sqs,
                 self.settings.images_queue_url,
@@ -127,12 +131,14 @@ class Job:
                 every_s=self.options.heartbeat_s,
                 visibility_timeout_s=self.options.visibility_timeout_s,
             ) as heartbeat:
-                return self._run_batch(heartbeat, started)
+                recovered, committed = self.committer.recover()
+                self._check_lineage(committed)
+                return self._run_batch(heartbeat, recovered, started)
         finally:
             preimport.join()
-            lock.release()
+            lock.release(settled=not self._unsettled)
 
-    def _run_batch(self, heartbeat: Heartbeat, started: float) -> BatchResult:
+    def _run_batch(self, heartbeat: Heartbeat, recovered: Latest, started: float) -> BatchResult:
         timings: dict[str, float] = {}
         with timed(timings, "drain_s"):
             received = drain_queue(
@@ -140,8 +146,8 @@ class Job:
                 self.settings,
                 visibility_timeout_s=self.options.visibility_timeout_s,
                 wait_s=self.options.wait_s,
+                on_receive=heartbeat.hold,
             )
-        heartbeat.receipts = received.receipts
         self._fault("after_receive")
         refused = self._refuse(received)
         if not received.messages:
@@ -150,22 +156,22 @@ class Job:
                 skipped=f"no valid messages ({received.malformed} malformed, {refused} refused)",
             )
 
-        latest = self.committer.read_latest()
-        stored_state, seen = self.committer.load_version(latest)
-        fresh, duplicates = split_duplicates(received.messages, seen)
+        latest, fresh, duplicates = self._dedupe(received, recovered)
         if not fresh:
             self._delete([r for _, r in duplicates])
             return BatchResult(manifest=None, skipped=f"all {len(duplicates)} images already committed")
+        stored_state = self.committer.load_state(latest)
         version, batch_id = latest.version + 1, self.batch_id
 
+        self._unsettled = True
         with timed(timings, "featurize_s"):
-            outcomes = self._featurize([m for m, _ in fresh], batch_id=batch_id, version=version)
-        written = outcomes[outcomes["part"].notna()]
-        failed = outcomes[outcomes["sha256"].notna()]
+            outcome = self._featurize([m for m, _ in fresh], batch_id=batch_id, version=version)
+        failed = pd.DataFrame(outcome.failures, columns=list(FAILURE_COLUMNS))
         deferred, failures = failed[failed["reason"] == DEFERRED], failed[failed["reason"] != DEFERRED]
         heartbeat.receipts = _receipts_except(received, set(deferred["sha256"]))
         self._fault("after_features")
-        if written.empty:
+        if outcome.state is None:
+            self._unsettled = False  # no part file was written
             left, by_code = self._settle(failures, deferred, fresh)
             self._delete(_receipts_except(received, set(deferred["sha256"]) | left.keys()))
             return BatchResult(
@@ -174,12 +180,12 @@ class Job:
                 f"{by_code.total()} deferred",
             )
         with timed(timings, "refit_s"):
-            state = _merged(stored_state, written["state"])
+            state = merge_pca_state(stored_state or PcaState.empty(FEATURE_DIM), outcome.state)
             model = self._refit(state)
-            model_npz = state_to_npz(model, state)
         with timed(timings, "project_s"):
-            parts = sorted(written["part"].astype(int))
-            projected = self._project(parts, model_npz, batch_id=batch_id, version=version)
+            projected = self._project(
+                sorted(outcome.parts), model_to_npz(model), batch_id=batch_id, version=version
+            )
 
         committing = time.monotonic()
         left, by_code = self._settle(failures, deferred, fresh)
@@ -196,40 +202,74 @@ class Job:
         }
         timings["total_s"] = time.monotonic() - started
         manifest = self._manifest(batch_id, version, model, counts, timings, quality, n_fresh=len(fresh))
-        # Fencing: a run whose lease lapsed and was taken over stops here, before it writes models/; the renewal
-        # gives it a full TTL for the few writes left, so no run can take over in between.
-        heartbeat.lock.renew()
-        self.committer.write_version(
-            latest, batch_id, model, model_npz, seen | set(projected["sha256"]), manifest, quality
-        )
-        self._fault("after_pca_version")
-        self.committer.advance_latest(latest, batch_id=batch_id)
-        self._fault("after_latest")
-        self.committer.write_manifest(manifest)
-        self._fault("after_manifest")
+        self._commit(heartbeat.lock, latest, model, state, manifest, quality, images=projected["sha256"])
         self._delete(_receipts_except(received, set(deferred["sha256"]) | left.keys()))
+        self._retire(version, batch_id)
         manifest["timings"]["commit_s"] = round(time.monotonic() - committing, 3)
         log.info("Batch committed", extra={"batch_id": batch_id, "pca_version": version, **counts})
         return BatchResult(manifest=manifest)
 
     # -- the phases
 
-    def _featurize(self, messages: Sequence[ImageMessage], *, batch_id: str, version: int) -> pd.DataFrame:
-        """Run the featurize pass; its outcome rows (OUTCOME_SCHEMA)."""
+    def _dedupe(
+        self, received: Received, recovered: Latest
+    ) -> tuple[Latest, list[tuple[ImageMessage, str]], list[tuple[ImageMessage, str]]]:
+        """LATEST, and the received messages split into (fresh images, duplicates): of each other, or of images
+        the index holds committed."""
+        latest = self.committer.read_latest()
+        if (
+            latest[:2] != recovered[:2]
+        ):  # a run past the lock committed since: finish its commit before looking
+            self.committer.roll_forward(latest)
+        seen = self.committer.index.committed(m.sha256 for m, _ in received.messages)
+        fresh, duplicates = split_duplicates(received.messages, seen)
+        return latest, fresh, duplicates
+
+    def _commit(
+        self,
+        lock: RunLock,
+        latest: Latest,
+        model: PcaModel,
+        state: PcaState,
+        manifest: dict[str, Any],
+        quality: dict[str, Any],
+        *,
+        images: Iterable[str],
+    ) -> None:
+        """Steps 2 to 5 of the commit protocol (`pomona.featurize.commit`), each then its fault point."""
+        version, batch_id = manifest["pca_version"], manifest["batch_id"]
+        # Fencing: a run whose lease lapsed and was taken over stops here, before it writes models/; the renewal
+        # gives it a full TTL for the few writes left, so no run can take over in between. The lease now names
+        # the version folder, for recovery to find it should this run end uncommitted.
+        lock.pca_version = version
+        lock.renew()
+        self.committer.write_version(latest, batch_id, model, state, manifest, quality)
+        self._fault("after_pca_version")
+        self.committer.advance_latest(latest, batch_id=batch_id)
+        self._fault("after_latest")
+        self.committer.record(batch_id, images)
+        self._fault("after_index")
+        self.committer.write_manifest(manifest)
+        self._unsettled = False
+        self._fault("after_manifest")
+
+    def _featurize(self, messages: Sequence[ImageMessage], *, batch_id: str, version: int) -> PartOutcome:
+        """Run the featurize pass; its tasks' outcomes, reduced on the executors into one."""
         rows = [tuple(getattr(m, c) for c in META_COLUMNS) for m in messages]
         parts = partition_count(
             len(rows),
             images_per_partition=self.options.images_per_partition,
             parallelism=self.spark.sparkContext.defaultParallelism,
         )
-        # Task i featurizes group i. The groups are broadcast, and the tasks run over `spark.range`: a DataFrame
-        # made from Python rows would convert them in an extra Python worker per task (~1 s to start one).
-        groups = self.spark.sparkContext.broadcast(split_evenly(rows, parts))
+        # Task i featurizes group i. The groups are broadcast, and the tasks run over a range of task ids.
+        context = self.spark.sparkContext
+        groups = context.broadcast(split_evenly(rows, parts))
         featurize = featurize_partitions(
             self.settings, groups, batch_id=batch_id, pca_version=version, provenance=self._provenance
         )
         try:
-            return self._run_tasks(parts, featurize, OUTCOME_SCHEMA)
+            tasks = context.parallelize(range(parts), parts).mapPartitions(featurize)
+            return tasks.treeReduce(combine_outcomes, depth=tree_depth(parts))
         finally:
             groups.destroy()
 
@@ -343,6 +383,13 @@ class Job:
             log.warning("Images deferred", extra={"by_error_code": dict(by_code)})
         return left, by_code
 
+    def _retire(self, version: int, batch_id: str) -> None:
+        """Retention, best-effort: the batch is committed; a sweep that fails is done by the next run's."""
+        try:
+            self.committer.retire(version, batch_id)
+        except (ClientError, BotoCoreError) as err:
+            log.warning("Retention failed; the next run retries", extra={"error": str(err)})
+
     def _delete(self, receipts: Sequence[str]) -> None:
         delete_messages(
             self.sqs, self.settings.images_queue_url, receipts, between=lambda: self._fault("mid_delete")
@@ -369,14 +416,6 @@ def _failed(failures: pd.DataFrame, left: dict[str, str], *, refused: int) -> di
     """Quarantined images by reason: the executors' failures (but those deferred instead) and refused messages."""
     quarantined = Counter(failures.loc[~failures["sha256"].isin(list(left)), "reason"])
     return dict(quarantined + Counter({Reason.BAD_MESSAGE.value: refused}))
-
-
-def _merged(stored: PcaState | None, part_states: Iterable[bytes]) -> PcaState:
-    """The stored state with every part's statistics merged in."""
-    state = stored or PcaState.empty(FEATURE_DIM)
-    for state_bytes in part_states:
-        state = merge_pca_state(state, state_from_bytes(state_bytes))
-    return state
 
 
 def probe_quality(projected: pd.DataFrame, *, gain: float, loss: float) -> dict[str, Any]:

@@ -36,6 +36,18 @@ class Holder:
     expires_at: datetime
 
 
+@dataclass(frozen=True)
+class Lease:
+    """A run's lease on its batch, as read: until when it is held, and the PCA version the run was writing (None
+    until it got that far)."""
+
+    expires_at: datetime
+    pca_version: int | None = None
+
+    def is_live(self, now: datetime | None = None) -> bool:
+        return self.expires_at > (now or datetime.now(UTC))
+
+
 @dataclass
 class RunLock:
     """A lease in S3 that keeps two featurization runs from working at once; renewed by the run's heartbeat."""
@@ -47,6 +59,8 @@ class RunLock:
     lease_key: str | None = None
     owner: str = field(default_factory=lambda: uuid.uuid4().hex)
     etag: str | None = None
+    # Written into the lease with each renewal: the PCA version the run writes (recovery finds its folder by it).
+    pca_version: int | None = None
 
     def acquire(self, now: datetime | None = None) -> None:
         now = now or datetime.now(UTC)
@@ -101,11 +115,12 @@ class RunLock:
                 raise ConcurrentRunError("expected to still hold the run lock, another run took it") from err
             self.etag = found[1]  # our renewal landed, its response was lost, the retry met it
 
-    def release(self) -> None:
+    def release(self, *, settled: bool = True) -> None:
         """Delete the lock if it is still ours: a run that lost it must not free the run that took it over.
 
         The conditional renewal first makes it ours for a full TTL, so no run can take it over before the delete.
-        The run's lease goes either way: the run is over, and what it left uncommitted is recovery's to delete.
+        The run's lease goes if the run left nothing uncommitted (`settled`: it committed, or wrote nothing);
+        otherwise it is ended, not deleted: it marks the files the next recovery deletes at once.
         """
         try:
             self._renew(datetime.now(UTC))
@@ -113,37 +128,26 @@ class RunLock:
         except ConcurrentRunError:
             pass
         finally:
-            if self.lease_key is not None:
+            if self.lease_key is not None and settled:
                 self.s3.delete_object(Bucket=self.bucket, Key=self.lease_key)
+            elif self.lease_key is not None:
+                self._write_lease(datetime.now(UTC), ttl=timedelta(0))
 
-    def _write_lease(self, now: datetime) -> None:
+    def _write_lease(self, now: datetime, *, ttl: timedelta = LEASE_TTL) -> None:
         if self.lease_key is not None:  # the key is this run's alone: no condition needed
-            put_json(self.s3, self.bucket, self.lease_key, self._document(now, ttl=LEASE_TTL))
+            document = self._document(now, ttl=ttl)
+            if self.pca_version is not None:
+                document["pca_version"] = self.pca_version
+            put_json(self.s3, self.bucket, self.lease_key, document)
 
     def _holder(self) -> tuple[Holder, str] | None:
-        """Who holds the lock until when, and the document's ETag; None when there is no lock.
-
-        A document that is not a lock (a hand edit, a bug) is reported and held by nobody until its TTL has passed
-        since it was written: never a permanent block, never taken over at once."""
-        try:
-            response = self.s3.get_object(Bucket=self.bucket, Key=self.key)
-        except ClientError as err:
-            if is_missing(err):
-                return None
-            raise
-        try:
-            document = json.loads(response["Body"].read())
-            holder = Holder(
-                owner=str(document["owner"]), expires_at=datetime.fromisoformat(document["expires_at"])
-            )
-        except (ValueError, KeyError, TypeError) as err:
-            expires_at = response["LastModified"] + LOCK_TTL
-            log.error(
-                "Malformed run lock: held until its TTL passes",
-                extra={"key": self.key, "error": str(err), "expires_at": expires_at.isoformat()},
-            )
-            holder = Holder(owner=f"(malformed lock document: {err})", expires_at=expires_at)
-        return holder, response["ETag"]
+        """Who holds the lock until when, and the document's ETag; None when there is no lock."""
+        found = _read(self.s3, self.bucket, self.key, ttl=LOCK_TTL)
+        if found is None:
+            return None
+        document, expires_at, etag = found
+        owner = str(document["owner"]) if "owner" in document else "(malformed lock document)"
+        return Holder(owner=owner, expires_at=expires_at), etag
 
     def _document(self, now: datetime, *, ttl: timedelta = LOCK_TTL) -> dict[str, Any]:
         return {
@@ -153,17 +157,36 @@ class RunLock:
         }
 
 
-def lease_is_live(s3: S3Client, bucket: str, key: str, now: datetime | None = None) -> bool:
-    """Whether the run lease at `key` is held: written by a run that renewed it within LEASE_TTL. A lease that
-    cannot be read as one counts as live until that TTL has passed since it was written, as a malformed lock does."""
+def read_lease(s3: S3Client, bucket: str, key: str) -> Lease | None:
+    """The run lease at `key` (pomona.core.outputs.lease_key), or None when there is none."""
+    found = _read(s3, bucket, key, ttl=LEASE_TTL)
+    if found is None:
+        return None
+    document, expires_at, _ = found
+    version = document.get("pca_version")
+    return Lease(expires_at=expires_at, pca_version=version if isinstance(version, int) else None)
+
+
+def _read(
+    s3: S3Client, bucket: str, key: str, *, ttl: timedelta
+) -> tuple[dict[str, Any], datetime, str] | None:
+    """A lock or lease document, until when it holds, and its ETag; None when there is none.
+
+    A document that is not one (a hand edit, a bug) is reported and holds until `ttl` has passed since it was
+    written: never a permanent block, never taken over at once."""
     try:
         response = s3.get_object(Bucket=bucket, Key=key)
     except ClientError as err:
         if is_missing(err):
-            return False
+            return None
         raise
     try:
-        expires_at = datetime.fromisoformat(json.loads(response["Body"].read())["expires_at"])
-    except (ValueError, KeyError, TypeError):
-        expires_at = response["LastModified"] + LEASE_TTL
-    return expires_at > (now or datetime.now(UTC))
+        document = json.loads(response["Body"].read())
+        return document, datetime.fromisoformat(document["expires_at"]), response["ETag"]
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        expires_at = response["LastModified"] + ttl
+        log.error(
+            "Malformed run lock or lease: held until its TTL passes",
+            extra={"key": key, "error": str(err), "expires_at": expires_at.isoformat()},
+        )
+        return {}, expires_at, response["ETag"]

@@ -23,3 +23,10 @@ def split_evenly(items: Sequence[_T], parts: int) -> list[list[_T]]:
     size, extra = divmod(len(items), parts)
     bounds = itertools.accumulate([0] + [size + (i < extra) for i in range(parts)])
     return [list(items[a:b]) for a, b in itertools.pairwise(bounds)]
+
+
+def tree_depth(parts: int) -> int:
+    """The depth of the tree reduction over `parts` partial results for which Spark halves their number at each
+    level (`RDD.treeReduce` uses a fan-in of ceil(parts ** (1/depth))): the driver then receives at most 4, however
+    many partitions the batch had."""
+    return max(2, math.ceil(math.log2(max(parts, 1))))

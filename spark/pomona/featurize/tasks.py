@@ -1,8 +1,10 @@
 """What runs in the executors: the featurize pass and the projection pass, one Spark task per message group.
 
 The featurize pass fetches the exact object versions the messages name, decodes and featurizes them, writes each
-group's features part file, and sends the driver only the failures and each part's PCA statistics: the features
-stay in S3, where the projection pass reads them back after the driver's refit.
+group's features part file, and reports the failures and the part's PCA statistics as a `PartOutcome`. The
+outcomes are merged on the executors (`combine_outcomes`, a tree reduction), so the driver receives a few PCA
+states per run whatever the number of partitions. The features stay in S3, where the projection pass reads them
+back after the driver's refit.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import io
 import itertools
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -29,7 +31,7 @@ from pomona.core.outputs import features_key, projections_key
 from pomona.core.settings import Settings
 from pomona.ml.backends import get_backend
 from pomona.ml.featurizer import get_featurizer
-from pomona.ml.pca import PcaState, load_npz, project
+from pomona.ml.pca import PcaState, load_model, merge_pca_state, project
 from pomona.ml.preprocess import DecodeLimits, preprocess_batch
 
 if TYPE_CHECKING:
@@ -41,16 +43,27 @@ log = logging.getLogger(__name__)
 CHUNK = 64  # images decoded and featurized together in an executor
 FETCH_THREADS = 8  # concurrent GETs per Python worker: S3 latency hides behind the model
 META_COLUMNS = ("sha256", "key", "label", "version_id", "etag", "bucket")
-# What a partition of the featurize pass tells the driver, besides the features part file it wrote: one row per
-# image that failed (sha256, reason, detail, and the S3 error code of a deferred one), and one row for that part
-# file (its number, and the PCA statistics of its features). The features themselves stay in S3, where the
-# projection pass reads them back: they never travel through Spark.
-OUTCOME_SCHEMA = "sha256 string, reason string, detail string, error_code string, part int, state binary"
-OUTCOME_COLUMNS = [field.split()[0] for field in OUTCOME_SCHEMA.split(", ")]
+# One row per image that failed: its sha256, reason, detail, and the S3 error code of a deferred one.
+FAILURE_COLUMNS = ("sha256", "reason", "detail", "error_code")
 PROJECTED_SCHEMA = "sha256 string, label string, projection array<float>"
 # Not a `Reason`: the image's message is left on the queue, so it comes back (and reaches the DLQ after the queue's
 # receive limit); one image's access or throttling error never fails its task, nor its batch.
 DEFERRED = "deferred"
+
+
+class PartOutcome(NamedTuple):
+    """What featurize tasks tell the driver besides the part files they wrote: their failed images (rows of
+    FAILURE_COLUMNS), the part files' numbers, and the PCA statistics of their features (None: no features)."""
+
+    failures: list[tuple[str, str, str, str | None]]
+    parts: list[int]
+    state: PcaState | None
+
+
+def combine_outcomes(a: PartOutcome, b: PartOutcome) -> PartOutcome:
+    """Two outcomes as one: associative, so Spark may reduce them in any tree."""
+    state = a.state if b.state is None else b.state if a.state is None else merge_pca_state(a.state, b.state)
+    return PartOutcome(a.failures + b.failures, a.parts + b.parts, state)
 
 
 class Fetched(NamedTuple):
@@ -101,12 +114,12 @@ def featurize_partitions(
     batch_id: str,
     pca_version: int,
     provenance: dict[str, str],
-) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
-    """The executor function, over row ids `i` of `spark.range(len(groups))`: fetch, decode and featurize the
-    images of message group `i` (rows of META_COLUMNS), write features part file `i` if any image succeeded, and
-    yield the outcome rows (OUTCOME_SCHEMA)."""
+) -> Callable[[Iterable[int]], Iterator[PartOutcome]]:
+    """The executor function, over the task ids `i` of an RDD of `range(len(groups))`: fetch, decode and featurize
+    the images of message group `i` (rows of META_COLUMNS), write features part file `i` if any image succeeded,
+    and yield its outcome."""
 
-    def run(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    def run(parts: Iterable[int]) -> Iterator[PartOutcome]:
         s3 = boto3.client("s3", endpoint_url=settings.endpoint_url, config=RETRIES)
         featurizer = get_featurizer(
             settings.weights,
@@ -116,9 +129,9 @@ def featurize_partitions(
         )
         # Untrusted bytes: only the allowed formats' decoders, and no more pixels than ingestion accepts.
         limits = DecodeLimits(formats=tuple(sorted(settings.allowed_formats)), max_pixels=settings.max_pixels)
-        for part in _task_ids(frames):
+        for part in parts:
             started = time.monotonic()
-            outcomes = _featurize_group(
+            outcome = _featurize_group(
                 s3,
                 featurizer,
                 limits,
@@ -134,7 +147,7 @@ def featurize_partitions(
                 "Part featurized",
                 extra={"part": part, "images": len(groups.value[part]), "s": time.monotonic() - started},
             )
-            yield outcomes
+            yield outcome
 
     return run
 
@@ -157,9 +170,9 @@ def _featurize_group(
     batch_id: str,
     pca_version: int,
     provenance: dict[str, str],
-) -> pd.DataFrame:
+) -> PartOutcome:
     """Fetch, decode and featurize one group; write its features to `key` if any image succeeded (else make sure
-    no file of an earlier attempt is left there); its outcome rows (OUTCOME_SCHEMA)."""
+    no file of an earlier attempt is left there); its outcome."""
     chunks = (messages.iloc[i : i + CHUNK] for i in range(0, len(messages), CHUNK))
     with ThreadPoolExecutor(max_workers=FETCH_THREADS) as pool:
         result = pd.concat(
@@ -170,20 +183,19 @@ def _featurize_group(
             ignore_index=True,
         )
     ok = result[result["reason"].isna()]
-    outcomes = [result.loc[result["reason"].notna(), ["sha256", "reason", "detail", "error_code"]]]
-    if len(ok):
-        vectors = [np.asarray(f, dtype=np.float32) for f in ok["features"]]
-        table = _part_table(
-            ok, "features", vectors, batch_id=batch_id, pca_version=pca_version, provenance=provenance
-        )
-        put_parquet(s3, bucket, key, table)
-        state = PcaState.from_rows(np.stack(vectors))
-        outcomes.append(pd.DataFrame({"part": [part], "state": [_state_bytes(state)]}))
-    else:
+    failed = result.loc[result["reason"].notna(), list(FAILURE_COLUMNS)].astype(object)
+    failures = [tuple(row) for row in failed.where(failed.notna(), None).itertuples(index=False)]
+    if not len(ok):
         # An earlier attempt of this task may have written the file before its images went away: the manifest
         # lists the folder, so a stale file must not stay there.
         s3.delete_object(Bucket=bucket, Key=key)
-    return pd.concat(outcomes, ignore_index=True).reindex(columns=OUTCOME_COLUMNS)
+        return PartOutcome(failures, [], None)
+    vectors = [np.asarray(f, dtype=np.float32) for f in ok["features"]]
+    table = _part_table(
+        ok, "features", vectors, batch_id=batch_id, pca_version=pca_version, provenance=provenance
+    )
+    put_parquet(s3, bucket, key, table)
+    return PartOutcome(failures, [part], PcaState.from_rows(np.stack(vectors)))
 
 
 def _fetch_ahead(
@@ -239,7 +251,7 @@ def project_partitions(
     part file `parts[i]` back from S3, project it with this batch's refit, write its projections part file."""
 
     def run(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        model, _ = load_npz(model_npz)
+        model = load_model(model_npz)
         s3 = boto3.client("s3", endpoint_url=settings.endpoint_url, config=RETRIES)
         for part in (parts[i] for i in _task_ids(frames)):
             key = features_key(settings.output_prefix, batch_id, part)
@@ -296,14 +308,3 @@ def put_parquet(s3: S3Client, bucket: str, key: str, table: pa.Table) -> None:
     sink = io.BytesIO()
     pq.write_table(table, sink, compression="zstd")
     s3.put_object(Bucket=bucket, Key=key, Body=sink.getvalue(), ContentType="application/vnd.apache.parquet")
-
-
-def _state_bytes(state: PcaState) -> bytes:
-    sink = io.BytesIO()
-    np.savez(sink, n=np.int64(state.n), mean=state.mean, scatter=state.scatter)
-    return sink.getvalue()
-
-
-def state_from_bytes(data: bytes) -> PcaState:
-    with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
-        return PcaState(n=int(arrays["n"]), mean=arrays["mean"], scatter=arrays["scatter"])

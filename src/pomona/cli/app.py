@@ -189,6 +189,26 @@ def bench_ingest(
         raise typer.Exit(1)
 
 
+@bench_app.command("history")
+def bench_history(
+    seen: Annotated[
+        list[int] | None,
+        typer.Option(help="Committed images of history before the run; repeat for each level.", min=0),
+    ] = None,
+    images: Annotated[int, typer.Option(help="The batch each level's run featurizes.", min=1)] = 256,
+    as_json: Annotated[
+        bool, typer.Option("--json/--pretty", help="One line of JSON (default), or indented for reading.")
+    ] = True,
+) -> None:
+    """One run of the same batch after 0, 100,000 and 1,000,000 committed images (or each --seen): run time,
+    the driver's peak RSS and the requests the run made, each against a fresh embedded stack."""
+    from pomona.bench import history as bench
+
+    with _one_line_errors():
+        result = bench.run(seen=tuple(seen or bench.DEFAULT_SEEN), images=images)
+    sys.stdout.write(json.dumps(result, indent=None if as_json else 2) + "\n")
+
+
 @job_app.command("run")
 def job_run(
     workers: Annotated[int, typer.Option(help="Spark local[N] workers.")] = 2,

@@ -25,7 +25,9 @@ class QueueSpec:
 class TableSpec:
     name: str
     hash_key: str = "id"  # powertools Idempotency's default key attribute
-    ttl_attribute: str = "expiration"  # powertools Idempotency's default expiry attribute
+    ttl_attribute: str | None = (
+        "expiration"  # powertools Idempotency's default expiry attribute; None: no TTL
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -39,6 +41,9 @@ class Resources:
     # Accepted images, one message each, drained by the featurization job.
     images: QueueSpec
     idempotency: TableSpec
+    # The dedupe index: the sha256 of every committed image, with its batch (`pomona.featurize.index`). Kept for
+    # good: an image's entry is what makes a redelivery of it, years later, a duplicate.
+    seen: TableSpec
     # Quarantined objects expire after this many days (their versions are kept by the bucket until then).
     quarantine_expiry_days: int = 30
     # Old object versions (replaced or deleted uploads) expire after this many days.
@@ -67,4 +72,5 @@ def describe(name: str = DEFAULT_NAME) -> Resources:
             max_receive_count=5,
         ),
         idempotency=TableSpec(name=f"{name}-idempotency"),
+        seen=TableSpec(name=f"{name}-seen", hash_key="sha256", ttl_attribute=None),
     )

@@ -27,6 +27,7 @@ ENV_VARS: dict[str, str] = {
     "POMONA_IMAGES_QUEUE_URL": "images_queue_url",
     "POMONA_IMAGES_DLQ_URL": "images_dlq_url",
     "POMONA_IDEMPOTENCY_TABLE": "idempotency_table",
+    "POMONA_SEEN_TABLE": "seen_table",
     "AWS_ENDPOINT_URL": "endpoint_url",
     "AWS_DEFAULT_REGION": "region",
     "POMONA_MAX_BYTES": "max_bytes",
@@ -34,6 +35,7 @@ ENV_VARS: dict[str, str] = {
     "POMONA_MIN_SIDE": "min_side",
     "POMONA_ALLOWED_FORMATS": "allowed_formats",
     "POMONA_MAX_IMAGES": "max_images",
+    "POMONA_KEEP_FULL_VERSIONS": "keep_full_versions",
     "POMONA_VARIANCE_TARGET": "variance_target",
     "POMONA_MAX_COMPONENTS": "max_components",
     "POMONA_N_COMPONENTS": "n_components",
@@ -62,6 +64,7 @@ class Settings:
     images_queue_url: str = ""
     images_dlq_url: str = ""
     idempotency_table: str = "pomona-idempotency"
+    seen_table: str = "pomona-seen"
     endpoint_url: str | None = None
     region: str = "us-east-1"
     # -- ingestion limits
@@ -71,6 +74,9 @@ class Settings:
     allowed_formats: frozenset[str] = field(default_factory=lambda: frozenset({"JPEG", "PNG", "WEBP"}))
     # -- featurization
     max_images: int = 50_000
+    # PCA versions that keep their merge state (what the next refit starts from); older ones keep only what a
+    # reader of their projections needs (components, mean). At least 1: the latest.
+    keep_full_versions: int = 3
     variance_target: float = 0.95
     max_components: int = 256
     n_components: int | None = None

@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, PercentFormatter, StrMethodFormatter
 
 from pomona.core.outputs import CommittedOutputs, FolderFiles
-from pomona.ml.pca import PcaModel, PcaState, fit_pca, load_npz
+from pomona.ml.pca import PcaModel, PcaState, fit_pca, load_model, load_state
 
 REPORT_DIR = "report"  # the PNGs, beside report.html
 MAX_SCATTER_POINTS = 20_000  # beyond this a scatter is a blot; a fixed-seed sample shows the same shape
@@ -75,8 +75,9 @@ def read_outputs(out: Path) -> ReportInputs:
     if latest := outputs.latest_version():
         version = latest
         model_npz = outputs.version_file(version, "model.npz")
-        if model_npz is not None:
-            model, state = load_npz(model_npz)
+        state_npz = outputs.version_file(version, "state.npz")
+        model = None if model_npz is None else load_model(model_npz)
+        state = None if state_npz is None else load_state(state_npz)
         quality = outputs.version_json(version, "quality.json")
     return ReportInputs(
         batch_ids=[str(manifest["batch_id"]) for manifest in manifests],

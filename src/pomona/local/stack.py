@@ -116,7 +116,7 @@ def embedded_stack(**kwargs: object) -> Iterator[EmbeddedStack]:
 def provision(
     resources: Resources, *, session: boto3.session.Session, endpoint_url: str, base: Settings
 ) -> Settings:
-    """Create the bucket, queues, notification and idempotency table; return settings pointing at them."""
+    """Create the bucket, queues, notification, idempotency table and dedupe index; return settings pointing at them."""
     s3 = session.client("s3", endpoint_url=endpoint_url)
     sqs = session.client("sqs", endpoint_url=endpoint_url)
     dynamodb = session.client("dynamodb", endpoint_url=endpoint_url)
@@ -141,16 +141,18 @@ def provision(
             ]
         },
     )
-    table = resources.idempotency
-    dynamodb.create_table(
-        TableName=table.name,
-        KeySchema=[{"AttributeName": table.hash_key, "KeyType": "HASH"}],
-        AttributeDefinitions=[{"AttributeName": table.hash_key, "AttributeType": "S"}],
-        BillingMode="PAY_PER_REQUEST",
-    )
-    dynamodb.update_time_to_live(
-        TableName=table.name, TimeToLiveSpecification={"Enabled": True, "AttributeName": table.ttl_attribute}
-    )
+    for table in (resources.idempotency, resources.seen):
+        dynamodb.create_table(
+            TableName=table.name,
+            KeySchema=[{"AttributeName": table.hash_key, "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": table.hash_key, "AttributeType": "S"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        if table.ttl_attribute:
+            dynamodb.update_time_to_live(
+                TableName=table.name,
+                TimeToLiveSpecification={"Enabled": True, "AttributeName": table.ttl_attribute},
+            )
     return base.replace(
         bucket=resources.bucket,
         uploads_prefix=resources.uploads_prefix,
@@ -158,7 +160,8 @@ def provision(
         events_queue_url=events_url,
         images_queue_url=images_url,
         images_dlq_url=images_dlq_url,
-        idempotency_table=table.name,
+        idempotency_table=resources.idempotency.name,
+        seen_table=resources.seen.name,
         endpoint_url=endpoint_url,
         region=session.region_name or LOCAL_ENV["AWS_DEFAULT_REGION"],
     )

@@ -21,17 +21,6 @@ Array = npt.NDArray[np.float64]
 
 # Relative slack on the variance target: cumulative ratios such as 0.6 + 0.3 round to 0.8999999999999999.
 _TARGET_SLACK = 1e-12
-_NPZ_ARRAYS = (
-    "mean",
-    "components",
-    "explained_variance",
-    "explained_variance_ratio",
-    "n_seen",
-    "total_variance",
-    "state_n",
-    "state_mean",
-    "state_scatter",
-)
 
 
 class PcaError(PomonaError, ValueError):
@@ -208,38 +197,43 @@ def project(model: PcaModel, x: npt.ArrayLike) -> npt.NDArray[np.float32]:
     return ((rows - model.mean) @ model.components.T).astype(np.float32)
 
 
-def state_to_npz(model: PcaModel, state: PcaState) -> bytes:
-    """The model and the merge state it came from, as one `.npz` file.
+_MODEL_ARRAYS = (
+    "mean",
+    "components",
+    "explained_variance",
+    "explained_variance_ratio",
+    "n_seen",
+    "total_variance",
+)
+# Named as in the files that held model and state together (before retention split them): such a file is both.
+_STATE_ARRAYS = ("state_n", "state_mean", "state_scatter")
+
+
+def model_to_npz(model: PcaModel) -> bytes:
+    """The model, as a reader of projections needs it (`model.npz`).
 
     Uncompressed: float64 statistics barely compress (4 % on the sample's state) and deflating them took 0.45 s
     of every refit, paid again by each projection task to inflate them.
     """
-    buffer = io.BytesIO()
-    np.savez(
-        buffer,
+    return _npz(
         mean=model.mean,
         components=model.components,
         explained_variance=model.explained_variance,
         explained_variance_ratio=model.explained_variance_ratio,
         n_seen=np.int64(model.n_seen),
         total_variance=np.float64(model.total_variance),
-        state_n=np.int64(state.n),
-        state_mean=state.mean,
-        state_scatter=state.scatter,
     )
-    return buffer.getvalue()
 
 
-def load_npz(data: bytes) -> tuple[PcaModel, PcaState]:
-    """The model and merge state written by `state_to_npz`; `PcaError` if `data` is not such a file."""
-    try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-            arrays = {name: npz[name] for name in npz.files}
-    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as err:  # ValueError: refused to unpickle
-        raise PcaError(f"expected a PCA .npz file, got {len(data)} bytes that are not one") from err
-    if not set(_NPZ_ARRAYS) <= set(arrays):
-        raise PcaError(f"expected arrays {sorted(_NPZ_ARRAYS)}, got {sorted(arrays)}")
-    model = PcaModel(
+def state_to_npz(state: PcaState) -> bytes:
+    """The merge state, which the next refit starts from (`state.npz`), uncompressed as the model is."""
+    return _npz(state_n=np.int64(state.n), state_mean=state.mean, state_scatter=state.scatter)
+
+
+def load_model(data: bytes) -> PcaModel:
+    """The model written by `model_to_npz`; `PcaError` if `data` is not such a file."""
+    arrays = _load(data, _MODEL_ARRAYS)
+    return PcaModel(
         mean=arrays["mean"],
         components=arrays["components"],
         explained_variance=arrays["explained_variance"],
@@ -247,8 +241,29 @@ def load_npz(data: bytes) -> tuple[PcaModel, PcaState]:
         n_seen=int(arrays["n_seen"]),
         total_variance=float(arrays["total_variance"]),
     )
-    state = PcaState(n=int(arrays["state_n"]), mean=arrays["state_mean"], scatter=arrays["state_scatter"])
-    return model, state
+
+
+def load_state(data: bytes) -> PcaState:
+    """The merge state written by `state_to_npz`; `PcaError` if `data` is not such a file."""
+    arrays = _load(data, _STATE_ARRAYS)
+    return PcaState(n=int(arrays["state_n"]), mean=arrays["state_mean"], scatter=arrays["state_scatter"])
+
+
+def _npz(**arrays: npt.ArrayLike) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)  # type: ignore[arg-type]
+    return buffer.getvalue()
+
+
+def _load(data: bytes, names: tuple[str, ...]) -> dict[str, Array]:
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as err:  # ValueError: refused to unpickle
+        raise PcaError(f"expected a PCA .npz file, got {len(data)} bytes that are not one") from err
+    if not set(names) <= set(arrays):
+        raise PcaError(f"expected arrays {sorted(names)}, got {sorted(arrays)}")
+    return arrays
 
 
 def _frozen(values: npt.ArrayLike) -> Array:

@@ -14,7 +14,7 @@ import numpy as np
 
 from pomona.core.errors import PomonaError
 from pomona.core.outputs import CommittedOutputs
-from pomona.ml.pca import PcaModel, load_npz, project
+from pomona.ml.pca import PcaModel, load_model, project
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -37,7 +37,7 @@ def latest_model(outputs: CommittedOutputs) -> tuple[int, PcaModel]:
     model_npz = outputs.version_file(version, "model.npz") if version else None
     if model_npz is None:
         raise PomonaError("expected a committed PCA model (models/pca/LATEST), found none: run the job first")
-    model, _ = load_npz(model_npz)
+    model = load_model(model_npz)
     return version, model
 
 

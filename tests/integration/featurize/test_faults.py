@@ -35,11 +35,12 @@ from pomona.core.settings import Settings
 from pomona.featurize.commit import Committer
 from pomona.featurize.driver import BatchResult, Job, JobOptions, run_job
 from pomona.featurize.entry import EXIT_CONCURRENT_RUN
+from pomona.featurize.index import SeenIndex
 from pomona.featurize.lock import ConcurrentRunError, RunLock
 from pomona.ingest import handler
 from pomona.local.poller import EventSourcePoller
 from pomona.local.stack import LOCAL_ENV
-from pomona.ml.pca import load_npz
+from pomona.ml.pca import load_state
 from pomona.testing.samples import SYNTHETIC_LABELS, fruit_image
 
 pytestmark = pytest.mark.slow
@@ -50,7 +51,7 @@ JOB_TIMEOUT_S = 300
 # A killed run's messages come back after this, instead of the production 300 s.
 SHORT_VISIBILITY_S = 5
 # Phases after LATEST moved: the killed run's batch is committed and the next run only finishes it.
-ROLLED_FORWARD = ("after_latest", "after_manifest", "mid_delete")
+ROLLED_FORWARD = ("after_latest", "after_index", "after_manifest", "mid_delete")
 PHASES = ("after_receive", "after_features", "after_pca_version", *ROLLED_FORWARD)
 
 
@@ -225,11 +226,11 @@ def _assert_committed_exactly_once(settings: Settings, shas: frozenset[str]) -> 
     # The PCA the readers use has seen each image once.
     version = CommittedOutputs.in_bucket(s3, settings).latest_version()
     committed = max(manifests, key=lambda m: int(m["pca_version"]))
-    model_npz = s3.get_object(
+    state_npz = s3.get_object(
         Bucket=settings.bucket,
-        Key=pca_prefix(settings.output_prefix, version, committed["batch_id"]) + "model.npz",
+        Key=pca_prefix(settings.output_prefix, version, committed["batch_id"]) + "state.npz",
     )
-    _, state = load_npz(model_npz["Body"].read())
+    state = load_state(state_npz["Body"].read())
     assert state.n == len(shas)
     assert max(m["pca_version"] for m in manifests) == version
     # Nothing stuck: no message visible or in flight, none dead-lettered.
@@ -342,7 +343,7 @@ class HeldBeforeItsVersion(Committer):
     """A run's committer that stops before step 2 until told to go on: a run past its fencing, slowed down."""
 
     def __init__(self, s3: Any, settings: Settings) -> None:
-        super().__init__(s3, settings)
+        super().__init__(s3, settings, SeenIndex(boto3.client("dynamodb"), settings.seen_table))
         self.reached, self.go_on = threading.Event(), threading.Event()
 
     def write_version(self, *args: Any, **kwargs: Any) -> None:
@@ -392,11 +393,11 @@ def test_two_runs_past_the_lock_commit_once_and_recovery_spares_the_live_ones_fi
     assert latest[0] == {"version": 1, "batch_id": b.manifest["batch_id"]}
     versions = {k.split("/")[2] for k in _keys(settings, "models/pca/v")}
     assert versions == {f"v1-{b.manifest['batch_id']}", f"v1-{a.batch_id}"}
-    model_npz = s3.get_object(
+    state_npz = s3.get_object(
         Bucket=settings.bucket,
-        Key=pca_prefix(settings.output_prefix, 1, b.manifest["batch_id"]) + "model.npz",
+        Key=pca_prefix(settings.output_prefix, 1, b.manifest["batch_id"]) + "state.npz",
     )
-    assert load_npz(model_npz["Body"].read())[1].n == b.manifest["counts"]["featurized"]
+    assert load_state(state_npz["Body"].read()).n == b.manifest["counts"]["featurized"]
 
     # AND once A's messages come back, clean runs commit every image exactly once; A's files are gone
     _run_until_drained(spark, settings, job_options)

@@ -22,7 +22,7 @@ from pomona.core.settings import Settings
 from pomona.featurize.driver import JobOptions, LineageError, run_job
 from pomona.ingest import handler
 from pomona.local.poller import EventSourcePoller
-from pomona.ml.pca import PcaState, fit_pca, load_npz
+from pomona.ml.pca import PcaState, fit_pca, load_model, load_state
 from pomona.testing.samples import SYNTHETIC_LABELS, fruit_image
 
 pytestmark = pytest.mark.slow
@@ -205,11 +205,9 @@ def test_two_runs_accumulate_into_one_shot_pca(
     features = np.asarray(_read_parquet(ingest, keys)["features"], dtype=np.float64)
     one_shot = fit_pca(PcaState.from_rows(features), n_components=second["k"])
     s3 = boto3.client("s3")
-    model, state = load_npz(
-        s3.get_object(Bucket=ingest.bucket, Key=pca_prefix("", 2, second["batch_id"]) + "model.npz")[
-            "Body"
-        ].read()
-    )
+    version = pca_prefix("", 2, second["batch_id"])
+    model = load_model(s3.get_object(Bucket=ingest.bucket, Key=version + "model.npz")["Body"].read())
+    state = load_state(s3.get_object(Bucket=ingest.bucket, Key=version + "state.npz")["Body"].read())
 
     # THEN the incremental model is the one-shot model
     assert state.n == model.n_seen == 24

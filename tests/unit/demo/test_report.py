@@ -17,7 +17,7 @@ from PIL import Image
 from pomona.core.contract import Reason, quarantine_key, sidecar_key
 from pomona.core.outputs import features_key, manifest_key, pca_latest_key, pca_prefix
 from pomona.demo.report import read_outputs, write_report
-from pomona.ml.pca import PcaState, fit_pca, project, state_to_npz
+from pomona.ml.pca import PcaState, fit_pca, model_to_npz, project, state_to_npz
 from pomona.ml.quality import quality_report
 
 D = 24  # features are 1280-wide in production; the report does not care
@@ -60,7 +60,8 @@ def _write_pca(out: Path, version: int, x: npt.NDArray[np.float32], labels: list
     model = fit_pca(state, **fit)
     folder = out / pca_prefix("", version, None)
     folder.mkdir(parents=True)
-    (folder / "model.npz").write_bytes(state_to_npz(model, state))
+    (folder / "model.npz").write_bytes(model_to_npz(model))
+    (folder / "state.npz").write_bytes(state_to_npz(state))
     quality = quality_report(project(model, x), labels, gain=1.0, loss=5.0)
     (folder / "quality.json").write_text(json.dumps(quality))
     (out / pca_latest_key("")).write_text(json.dumps({"version": version}))

@@ -5,9 +5,11 @@ A partition whose every image failed writes no features part file, so the projec
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
-from pomona.featurize.partitions import partition_count, split_evenly
+from pomona.featurize.partitions import partition_count, split_evenly, tree_depth
 
 
 @pytest.mark.parametrize(
@@ -32,3 +34,17 @@ def test_split_evenly_keeps_order_and_balances_to_one(items: int, parts: int) ->
     assert len(groups) == parts
     assert [i for group in groups for i in group] == list(range(items))
     assert max(map(len, groups)) - min(map(len, groups)) <= 1
+
+
+def _driver_receives(parts: int, depth: int) -> int:
+    """How many partial results `RDD.treeReduce(depth)` leaves for the driver (pyspark's treeAggregate loop)."""
+    scale = max(math.ceil(parts ** (1.0 / depth)), 2)
+    left: float = parts
+    while left > scale + left / scale:
+        left /= scale
+    return math.ceil(left) if left != int(left) else int(left)
+
+
+@pytest.mark.parametrize("parts", [1, 2, 4, 8, 80, 400, 4096])
+def test_the_tree_reduction_leaves_the_driver_at_most_four_states(parts: int) -> None:
+    assert _driver_receives(parts, tree_depth(parts)) <= 4

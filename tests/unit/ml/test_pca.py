@@ -18,8 +18,10 @@ from pomona.ml.pca import (
     PcaState,
     fit_pca,
     fit_pca_or_point,
-    load_npz,
+    load_model,
+    load_state,
     merge_pca_state,
+    model_to_npz,
     project,
     state_to_npz,
 )
@@ -244,8 +246,8 @@ def test_npz_round_trip() -> None:
     state = PcaState.from_rows(_data(7, 20, 4))
     model = fit_pca(state, variance_target=0.9)
 
-    # WHEN written and read back
-    loaded_model, loaded_state = load_npz(state_to_npz(model, state))
+    # WHEN each is written to its own file and read back
+    loaded_model, loaded_state = load_model(model_to_npz(model)), load_state(state_to_npz(state))
 
     # THEN every array and count comes back exactly
     for name in ("mean", "components", "explained_variance", "explained_variance_ratio"):
@@ -256,10 +258,21 @@ def test_npz_round_trip() -> None:
     np.testing.assert_array_equal(loaded_state.scatter, state.scatter)
 
 
+def test_a_file_holding_model_and_state_together_still_reads_as_both() -> None:
+    # GIVEN a model.npz as versions wrote it before the state had a file of its own
+    state = PcaState.from_rows(_data(8, 10, 3))
+    model = fit_pca(state)
+    with np.load(io.BytesIO(model_to_npz(model))) as m, np.load(io.BytesIO(state_to_npz(state))) as s:
+        combined = _npz(**{name: m[name] for name in m.files}, **{name: s[name] for name in s.files})
+
+    # WHEN read as a model and as a state THEN it is both
+    assert load_model(combined).n_seen == 10
+    assert load_state(combined).n == 10
+
+
 def test_npz_written_by_numpy_alone_is_readable() -> None:
     # The format is plain numpy arrays, so any reader (or an older job) can open it without this module.
-    state = PcaState.from_rows(_data(8, 10, 3))
-    data = state_to_npz(fit_pca(state), state)
+    data = state_to_npz(PcaState.from_rows(_data(8, 10, 3)))
 
     with np.load(io.BytesIO(data), allow_pickle=False) as npz:
         assert int(npz["state_n"]) == 10
@@ -326,11 +339,13 @@ def _model(d: int) -> PcaModel:
             id="project-dimension-mismatch",
         ),
         pytest.param(
-            lambda: load_npz(b"not an npz"), r"expected a PCA \.npz file, got 10 bytes", id="garbage"
+            lambda: load_model(b"not an npz"), r"expected a PCA \.npz file, got 10 bytes", id="garbage"
         ),
-        pytest.param(lambda: load_npz(b""), r"expected a PCA \.npz file, got 0 bytes", id="empty-bytes"),
+        pytest.param(lambda: load_state(b""), r"expected a PCA \.npz file, got 0 bytes", id="empty-bytes"),
         pytest.param(
-            lambda: load_npz(_npz(mean=np.zeros(2))), r"expected arrays \[.*\], got \['mean'\]", id="missing"
+            lambda: load_model(_npz(mean=np.zeros(2))),
+            r"expected arrays \[.*\], got \['mean'\]",
+            id="missing",
         ),
     ],
 )

@@ -1,0 +1,100 @@
+"""`pomona bench history` end to end, small: two histories, the same batch, one run after each.
+
+It runs as the command does, in a child process: the bench starts its own stacks and driver processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import boto3
+import pytest
+
+from pomona.bench.history import count_requests
+from pomona.local.stack import LOCAL_ENV, embedded_stack
+
+pytestmark = pytest.mark.slow
+
+
+def test_requests_are_named_by_service_and_operation(tmp_path: Path) -> None:
+    # GIVEN a stack recording what it receives
+    recording = tmp_path / "requests.jsonl"
+    os.environ["MOTO_RECORDER_FILEPATH"] = str(recording)
+    try:
+        with embedded_stack() as stack:
+            _post(stack.endpoint_url, "start-recording")
+            settings = stack.settings
+            s3, dynamodb, sqs = (
+                boto3.client(name, endpoint_url=stack.endpoint_url) for name in ("s3", "dynamodb", "sqs")
+            )
+
+            # WHEN a client makes one call of each kind the job makes
+            s3.put_object(Bucket=settings.bucket, Key="a/b", Body=b"x")
+            s3.get_object(Bucket=settings.bucket, Key="a/b")
+            s3.head_object(Bucket=settings.bucket, Key="a/b")
+            s3.list_objects_v2(Bucket=settings.bucket, Prefix="a/")
+            s3.delete_objects(Bucket=settings.bucket, Delete={"Objects": [{"Key": "a/b"}]})
+            dynamodb.batch_get_item(RequestItems={settings.seen_table: {"Keys": [{"sha256": {"S": "a"}}]}})
+            sqs.receive_message(QueueUrl=settings.images_queue_url, WaitTimeSeconds=0)
+            _post(stack.endpoint_url, "stop-recording")
+    finally:
+        del os.environ["MOTO_RECORDER_FILEPATH"]
+
+    # THEN each is counted once under its service and operation
+    counts = count_requests(json.loads(line) for line in recording.read_text().splitlines())
+    assert counts == {
+        "total": 7,
+        "dynamodb:BatchGetItem": 1,
+        "s3:DeleteObjects": 1,
+        "s3:GetObject": 1,
+        "s3:HeadObject": 1,
+        "s3:ListObjectsV2": 1,
+        "s3:PutObject": 1,
+        "sqs:ReceiveMessage": 1,
+    }
+
+
+def _post(endpoint: str, action: str) -> None:
+    urllib.request.urlopen(
+        urllib.request.Request(f"{endpoint}/moto-api/recorder/{action}", method="POST"), timeout=30
+    ).close()
+
+
+def test_bench_history_runs_the_same_batch_after_each_history(tmp_path: Path) -> None:
+    # GIVEN no history, and 3,000 committed images in 2 batches
+    command = [
+        str(Path(sys.executable).parent / "pomona"), "bench", "history", "--seen", "0", "--seen", "3000",
+        "--images", "12",
+    ]  # fmt: skip
+    env = {
+        **os.environ,
+        "POMONA_CACHE_DIR": str(tmp_path / "cache"),
+        "SPARK_LOCAL_IP": "127.0.0.1",
+        **LOCAL_ENV,
+    }
+
+    # WHEN the benchmark runs
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900, check=False)
+
+    # THEN it prints one JSON object with a run per history, each featurizing the same 12 images
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    empty, full = result["runs"]
+    assert (empty["seen"], full["seen"]) == (0, 3000)
+    assert empty["featurized"] == full["featurized"] == 12
+    assert all(run["run_s"] > 0 and run["driver_peak_rss_mb"] > 0 for run in result["runs"])
+    # AND the dedupe index is looked up once and written once, whatever the history
+    for run in (empty, full):
+        assert run["requests"]["dynamodb:BatchGetItem"] >= 1
+        assert run["requests"]["dynamodb:BatchWriteItem"] == 1
+    assert full["requests"]["dynamodb:BatchGetItem"] == empty["requests"]["dynamodb:BatchGetItem"]
+    # AND after history the run reads what an empty deployment lacks (LATEST, the model and its merge state),
+    # but lists and reads nothing that grows with it
+    assert full["requests"]["s3:ListObjectsV2"] == empty["requests"]["s3:ListObjectsV2"]
+    assert 0 < full["requests"]["s3:GetObject"] - empty["requests"]["s3:GetObject"] <= 4
+    assert result["ratios_to_first"][0]["seen"] == 3000
