@@ -58,17 +58,17 @@ def run(*, seen: Sequence[int] = DEFAULT_SEEN, images: int = 256) -> dict[str, A
 
 
 def _level(seen: int, *, images: int) -> dict[str, Any]:
-    with _stack_process() as (env, recording):
+    with stack_process() as (env, recording):
         settings = Settings.from_env(env).replace(weights="random")
         clock = time.monotonic()
         build_history(settings, seen=seen)
         build_s = time.monotonic() - clock
         queued = _ingest(settings, env, images)
         endpoint = settings.endpoint_url
-        _recorder(endpoint, "start-recording")
+        recorder(endpoint, "start-recording")
         job = _job_process({**env, **settings.to_env()})
-        _recorder(endpoint, "stop-recording")
-        requests = count_requests(_entries(recording))
+        recorder(endpoint, "stop-recording")
+        requests = count_requests(recorded(recording))
     assert job["n_seen"] == seen + queued, f"expected {seen} + {queued} images committed, found {job}"
     return {
         "seen": seen,
@@ -81,24 +81,24 @@ def _level(seen: int, *, images: int) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _stack_process() -> Iterator[tuple[dict[str, str], Path]]:
+def stack_process() -> Iterator[tuple[dict[str, str], Path]]:
     """An embedded stack in a child process, alive until the block ends: its environment and recording file."""
     with tempfile.TemporaryDirectory(prefix="pomona-bench-history-") as tmp:
         recording = Path(tmp) / "requests.jsonl"
-        child = subprocess.Popen(
+        with subprocess.Popen(
             [sys.executable, "-m", "pomona.bench.history", "stack"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
             env={**os.environ, "MOTO_RECORDER_FILEPATH": str(recording)},
-        )
-        assert child.stdin is not None
-        assert child.stdout is not None
-        try:
-            yield _ready(child.stdout), recording
-        finally:
-            child.stdin.close()  # the child's signal to stop
-            child.wait(timeout=60)
+        ) as child:
+            assert child.stdin is not None
+            assert child.stdout is not None
+            try:
+                yield _ready(child.stdout), recording
+            finally:
+                child.stdin.close()  # the child's signal to stop
+                child.wait(timeout=60)
 
 
 def _ready(stdout: IO[str]) -> dict[str, str]:
@@ -114,16 +114,17 @@ def _ready(stdout: IO[str]) -> dict[str, str]:
 
 def _ingest(settings: Settings, env: Mapping[str, str], images: int) -> int:
     """Upload `images` synthetic fruits and run the ingestion handler over them; how many it queued."""
-    from pomona.ingest import handler
-
     with _environment(env):
         upload_files(
             bench_files(images, settings, bad_every=0, duplicate_every=0),
             settings,
             console=Console(quiet=True),
         )
-        handler._ingestor.cache_clear()  # its clients were built for whatever environment came before
-        with contextlib.redirect_stdout(sys.stderr):  # the handler logs to stdout; stdout carries the result
+        # The handler's logger takes sys.stdout when first imported: stderr then, as stdout carries the result.
+        with contextlib.redirect_stdout(sys.stderr):
+            from pomona.ingest import handler
+
+            handler._ingestor.cache_clear()  # its clients were built for whatever environment came before
             EventSourcePoller(settings.events_queue_url, handler.lambda_handler, retry_after_s=1).drain()
     return images
 
@@ -154,12 +155,12 @@ def _job_process(env: Mapping[str, str]) -> dict[str, Any]:
     return result
 
 
-def _recorder(endpoint: str | None, action: str) -> None:
+def recorder(endpoint: str | None, action: str) -> None:
     request = urllib.request.Request(f"{endpoint}/moto-api/recorder/{action}", method="POST")
     urllib.request.urlopen(request, timeout=30).close()
 
 
-def _entries(recording: Path) -> Iterator[dict[str, Any]]:
+def recorded(recording: Path) -> Iterator[dict[str, Any]]:
     if not recording.exists():
         return
     with recording.open() as lines:

@@ -9,44 +9,39 @@ import json
 import os
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
 import boto3
 import pytest
 
-from pomona.bench.history import count_requests
-from pomona.local.stack import LOCAL_ENV, embedded_stack
+from pomona.bench.history import count_requests, recorded, recorder, stack_process
+from pomona.core.settings import Settings
+from pomona.local.stack import LOCAL_ENV
 
 pytestmark = pytest.mark.slow
 
 
-def test_requests_are_named_by_service_and_operation(tmp_path: Path) -> None:
-    # GIVEN a stack recording what it receives
-    recording = tmp_path / "requests.jsonl"
-    os.environ["MOTO_RECORDER_FILEPATH"] = str(recording)
-    try:
-        with embedded_stack() as stack:
-            _post(stack.endpoint_url, "start-recording")
-            settings = stack.settings
-            s3, dynamodb, sqs = (
-                boto3.client(name, endpoint_url=stack.endpoint_url) for name in ("s3", "dynamodb", "sqs")
-            )
+def test_requests_are_named_by_service_and_operation() -> None:
+    # GIVEN the bench's stack, in its own process, recording what it receives
+    with stack_process() as (env, recording):
+        settings = Settings.from_env(env)
+        s3, dynamodb, sqs = (
+            boto3.client(name, endpoint_url=settings.endpoint_url) for name in ("s3", "dynamodb", "sqs")
+        )
+        recorder(settings.endpoint_url, "start-recording")
 
-            # WHEN a client makes one call of each kind the job makes
-            s3.put_object(Bucket=settings.bucket, Key="a/b", Body=b"x")
-            s3.get_object(Bucket=settings.bucket, Key="a/b")
-            s3.head_object(Bucket=settings.bucket, Key="a/b")
-            s3.list_objects_v2(Bucket=settings.bucket, Prefix="a/")
-            s3.delete_objects(Bucket=settings.bucket, Delete={"Objects": [{"Key": "a/b"}]})
-            dynamodb.batch_get_item(RequestItems={settings.seen_table: {"Keys": [{"sha256": {"S": "a"}}]}})
-            sqs.receive_message(QueueUrl=settings.images_queue_url, WaitTimeSeconds=0)
-            _post(stack.endpoint_url, "stop-recording")
-    finally:
-        del os.environ["MOTO_RECORDER_FILEPATH"]
+        # WHEN a client makes one call of each kind the job makes
+        s3.put_object(Bucket=settings.bucket, Key="a/b", Body=b"x")
+        s3.get_object(Bucket=settings.bucket, Key="a/b")
+        s3.head_object(Bucket=settings.bucket, Key="a/b")
+        s3.list_objects_v2(Bucket=settings.bucket, Prefix="a/")
+        s3.delete_objects(Bucket=settings.bucket, Delete={"Objects": [{"Key": "a/b"}]})
+        dynamodb.batch_get_item(RequestItems={settings.seen_table: {"Keys": [{"sha256": {"S": "a"}}]}})
+        sqs.receive_message(QueueUrl=settings.images_queue_url, WaitTimeSeconds=0)
+        recorder(settings.endpoint_url, "stop-recording")
+        counts = count_requests(recorded(recording))
 
     # THEN each is counted once under its service and operation
-    counts = count_requests(json.loads(line) for line in recording.read_text().splitlines())
     assert counts == {
         "total": 7,
         "dynamodb:BatchGetItem": 1,
@@ -57,12 +52,6 @@ def test_requests_are_named_by_service_and_operation(tmp_path: Path) -> None:
         "s3:PutObject": 1,
         "sqs:ReceiveMessage": 1,
     }
-
-
-def _post(endpoint: str, action: str) -> None:
-    urllib.request.urlopen(
-        urllib.request.Request(f"{endpoint}/moto-api/recorder/{action}", method="POST"), timeout=30
-    ).close()
 
 
 def test_bench_history_runs_the_same_batch_after_each_history(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import boto3
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -186,7 +187,10 @@ def test_retention_keeps_the_latest_state_and_what_readers_of_every_version_need
         assert table is not None
         assert stored is not None
         again = project(model, table.column("features").to_pylist())
-        assert again.tolist() == pytest.approx(stored.column("projection").to_pylist(), abs=1e-4)
+        # (random-weights features barely differ, so this holds the model's shape and readability, not its numbers)
+        expected = np.array(stored.column("projection").to_pylist())
+        assert again.shape == expected.shape
+        np.testing.assert_allclose(again, expected, atol=1e-4)
     # AND the next run starts from the latest state
     latest = json.loads(s3.get_object(Bucket=settings.bucket, Key=pca_latest_key(""))["Body"].read())
     state = s3.get_object(Bucket=settings.bucket, Key=pca_prefix("", 3, latest["batch_id"]) + "state.npz")
