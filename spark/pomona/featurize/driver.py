@@ -2,8 +2,9 @@
 
 Recover, drain the images queue, drop images already committed (`index`), featurize in the executors (`tasks`),
 refit the exact PCA, project, then commit (`commit`) and delete the messages. One run at a time (`lock`), its
-messages kept invisible and its lease alive by a heartbeat (`queue`) from recovery on. Each image's outcome is its own: committed, quarantined with a
-reason, or deferred (its message left for redelivery); one image never fails the run.
+messages kept invisible and its lease alive by a heartbeat (`queue`) from recovery on. Each image's outcome is
+its own: committed, quarantined with a reason, or deferred (its message left for redelivery); one image never
+fails the run.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -40,7 +41,6 @@ from pomona.featurize.tasks import (
     DEFERRED,
     FAILURE_COLUMNS,
     META_COLUMNS,
-    PROJECTED_SCHEMA,
     PartOutcome,
     combine_outcomes,
     featurize_partitions,
@@ -217,9 +217,8 @@ class Job:
         """LATEST, and the received messages split into (fresh images, duplicates): of each other, or of images
         the index holds committed."""
         latest = self.committer.read_latest()
-        if (
-            latest[:2] != recovered[:2]
-        ):  # a run past the lock committed since: finish its commit before looking
+        # A run past the lock committed since recovery: finish its commit before looking.
+        if latest[:2] != recovered[:2]:
             self.committer.roll_forward(latest)
         seen = self.committer.index.committed(m.sha256 for m, _ in received.messages)
         fresh, duplicates = split_duplicates(received.messages, seen)
@@ -295,14 +294,9 @@ class Job:
             pca_version=version,
             provenance=self._provenance,
         )
-        return self._run_tasks(len(parts), project_parts, PROJECTED_SCHEMA)
-
-    def _run_tasks(
-        self, tasks: int, function: Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]], schema: str
-    ) -> pd.DataFrame:
-        """`function` over the row ids 0..tasks-1, one per Spark task; every row it yields, on the driver."""
-        ids = self.spark.range(0, tasks, 1, numPartitions=tasks)
-        return pd.DataFrame(ids.mapInPandas(function, schema).toPandas())
+        # An RDD, as the featurize pass is: DataFrame (Arrow) tasks would start a second pool of Python workers.
+        tasks = self.spark.sparkContext.parallelize(range(len(parts)), len(parts))
+        return pd.concat(tasks.mapPartitions(project_parts).collect(), ignore_index=True)
 
     def _manifest(
         self,

@@ -45,7 +45,6 @@ FETCH_THREADS = 8  # concurrent GETs per Python worker: S3 latency hides behind 
 META_COLUMNS = ("sha256", "key", "label", "version_id", "etag", "bucket")
 # One row per image that failed: its sha256, reason, detail, and the S3 error code of a deferred one.
 FAILURE_COLUMNS = ("sha256", "reason", "detail", "error_code")
-PROJECTED_SCHEMA = "sha256 string, label string, projection array<float>"
 # Not a `Reason`: the image's message is left on the queue, so it comes back (and reaches the DLQ after the queue's
 # receive limit); one image's access or throttling error never fails its task, nor its batch.
 DEFERRED = "deferred"
@@ -152,12 +151,6 @@ def featurize_partitions(
     return run
 
 
-def _task_ids(frames: Iterator[pd.DataFrame]) -> Iterator[int]:
-    """The row ids of a `spark.range` partition, as the pandas UDF receives them."""
-    for frame in frames:
-        yield from (int(i) for i in frame["id"])
-
-
 def _featurize_group(
     s3: S3Client,
     featurizer: Any,
@@ -246,14 +239,15 @@ def project_partitions(
     batch_id: str,
     pca_version: int,
     provenance: dict[str, str],
-) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
-    """The executor function of the second pass, over row ids `i` of `spark.range(len(parts))`: read features
-    part file `parts[i]` back from S3, project it with this batch's refit, write its projections part file."""
+) -> Callable[[Iterable[int]], Iterator[pd.DataFrame]]:
+    """The executor function of the second pass, over the task ids `i` of an RDD of `range(len(parts))`: read
+    features part file `parts[i]` back from S3, project it with this batch's refit, write its projections part
+    file, and yield (sha256, label, projection) of its images."""
 
-    def run(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    def run(tasks: Iterable[int]) -> Iterator[pd.DataFrame]:
         model = load_model(model_npz)
         s3 = boto3.client("s3", endpoint_url=settings.endpoint_url, config=RETRIES)
-        for part in (parts[i] for i in _task_ids(frames)):
+        for part in (parts[i] for i in tasks):
             key = features_key(settings.output_prefix, batch_id, part)
             features = pq.read_table(
                 io.BytesIO(s3.get_object(Bucket=settings.bucket, Key=key)["Body"].read())

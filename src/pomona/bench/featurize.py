@@ -113,13 +113,14 @@ def _start_python_workers(spark: Any) -> None:
     """Bring the JVM and one Python worker per core up, with the job's imports, as a run's first tasks do: about
     2 s per run (a fresh process each), paid once whatever the batch size; it counts as Spark start-up here."""
 
-    def imports(frames: Iterator[Any]) -> Iterator[Any]:
+    def imports(tasks: Iterator[int]) -> Iterator[int]:
         import pomona.featurize.tasks  # noqa: F401  # the executors' imports: the model, pandas, pyarrow, boto3
 
-        yield from frames
+        yield from tasks
 
+    # RDD tasks, as the job's passes are (DataFrame tasks have Python workers of their own).
     parallelism = spark.sparkContext.defaultParallelism
-    spark.range(0, parallelism, 1, parallelism).mapInPandas(imports, "id long").collect()
+    spark.sparkContext.parallelize(range(parallelism), parallelism).mapPartitions(imports).collect()
 
 
 def _python_worker_peak_rss_mb() -> list[float]:

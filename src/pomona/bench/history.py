@@ -58,12 +58,13 @@ def run(*, seen: Sequence[int] = DEFAULT_SEEN, images: int = 256) -> dict[str, A
 
 
 def _level(seen: int, *, images: int) -> dict[str, Any]:
-    with stack_process() as (env, recording):
+    # The stack's environment (endpoint, region, credentials) is the whole level's, as `local up` would give it.
+    with stack_process() as (env, recording), _environment(env):
         settings = Settings.from_env(env).replace(weights="random")
         clock = time.monotonic()
         build_history(settings, seen=seen)
         build_s = time.monotonic() - clock
-        queued = _ingest(settings, env, images)
+        queued = _ingest(settings, images)
         endpoint = settings.endpoint_url
         recorder(endpoint, "start-recording")
         job = _job_process({**env, **settings.to_env()})
@@ -76,6 +77,7 @@ def _level(seen: int, *, images: int) -> dict[str, Any]:
         "driver_peak_rss_mb": job["driver_peak_rss_mb"],
         "requests": requests,
         "featurized": job["featurized"],
+        "timings": job["timings"],
         "history_build_s": round(build_s, 1),
     }
 
@@ -112,20 +114,17 @@ def _ready(stdout: IO[str]) -> dict[str, str]:
     raise RuntimeError("expected the embedded stack's environment from its process, found none")
 
 
-def _ingest(settings: Settings, env: Mapping[str, str], images: int) -> int:
+def _ingest(settings: Settings, images: int) -> int:
     """Upload `images` synthetic fruits and run the ingestion handler over them; how many it queued."""
-    with _environment(env):
-        upload_files(
-            bench_files(images, settings, bad_every=0, duplicate_every=0),
-            settings,
-            console=Console(quiet=True),
-        )
-        # The handler's logger takes sys.stdout when first imported: stderr then, as stdout carries the result.
-        with contextlib.redirect_stdout(sys.stderr):
-            from pomona.ingest import handler
+    upload_files(
+        bench_files(images, settings, bad_every=0, duplicate_every=0), settings, console=Console(quiet=True)
+    )
+    # The handler's logger takes sys.stdout when first imported: stderr then, as stdout carries the result.
+    with contextlib.redirect_stdout(sys.stderr):
+        from pomona.ingest import handler
 
-            handler._ingestor.cache_clear()  # its clients were built for whatever environment came before
-            EventSourcePoller(settings.events_queue_url, handler.lambda_handler, retry_after_s=1).drain()
+        handler._ingestor.cache_clear()  # its clients were built for whatever environment came before
+        EventSourcePoller(settings.events_queue_url, handler.lambda_handler, retry_after_s=1).drain()
     return images
 
 
@@ -235,6 +234,7 @@ def _run_job() -> None:
         "driver_peak_rss_mb": round(peak_kb / 1024, 1),
         "featurized": manifest["counts"]["featurized"],
         "n_seen": manifest["n_seen"],
+        "timings": manifest["timings"],  # the job's phases, in seconds
     }
     print(RESULT + json.dumps(result), flush=True)
 

@@ -24,8 +24,9 @@ from pomona.ml.mobilenet import FEATURE_DIM
 from pomona.ml.pca import PcaState, fit_pca_or_point
 from pomona.ml.weights import resolve_weights
 
-# As many images per synthetic batch as one run may take (Settings.max_images' default).
-BATCH_IMAGES = 50_000
+# Images per synthetic batch: half of what one run may take (Settings.max_images' default), so that 100,000 seen
+# is already more versions than retention keeps whole, as 1,000,000 is: a run then pays one retention sweep at both.
+BATCH_IMAGES = 25_000
 
 
 def committer_for(settings: Settings) -> Committer:

@@ -89,6 +89,13 @@ class Settings:
     # Downloaded weights and converted models; "" is ~/.cache/pomona (`model_cache_dir`).
     cache_dir: str = ""
 
+    def __post_init__(self) -> None:
+        if self.keep_full_versions < 1:
+            raise SettingsError(
+                f"POMONA_KEEP_FULL_VERSIONS: expected at least 1 (the latest state is the next run's start), "
+                f"got {self.keep_full_versions}"
+            )
+
     @property
     def model_cache_dir(self) -> Path:
         return Path(self.cache_dir) if self.cache_dir else Path.home() / ".cache" / "pomona"

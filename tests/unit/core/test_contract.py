@@ -199,6 +199,11 @@ def test_settings_errors_name_the_variable() -> None:
         Settings.from_env({"POMONA_MAX_BYTES": "lots"})
 
 
+def test_settings_keep_the_latest_merge_state_at_least() -> None:
+    with pytest.raises(SettingsError, match="POMONA_KEEP_FULL_VERSIONS: expected at least 1 .*, got 0"):
+        Settings.from_env({"POMONA_KEEP_FULL_VERSIONS": "0"})
+
+
 @pytest.mark.parametrize(("text", "seconds"), [("30s", 30), ("1m", 60), ("2h", 7200)])
 def test_local_up_schedule_intervals(text: str, seconds: int) -> None:
     from pomona.local.up import parse_interval
