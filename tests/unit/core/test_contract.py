@@ -200,7 +200,9 @@ def test_settings_errors_name_the_variable() -> None:
 
 
 def test_settings_keep_the_latest_merge_state_at_least() -> None:
-    with pytest.raises(SettingsError, match="POMONA_KEEP_FULL_VERSIONS: expected at least 1 .*, got 0"):
+    with pytest.raises(
+        SettingsError, match=r"POMONA_KEEP_FULL_VERSIONS: expected at least 1 \(the latest .*, got 0"
+    ):
         Settings.from_env({"POMONA_KEEP_FULL_VERSIONS": "0"})
 
 
