@@ -8,14 +8,13 @@ seen, so a refit after a million images costs what a refit after a thousand does
 
 from __future__ import annotations
 
-import io
-import zipfile
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
 from pomona.core.errors import PomonaError
+from pomona.ml.npz import from_npz, frozen, to_npz
 
 Array = npt.NDArray[np.float64]
 
@@ -36,8 +35,8 @@ class PcaState:
     scatter: Array
 
     def __post_init__(self) -> None:
-        mean = _frozen(self.mean)
-        scatter = _frozen(self.scatter)
+        mean = frozen(self.mean)
+        scatter = frozen(self.scatter)
         if mean.ndim != 1 or scatter.shape != (mean.size, mean.size):
             raise PcaError(
                 f"expected a mean of shape (d,) and a scatter of shape (d, d), got {mean.shape} and {scatter.shape}"
@@ -106,7 +105,7 @@ class PcaModel:
                 f"{shape} and {np.shape(self.explained_variance)}, {np.shape(self.explained_variance_ratio)}"
             )
         for name in ("mean", "components", "explained_variance", "explained_variance_ratio"):
-            object.__setattr__(self, name, _frozen(getattr(self, name)))
+            object.__setattr__(self, name, frozen(getattr(self, name)))
 
     @property
     def n_components(self) -> int:
@@ -215,7 +214,7 @@ def model_to_npz(model: PcaModel) -> bytes:
     Uncompressed: float64 statistics barely compress (4 % on the sample's state) and deflating them took 0.45 s
     of every refit, paid again by each projection task to inflate them.
     """
-    return _npz(
+    return to_npz(
         mean=model.mean,
         components=model.components,
         explained_variance=model.explained_variance,
@@ -227,12 +226,12 @@ def model_to_npz(model: PcaModel) -> bytes:
 
 def state_to_npz(state: PcaState) -> bytes:
     """The merge state, which the next refit starts from (`state.npz`), uncompressed as the model is."""
-    return _npz(state_n=np.int64(state.n), state_mean=state.mean, state_scatter=state.scatter)
+    return to_npz(state_n=np.int64(state.n), state_mean=state.mean, state_scatter=state.scatter)
 
 
 def load_model(data: bytes) -> PcaModel:
     """The model written by `model_to_npz`; `PcaError` if `data` is not such a file."""
-    arrays = _load(data, _MODEL_ARRAYS)
+    arrays = from_npz(data, _MODEL_ARRAYS, what="PCA", error=PcaError)
     return PcaModel(
         mean=arrays["mean"],
         components=arrays["components"],
@@ -245,29 +244,5 @@ def load_model(data: bytes) -> PcaModel:
 
 def load_state(data: bytes) -> PcaState:
     """The merge state written by `state_to_npz`; `PcaError` if `data` is not such a file."""
-    arrays = _load(data, _STATE_ARRAYS)
+    arrays = from_npz(data, _STATE_ARRAYS, what="PCA", error=PcaError)
     return PcaState(n=int(arrays["state_n"]), mean=arrays["state_mean"], scatter=arrays["state_scatter"])
-
-
-def _npz(**arrays: npt.ArrayLike) -> bytes:
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)  # type: ignore[arg-type]
-    return buffer.getvalue()
-
-
-def _load(data: bytes, names: tuple[str, ...]) -> dict[str, Array]:
-    try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-            arrays = {name: npz[name] for name in npz.files}
-    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as err:  # ValueError: refused to unpickle
-        raise PcaError(f"expected a PCA .npz file, got {len(data)} bytes that are not one") from err
-    if not set(names) <= set(arrays):
-        raise PcaError(f"expected arrays {sorted(names)}, got {sorted(arrays)}")
-    return arrays
-
-
-def _frozen(values: npt.ArrayLike) -> Array:
-    """A read-only float64 copy, so a frozen dataclass stays frozen."""
-    array = np.array(values, dtype=np.float64)
-    array.flags.writeable = False
-    return array
