@@ -232,6 +232,7 @@ def test_dynamic_allocation_bounds_come_from_values(render: Render) -> None:
         "minExecutors": 1,
         "maxExecutors": 12,
         "shuffleTrackingEnabled": True,
+        "shuffleTrackingTimeout": 60000,
     }
     assert "instances" not in spec["executor"]
 

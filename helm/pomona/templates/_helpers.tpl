@@ -226,6 +226,7 @@ dynamicAllocation:
   minExecutors: {{ .minExecutors }}
   maxExecutors: {{ .maxExecutors }}
   shuffleTrackingEnabled: {{ .shuffleTrackingEnabled }}
+  shuffleTrackingTimeout: {{ .shuffleTrackingTimeout | int64 }}
   {{- end }}
 {{- end }}
 volumes:

@@ -127,6 +127,8 @@ def autoscaling_session(
         # Without an external shuffle service, shuffle tracking lets idle executors go (as on Kubernetes).
         "spark.dynamicAllocation.enabled": "true",
         "spark.dynamicAllocation.shuffleTracking.enabled": "true",
+        # The tree reduction's shuffle is read within its own job: an executor holding it may go when idle.
+        "spark.dynamicAllocation.shuffleTracking.timeout": f"{idle_timeout_s}s",
         "spark.dynamicAllocation.minExecutors": "0",
         "spark.dynamicAllocation.initialExecutors": "0",
         "spark.dynamicAllocation.maxExecutors": str(max_executors),
