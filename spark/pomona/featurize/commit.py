@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pyarrow.parquet as pq
@@ -41,12 +41,26 @@ from pomona.core.outputs import leases_prefix, manifest_key, pca_latest_key, pca
 from pomona.core.settings import Settings
 from pomona.featurize.index import SeenIndex
 from pomona.featurize.lock import ConcurrentRunError, read_lease
+from pomona.ml.classifier import LabelStats, load_label_stats
+from pomona.ml.holdout import Reservoir, load_reservoir
 from pomona.ml.pca import PcaModel, PcaState, load_state, model_to_npz, state_to_npz
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 log = logging.getLogger(__name__)
+
+
+# A version's classifier (what answers users), the statistics it was trained from and its holdout sample (what
+# the next refit starts from), and its evaluation.
+CLASSIFIER_FILE, TRAINING_FILE, HOLDOUT_FILE, EVALUATION_FILE = (
+    "classifier.npz",
+    "training.npz",
+    "holdout.npz",
+    "classifier.json",
+)
+# What a version past retention's window loses: what only the next refit needs.
+RETIRED_FILES = ("state.npz", TRAINING_FILE, HOLDOUT_FILE, "seen.parquet")
 
 
 class Latest(NamedTuple):
@@ -90,6 +104,18 @@ class Committer:
         if found is None:
             raise FileNotFoundError(f"expected the merge state of committed PCA v{latest.version} at {base}")
         return load_state(found)
+
+    def load_classifier_state(self, latest: Latest) -> tuple[LabelStats | None, Reservoir | None]:
+        """The classifier's training statistics and holdout reservoir of the committed version (None for either
+        before the first commit, or for a version written before the classifier)."""
+        if latest.version == 0:
+            return None, None
+        base = pca_prefix(self.prefix, latest.version, latest.batch_id)
+        training, holdout = self._read(base + TRAINING_FILE), self._read(base + HOLDOUT_FILE)
+        return (
+            None if training is None else load_label_stats(training),
+            None if holdout is None else load_reservoir(holdout),
+        )
 
     def batch_keys(self, folder: str, batch_id: str) -> list[str]:
         """The part files of `batch_id` under `folder` ("features" or "projections")."""
@@ -253,8 +279,10 @@ class Committer:
         state: PcaState,
         manifest: dict[str, Any],
         quality: dict[str, Any],
+        classifier_files: Mapping[str, bytes] | None = None,
     ) -> None:
-        """Step 2: version `latest.version + 1`, in this batch's own folder, each file only if absent."""
+        """Step 2: version `latest.version + 1`, in this batch's own folder, each file only if absent; with the
+        classifier's files (`CLASSIFIER_FILES`), so that one LATEST move commits model and classifier together."""
         version = latest.version + 1
         base = pca_prefix(self.prefix, version, batch_id)
         metadata = {
@@ -274,7 +302,8 @@ class Committer:
             ("model.npz", model_to_npz(model)),
             ("state.npz", state_to_npz(state)),
             ("quality.json", json_bytes(quality)),
-            ("metadata.json", json_bytes(metadata)),
+            *(classifier_files or {}).items(),
+            ("metadata.json", json_bytes(metadata)),  # last: its presence says the folder is whole
         ]:
             self._put_once(base + name, body)
 
@@ -327,7 +356,7 @@ class Committer:
             doomed = [
                 k
                 for k in self._keys(pca_prefix(self.prefix, *at))
-                if k.endswith(("/state.npz", "/seen.parquet"))
+                if k.endswith(tuple(f"/{name}" for name in RETIRED_FILES))
             ]
             if not doomed:
                 return

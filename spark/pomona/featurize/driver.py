@@ -17,21 +17,28 @@ import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import boto3
 import numpy as np
 import pandas as pd
 from botocore.exceptions import BotoCoreError, ClientError
 
-from pomona.core.aws import RETRIES, error_code
+from pomona.core.aws import RETRIES, error_code, json_bytes
 from pomona.core.contract import ImageMessage, Reason, utc_now
 from pomona.core.errors import PomonaError
 from pomona.core.outputs import lease_key, lock_key, new_batch_id
 from pomona.core.settings import Settings, injected_fault
-from pomona.featurize.commit import Committer, Latest
+from pomona.featurize.commit import (
+    CLASSIFIER_FILE,
+    EVALUATION_FILE,
+    HOLDOUT_FILE,
+    TRAINING_FILE,
+    Committer,
+    Latest,
+)
 from pomona.featurize.dedupe import split_duplicates
 from pomona.featurize.index import SeenIndex
 from pomona.featurize.lock import RunLock
@@ -48,8 +55,11 @@ from pomona.featurize.tasks import (
     project_partitions,
 )
 from pomona.ml.backends import get_backend
+from pomona.ml.classifier import LabelStats, classifier_to_npz, label_stats_to_npz, merge_label_stats
+from pomona.ml.holdout import Reservoir, merge_reservoir, reservoir_to_npz
 from pomona.ml.mobilenet import FEATURE_DIM
 from pomona.ml.pca import PcaModel, PcaState, fit_pca_or_point, merge_pca_state, model_to_npz
+from pomona.ml.training import Retrained, retrain
 from pomona.ml.weights import resolve_weights
 
 if TYPE_CHECKING:
@@ -58,6 +68,8 @@ if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
 log = logging.getLogger(__name__)
+
+_S = TypeVar("_S")
 
 
 class LineageError(PomonaError, ValueError):
@@ -161,6 +173,7 @@ class Job:
             self._delete([r for _, r in duplicates])
             return BatchResult(manifest=None, skipped=f"all {len(duplicates)} images already committed")
         stored_state = self.committer.load_state(latest)
+        stored_training, stored_holdout = self.committer.load_classifier_state(latest)
         version, batch_id = latest.version + 1, self.batch_id
 
         self._unsettled = True
@@ -182,6 +195,10 @@ class Job:
         with timed(timings, "refit_s"):
             state = merge_pca_state(stored_state or PcaState.empty(FEATURE_DIM), outcome.state)
             model = self._refit(state)
+        with timed(timings, "classifier_s"):
+            training = _merged(stored_training, outcome.training, merge_label_stats)
+            holdout = _merged(stored_holdout, outcome.holdout, merge_reservoir)
+            retrained = retrain(training, holdout, model, gain=self.settings.gain, loss=self.settings.loss)
         with timed(timings, "project_s"):
             projected = self._project(
                 sorted(outcome.parts), model_to_npz(model), batch_id=batch_id, version=version
@@ -202,7 +219,11 @@ class Job:
         }
         timings["total_s"] = time.monotonic() - started
         manifest = self._manifest(batch_id, version, model, counts, timings, quality, n_fresh=len(fresh))
-        self._commit(heartbeat.lock, latest, model, state, manifest, quality, images=projected["sha256"])
+        manifest["classifier"] = _summary(retrained)
+        files = _classifier_files(retrained, training, holdout)
+        self._commit(
+            heartbeat.lock, latest, model, state, manifest, quality, files, images=projected["sha256"]
+        )
         self._delete(_receipts_except(received, set(deferred["sha256"]) | left.keys()))
         self._retire(version, batch_id)
         manifest["timings"]["commit_s"] = round(time.monotonic() - committing, 3)
@@ -232,6 +253,7 @@ class Job:
         state: PcaState,
         manifest: dict[str, Any],
         quality: dict[str, Any],
+        classifier_files: Mapping[str, bytes],
         *,
         images: Iterable[str],
     ) -> None:
@@ -242,7 +264,7 @@ class Job:
         # the version folder, for recovery to find it should this run end uncommitted.
         lock.pca_version = version
         lock.renew()
-        self.committer.write_version(latest, batch_id, model, state, manifest, quality)
+        self.committer.write_version(latest, batch_id, model, state, manifest, quality, classifier_files)
         self._fault("after_pca_version")
         self.committer.advance_latest(latest, batch_id=batch_id)
         self._fault("after_latest")
@@ -410,6 +432,37 @@ def _failed(failures: pd.DataFrame, left: dict[str, str], *, refused: int) -> di
     """Quarantined images by reason: the executors' failures (but those deferred instead) and refused messages."""
     quarantined = Counter(failures.loc[~failures["sha256"].isin(list(left)), "reason"])
     return dict(quarantined + Counter({Reason.BAD_MESSAGE.value: refused}))
+
+
+def _merged(stored: _S | None, batch: _S | None, merge: Callable[[_S, _S], _S]) -> _S:
+    """The stored statistics with the batch's merged in; the batch had features, so one of them is there."""
+    found = [part for part in (stored, batch) if part is not None]
+    return found[0] if len(found) == 1 else merge(found[0], found[1])
+
+
+def _summary(retrained: Retrained) -> dict[str, Any]:
+    """What the manifest says of the classifier: its evaluation without the curve and confusion matrix."""
+    evaluation = {k: v for k, v in retrained.evaluation.items() if k not in {"curve", "confusion"}}
+    if retrained.classifier is None:
+        return evaluation
+    return {
+        "labels": len(retrained.classifier.labels),
+        "withheld_labels": list(retrained.classifier.withheld_labels),
+        "n_train": retrained.classifier.n_train,
+        "threshold": retrained.classifier.threshold,
+        **evaluation,
+    }
+
+
+def _classifier_files(retrained: Retrained, training: LabelStats, holdout: Reservoir) -> dict[str, bytes]:
+    files = {
+        TRAINING_FILE: label_stats_to_npz(training),
+        HOLDOUT_FILE: reservoir_to_npz(holdout),
+        EVALUATION_FILE: json_bytes(retrained.evaluation),
+    }
+    if retrained.classifier is not None:
+        files[CLASSIFIER_FILE] = classifier_to_npz(retrained.classifier)
+    return files
 
 
 def probe_quality(projected: pd.DataFrame, *, gain: float, loss: float) -> dict[str, Any]:

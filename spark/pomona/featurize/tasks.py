@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import boto3
 import numpy as np
@@ -30,7 +30,9 @@ from pomona.core.contract import Reason
 from pomona.core.outputs import features_key, projections_key
 from pomona.core.settings import Settings
 from pomona.ml.backends import get_backend
+from pomona.ml.classifier import LabelStats, merge_label_stats
 from pomona.ml.featurizer import get_featurizer
+from pomona.ml.holdout import Reservoir, is_holdout, merge_reservoir
 from pomona.ml.pca import PcaState, load_model, merge_pca_state, project
 from pomona.ml.preprocess import DecodeLimits, preprocess_batch
 
@@ -52,17 +54,32 @@ DEFERRED = "deferred"
 
 class PartOutcome(NamedTuple):
     """What featurize tasks tell the driver besides the part files they wrote: their failed images (rows of
-    FAILURE_COLUMNS), the part files' numbers, and the PCA statistics of their features (None: no features)."""
+    FAILURE_COLUMNS), the part files' numbers, the PCA statistics of their features (None: no features), the
+    classifier's statistics of the training images among them and the held-out ones (`pomona.ml.holdout`)."""
 
     failures: list[tuple[str, str, str, str | None]]
     parts: list[int]
     state: PcaState | None
+    training: LabelStats | None = None
+    holdout: Reservoir | None = None
 
 
 def combine_outcomes(a: PartOutcome, b: PartOutcome) -> PartOutcome:
     """Two outcomes as one: associative, so Spark may reduce them in any tree."""
-    state = a.state if b.state is None else b.state if a.state is None else merge_pca_state(a.state, b.state)
-    return PartOutcome(a.failures + b.failures, a.parts + b.parts, state)
+    return PartOutcome(
+        a.failures + b.failures,
+        a.parts + b.parts,
+        _either(a.state, b.state, merge_pca_state),
+        _either(a.training, b.training, merge_label_stats),
+        _either(a.holdout, b.holdout, merge_reservoir),
+    )
+
+
+_S = TypeVar("_S")
+
+
+def _either(a: _S | None, b: _S | None, merge: Callable[[_S, _S], _S]) -> _S | None:
+    return a if b is None else b if a is None else merge(a, b)
 
 
 class Fetched(NamedTuple):
@@ -188,7 +205,16 @@ def _featurize_group(
         ok, "features", vectors, batch_id=batch_id, pca_version=pca_version, provenance=provenance
     )
     put_parquet(s3, bucket, key, table)
-    return PartOutcome(failures, [part], PcaState.from_rows(np.stack(vectors)))
+    rows = np.stack(vectors)
+    held = np.array([is_holdout(sha) for sha in ok["sha256"]], dtype=bool)
+    labels = np.asarray(ok["label"], dtype=np.str_)
+    return PartOutcome(
+        failures,
+        [part],
+        PcaState.from_rows(rows),
+        LabelStats.from_rows(rows[~held], labels[~held].tolist()),
+        Reservoir.from_rows(ok["sha256"][held].tolist(), labels[held].tolist(), rows[held]),
+    )
 
 
 def _fetch_ahead(

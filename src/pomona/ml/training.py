@@ -1,0 +1,39 @@
+"""One refit of the classifier: the training statistics in the new PCA space, scored on the whole holdout.
+
+After each batch the job merges the batch's statistics into the stored ones (`pomona.ml.classifier`) and its
+held-out rows into the stored reservoir (`pomona.ml.holdout`), then calls `retrain`: the cost is that of the
+statistics and the bounded reservoir, never of the history.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from pomona.ml.classifier import Classifier, ClassifierError, LabelStats, fit_classifier
+from pomona.ml.holdout import Reservoir, evaluate
+from pomona.ml.pca import PcaModel
+
+
+@dataclass(frozen=True)
+class Retrained:
+    """The classifier (None when there is not yet enough to train one) and its evaluation, or why it has none."""
+
+    classifier: Classifier | None
+    evaluation: dict[str, Any]
+
+
+def retrain(
+    training: LabelStats, holdout: Reservoir, pca: PcaModel, *, gain: float, loss: float
+) -> Retrained:
+    """The discriminant of every training image in `pca`'s space, its threshold the one that maximises net revenue
+    on `holdout`; answers everything until the holdout has a row to choose by."""
+    try:
+        classifier = fit_classifier(training, pca)
+    except ClassifierError as err:
+        return Retrained(None, {"skipped": str(err)})
+    if holdout.n == 0:
+        return Retrained(classifier, {"skipped": "expected held-out images to evaluate on, got none yet"})
+    evaluation = evaluate(classifier, holdout, gain=gain, loss=loss)
+    return Retrained(dataclasses.replace(classifier, threshold=evaluation["best_threshold"]), evaluation)
