@@ -122,8 +122,9 @@ class Classifier:
     """A linear discriminant in a PCA space: from d-dimensional features to one probability per label.
 
     `coef` (C×k) and `intercept` (C,) score the projections `(x - pca_mean) @ pca_components.T` for the sorted
-    `labels`. `withheld_labels` had too few training images to be offered. Answers below `threshold` are
-    withheld; it is 0.0 (answer everything) until an evaluation sets it.
+    `labels`. `withheld_labels` had too few training images to be offered. Probabilities are the softmax of the
+    scores divided by `temperature` (1.0 until the holdout calibrates it, `pomona.ml.calibration`). Answers
+    below `threshold` are withheld; it is 0.0 (answer everything) until an evaluation sets it.
     """
 
     labels: tuple[str, ...]
@@ -135,6 +136,7 @@ class Classifier:
     shrinkage: float
     threshold: float = 0.0
     withheld_labels: tuple[str, ...] = ()
+    temperature: float = 1.0
 
     def __post_init__(self) -> None:
         c = len(self.labels)
@@ -149,6 +151,8 @@ class Classifier:
             raise ClassifierError(
                 f"expected sorted distinct labels, none withheld, got {self.labels} and {self.withheld_labels}"
             )
+        if not (np.isfinite(self.temperature) and self.temperature > 0):
+            raise ClassifierError(f"expected a finite temperature > 0, got {self.temperature}")
         for name in ("coef", "intercept", "pca_mean", "pca_components"):
             object.__setattr__(self, name, frozen(getattr(self, name)))
         object.__setattr__(self, "labels", tuple(str(label) for label in self.labels))
@@ -214,11 +218,18 @@ def predict_proba(classifier: Classifier, features: npt.ArrayLike) -> Array:
     rows = np.asarray(features, dtype=np.float64)
     if rows.ndim != 2 or rows.shape[1] != classifier.d:
         raise ClassifierError(f"expected features of shape (n, {classifier.d}), got shape {rows.shape}")
-    scores = (rows - classifier.pca_mean) @ classifier.pca_components.T @ classifier.coef.T
-    scores += classifier.intercept
+    scores = discriminant_scores(classifier, rows) / classifier.temperature
     scores -= scores.max(axis=1, keepdims=True)  # exp of at most 0: no overflow
     weights = np.exp(scores)
     return np.asarray(weights / weights.sum(axis=1, keepdims=True), dtype=np.float64)
+
+
+def discriminant_scores(classifier: Classifier, rows: Array) -> Array:
+    """The untempered scores (n×C): log prior + the linear discriminant of each row's projection."""
+    return np.asarray(
+        (rows - classifier.pca_mean) @ classifier.pca_components.T @ classifier.coef.T + classifier.intercept,
+        dtype=np.float64,
+    )
 
 
 def predict(classifier: Classifier, features: npt.ArrayLike) -> Strings:
@@ -262,6 +273,7 @@ def classifier_to_npz(classifier: Classifier) -> bytes:
         shrinkage=np.float64(classifier.shrinkage),
         threshold=np.float64(classifier.threshold),
         withheld_labels=np.asarray(classifier.withheld_labels, dtype=np.str_),
+        temperature=np.float64(classifier.temperature),
     )
 
 
@@ -277,6 +289,8 @@ def load_classifier(data: bytes) -> Classifier:
         shrinkage=float(arrays["shrinkage"]),
         threshold=float(arrays["threshold"]),
         withheld_labels=tuple(arrays["withheld_labels"].tolist()),
+        # Files written before calibration have none: their scores were untempered.
+        temperature=float(arrays.get("temperature", 1.0)),
     )
 
 

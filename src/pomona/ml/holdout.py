@@ -115,14 +115,17 @@ def merge_reservoir(a: Reservoir, b: Reservoir, *, cap: int = RESERVOIR_CAP) -> 
     return Reservoir(sha256=sha256[kept], labels=labels[kept], features=features)
 
 
-def evaluate(classifier: Classifier, reservoir: Reservoir, *, gain: float, loss: float) -> dict[str, Any]:
+def evaluate(
+    classifier: Classifier, reservoir: Reservoir, *, gain: float, loss: float, min_threshold: float = 0.0
+) -> dict[str, Any]:
     """The classifier's scores on the holdout, as a JSON-serialisable dict.
 
     A right answer earns `gain`, a wrong one costs `loss`, a withheld one nothing. Rows of a label the
     classifier does not offer (withheld for too few images, or never trained on) are scored as users would meet
     them: wrong when answered (they count against accuracy and revenue, and macro F1 gives their label 0),
     nothing when withheld. `best_threshold` maximises net revenue per 1000 holdout images over every distinct
-    confidence and `PLOT_THRESHOLDS` (the lowest among equals); `curve` holds the plotting grid only.
+    confidence and `PLOT_THRESHOLDS` from `min_threshold` up (the lowest among equals); `curve` holds the
+    plotting grid only.
     """
     if reservoir.d != classifier.d:
         raise ClassifierError(f"expected holdout features of dimension {classifier.d}, got {reservoir.d}")
@@ -134,7 +137,16 @@ def evaluate(classifier: Classifier, reservoir: Reservoir, *, gain: float, loss:
     truth = reservoir.labels
     correct = predicted == truth
 
-    threshold, revenue = best_threshold(net_revenue_curve(confidence, correct, gain=gain, loss=loss))
+    candidates = np.union1d(np.union1d(PLOT_THRESHOLDS, confidence), [min_threshold])
+    threshold, revenue = best_threshold(
+        net_revenue_curve(
+            confidence,
+            correct,
+            gain=gain,
+            loss=loss,
+            thresholds=candidates[candidates >= min_threshold].tolist(),
+        )
+    )
     answered = confidence >= threshold
     plotted = net_revenue_curve(confidence, correct, gain=gain, loss=loss, thresholds=PLOT_THRESHOLDS)
     labels = np.union1d(truth, classifier.labels)
@@ -151,6 +163,8 @@ def evaluate(classifier: Classifier, reservoir: Reservoir, *, gain: float, loss:
         },
         "confusion": {"labels": labels.tolist(), "matrix": matrix.tolist()},
         "not_offered": int((~np.isin(truth, classifier.labels)).sum()),
+        "temperature": classifier.temperature,
+        "min_threshold": min_threshold,
         "best_threshold": threshold,
         "net_revenue_per_1000": revenue,
         "answered_fraction": float(answered.mean()),

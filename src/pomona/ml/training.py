@@ -11,6 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from pomona.ml.calibration import break_even, fit_temperature
 from pomona.ml.classifier import Classifier, ClassifierError, LabelStats, fit_classifier
 from pomona.ml.holdout import Reservoir, evaluate
 from pomona.ml.pca import PcaModel
@@ -27,13 +28,18 @@ class Retrained:
 def retrain(
     training: LabelStats, holdout: Reservoir, pca: PcaModel, *, gain: float, loss: float
 ) -> Retrained:
-    """The discriminant of every training image in `pca`'s space, its threshold the one that maximises net revenue
-    on `holdout`; answers everything until the holdout has a row to choose by."""
+    """The discriminant of every training image in `pca`'s space, its temperature fitted on `holdout`, and its
+    threshold the one that maximises net revenue on `holdout`, never below the break-even confidence (all the
+    threshold is until the holdout has a row to choose by)."""
     try:
-        classifier = fit_classifier(training, pca)
+        fitted = fit_classifier(training, pca)
     except ClassifierError as err:
         return Retrained(None, {"skipped": str(err)})
+    floor = break_even(gain=gain, loss=loss)
+    classifier = dataclasses.replace(
+        fitted, temperature=fit_temperature(fitted, training, holdout), threshold=floor
+    )
     if holdout.n == 0:
         return Retrained(classifier, {"skipped": "expected held-out images to evaluate on, got none yet"})
-    evaluation = evaluate(classifier, holdout, gain=gain, loss=loss)
+    evaluation = evaluate(classifier, holdout, gain=gain, loss=loss, min_threshold=floor)
     return Retrained(dataclasses.replace(classifier, threshold=evaluation["best_threshold"]), evaluation)
