@@ -10,7 +10,7 @@ export PYTHONUNBUFFERED := 1
 
 venv: $(VENV)/.installed
 
-# The versions in constraints/dev.txt, as the images install theirs from constraints/{lambda,spark}.txt.
+# The versions in constraints/dev.txt, as the images install theirs from constraints/{lambda,classify,spark}.txt.
 $(VENV)/.installed: pyproject.toml constraints/dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip uv
@@ -46,6 +46,7 @@ lock: venv
 	echo "pyspark==$(SPARK_VERSION)" > constraints/spark-version.txt
 	$(UV_COMPILE) --extra dev --constraint constraints/spark-version.txt --upgrade --output-file constraints/dev.txt
 	$(UV_COMPILE) --extra lambda --constraint constraints/dev.txt --output-file constraints/lambda.txt
+	$(UV_COMPILE) --extra classify --constraint constraints/dev.txt --output-file constraints/classify.txt
 	$(UV_COMPILE) --extra spark --extra cli --constraint constraints/dev.txt --output-file constraints/spark.txt
 	rm constraints/spark-version.txt
 

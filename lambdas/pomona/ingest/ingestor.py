@@ -45,7 +45,7 @@ from pomona.core.contract import (
 )
 from pomona.core.errors import BadKeyError
 from pomona.core.settings import Settings
-from pomona.ingest.checks import ImageVerdict, Limits, validate_image
+from pomona.validation.checks import ImageVerdict, Limits, validate_image
 
 if TYPE_CHECKING:
     from collections.abc import Mapping

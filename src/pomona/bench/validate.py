@@ -22,8 +22,8 @@ from pathlib import Path
 
 import PIL
 
-from pomona.ingest.checks import Limits, validate_image
 from pomona.testing.samples import FUZZ_FORMATS, fruit_image, hostile_cases, large_jpeg, random_mutations
+from pomona.validation.checks import Limits, validate_image
 
 _KIB = 1024
 FUZZ_COUNT = 300  # per format

@@ -72,7 +72,7 @@ def validate(
     from rich.table import Table
 
     from pomona.core.settings import Settings
-    from pomona.ingest.checks import Limits, validate_image
+    from pomona.validation.checks import Limits, validate_image
 
     limits = Limits.from_settings(Settings.from_env())
     table = Table("file", "verdict", "reason", "format", "size", "detail")

@@ -44,6 +44,7 @@ ENV_VARS: dict[str, str] = {
     "POMONA_GAIN": "gain",
     "POMONA_LOSS": "loss",
     "POMONA_CACHE_DIR": "cache_dir",
+    "POMONA_MODEL_CHECK_SECONDS": "model_check_seconds",
 }
 # Tests only, never a deployment's setting: the job phase at which the job's process kills itself, as a killed pod
 # would (`pomona.featurize.driver`).
@@ -85,6 +86,8 @@ class Settings:
     # -- the business metric: what a right answer earns and a wrong one costs
     gain: float = 1.0
     loss: float = 5.0
+    # -- answering: how often a warm classifier looks whether LATEST moved (one small GET), in seconds
+    model_check_seconds: float = 60.0
     # -- this machine
     # Downloaded weights and converted models; "" is ~/.cache/pomona (`model_cache_dir`).
     cache_dir: str = ""

@@ -8,8 +8,8 @@ from collections import Counter
 import pytest
 from PIL import Image, ImageStat
 
-from pomona.ingest.checks import Limits, validate_image
 from pomona.testing.samples import SYNTHETIC_LABELS, bad_uploads, fruit_image, hostile_cases, large_jpeg
+from pomona.validation.checks import Limits, validate_image
 
 
 @pytest.mark.parametrize("fmt", [pytest.param(fmt, id=fmt.lower()) for fmt in ("JPEG", "PNG", "WEBP")])

@@ -20,7 +20,6 @@ from PIL import _imaging as pillow_core  # Image.core: its allocation counters
 from pomona.bench.validate import measure_peak_rss
 from pomona.core.contract import Reason
 from pomona.core.settings import Settings
-from pomona.ingest.checks import ImageVerdict, Limits, validate_image
 from pomona.testing.samples import (
     FUZZ_FORMATS,
     Case,
@@ -30,6 +29,7 @@ from pomona.testing.samples import (
     mutate,
     reencode,
 )
+from pomona.validation.checks import ImageVerdict, Limits, validate_image
 
 LIMITS = Limits()
 CASES = {case.id: case for case in hostile_cases()}
