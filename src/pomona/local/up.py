@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 import re
 import signal
 import threading
@@ -21,6 +22,7 @@ from rich.markup import escape
 
 from pomona.core.errors import PomonaError, SettingsError
 from pomona.core.queues import queue_depth
+from pomona.local.function_url import FunctionUrlServer
 from pomona.local.poller import EventSourcePoller
 from pomona.local.stack import EmbeddedStack
 
@@ -44,8 +46,11 @@ def export_lines(env: dict[str, str]) -> list[str]:
     return [f"export {name}={value}" for name, value in sorted(env.items())]
 
 
-def serve(stack: EmbeddedStack, *, every: timedelta, workers: int, console: Console) -> None:
-    """Poll the events queue into the handler, and run the job every `every` while there is work, until Ctrl-C."""
+def serve(
+    stack: EmbeddedStack, *, every: timedelta, workers: int, console: Console, classify_port: int = 0
+) -> None:
+    """Poll the events queue into the handler, run the job every `every` while there is work, and answer
+    classify requests on http://127.0.0.1:`classify_port`/ (0: a free port), until Ctrl-C."""
     from pomona.featurize.driver import run_job
     from pomona.featurize.entry import spark_session
 
@@ -59,6 +64,8 @@ def serve(stack: EmbeddedStack, *, every: timedelta, workers: int, console: Cons
         from pomona.ingest import handler
     handler._ingestor.cache_clear()
     poller = EventSourcePoller(settings.events_queue_url, handler.lambda_handler, retry_after_s=5)
+    classify = classify_endpoint(port=classify_port)
+    console.print(f"classify endpoint [bold]{classify.url}[/] (POST a photo; 503 until a batch is committed)")
     spark: Any = None
     next_run = time.monotonic() + every.total_seconds()
     try:
@@ -85,9 +92,20 @@ def serve(stack: EmbeddedStack, *, every: timedelta, workers: int, console: Cons
     ):  # pyspark's own SIGINT handler (once Spark has started) cancels the run and raises
         pass
     finally:
+        classify.stop()
         if spark is not None:
             spark.stop()
         console.print("stopped")
+
+
+def classify_endpoint(*, port: int) -> FunctionUrlServer:
+    """The classify Lambda's handler behind a local Function URL, quiet: its logs and metrics are CloudWatch's."""
+    from pomona.classify import handler
+
+    handler.logger.setLevel(logging.WARNING)
+    os.environ["POWERTOOLS_METRICS_DISABLED"] = "true"  # read at each flush
+    handler._served.cache_clear()  # built from this stack's environment on the first request
+    return FunctionUrlServer(handler.lambda_handler, port=port).start()
 
 
 def _told(result: BatchResult) -> str:

@@ -1,0 +1,68 @@
+"""One photo in, one answer out: the serving core the Lambda, `pomona classify`, the local endpoint and the bench share.
+
+The photo passes the same validation as an upload (`pomona.validation.checks`), then the same preprocessing and
+featurizer as the job's, then the classifier. A rejected photo gets the reason ingestion would have given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from pomona.classify.model import ServedModel
+from pomona.core.contract import Reason
+from pomona.ml.classifier import answer
+from pomona.ml.preprocess import DecodeError, DecodeLimits, preprocess_image
+from pomona.validation.checks import Limits, validate_image
+
+Catalog = Callable[[str], dict[str, Any] | None]
+
+
+def classify_photo(
+    model: ServedModel, data: bytes, *, file: str, limits: Limits, catalog: Catalog | None = None
+) -> dict[str, Any]:
+    """The answer for the photo `data` named `file`, as a JSON-ready dict.
+
+    Keys: `file`, `answered`, `label` (None unless answered), `confidence`, `top` (up to 3 `[label, p]`),
+    `model_version`, `reason` (None, or why the photo was rejected, with `detail`) and, when the team wrote
+    one for the answered label, `catalog`.
+    """
+    verdict = validate_image(data, limits=limits, filename=file)
+    if not verdict.accepted:
+        assert verdict.reason is not None
+        return rejected(file, verdict.reason.value, verdict.detail, model_version=model.model_version)
+    decode = DecodeLimits(formats=tuple(sorted(limits.allowed_formats)), max_pixels=limits.max_pixels)
+    try:
+        pixels = preprocess_image(data, decode)
+    except DecodeError as err:  # validated, yet undecodable by the job's decoder: the job would say the same
+        return rejected(file, Reason.CORRUPT.value, str(err), model_version=model.model_version)
+    features = model.featurizer(pixels[np.newaxis])[0]
+    found = answer(model.classifier, features)
+    result: dict[str, Any] = {
+        "file": file,
+        "answered": found.answered,
+        "label": found.label,
+        "confidence": round(found.confidence, 6),
+        "top": [[label, round(p, 6)] for label, p in found.top],
+        "model_version": model.model_version,
+        "reason": None,
+    }
+    if found.label is not None and catalog is not None and (entry := catalog(found.label)) is not None:
+        result["catalog"] = entry
+    return result
+
+
+def rejected(file: str, reason: str, detail: str, *, model_version: str | None) -> dict[str, Any]:
+    """The answer for a photo that was not classified, and why."""
+    return {
+        "file": file,
+        "answered": False,
+        "label": None,
+        "confidence": None,
+        "top": [],
+        "model_version": model_version,
+        "reason": reason,
+        "detail": detail,
+    }

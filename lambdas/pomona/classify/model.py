@@ -1,0 +1,157 @@
+"""The classifier as served: the latest committed one, with the featurizer of its lineage, reloaded when LATEST moves.
+
+A committed PCA version's folder holds `classifier.npz` beside `metadata.json`, which names the lineage: the
+weights (`weights`, `weights_id`) and the backend its features were made with. Serving makes features with the
+same weights file and backend, so an answer is computed with the numerics the holdout was scored with; weights
+whose id differs from the lineage's are refused rather than used.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pomona.core.errors import PomonaError
+from pomona.core.outputs import Files, pca_latest_key, pca_prefix
+from pomona.core.settings import Settings, configured
+from pomona.ml.classifier import Classifier, ClassifierError, load_classifier
+from pomona.ml.featurizer import Featurizer, get_featurizer
+
+log = logging.getLogger(__name__)
+
+CLASSIFIER_FILE = "classifier.npz"
+METADATA_FILE = "metadata.json"
+# `models/catalog/<label>.json`: what the team wrote about a fruit, under models/ so that the classify role's
+# read-only grant on models/ covers it.
+CATALOG_FOLDER = "models/catalog/"
+
+
+class ModelUnavailableError(PomonaError, RuntimeError):
+    """No committed classifier to answer with, or none that this process can run as it was trained."""
+
+
+@dataclass(frozen=True, eq=False)
+class ServedModel:
+    """A committed classifier and the featurizer of its lineage."""
+
+    classifier: Classifier
+    featurizer: Featurizer
+    version: int
+    batch_id: str | None
+    weights_id: str
+    backend: str
+
+    @property
+    def model_version(self) -> str:
+        """`v<N>-<batch id>`, the committed version's folder name."""
+        return f"v{self.version}" if self.batch_id is None else f"v{self.version}-{self.batch_id}"
+
+
+@dataclass(frozen=True)
+class Pointer:
+    """Where LATEST points: the committed version and its batch."""
+
+    version: int
+    batch_id: str | None
+
+
+def read_pointer(files: Files, prefix: str) -> Pointer | None:
+    """LATEST, or None before the first commit."""
+    body = files.read(pca_latest_key(prefix))
+    if body is None:
+        return None
+    latest = json.loads(body)
+    return Pointer(int(latest["version"]), latest.get("batch_id"))
+
+
+def load_served_model(
+    files: Files, pointer: Pointer, settings: Settings, *, weights: str | None = None, num_threads: int = 1
+) -> ServedModel:
+    """The classifier of committed version `pointer` in `files`, and its lineage's featurizer.
+
+    The weights are `weights` when given, else POMONA_WEIGHTS when set, else the spec the job recorded."""
+    folder = pca_prefix(settings.output_prefix, pointer.version, pointer.batch_id)
+    metadata_body, classifier_body = files.read(folder + METADATA_FILE), files.read(folder + CLASSIFIER_FILE)
+    if metadata_body is None or classifier_body is None:
+        raise ModelUnavailableError(
+            f"expected {METADATA_FILE} and {CLASSIFIER_FILE} in {files.location}{folder}, found "
+            f"{'neither' if metadata_body is None and classifier_body is None else 'only one'}: no classifier is "
+            "committed yet (a run commits one once 2 labels have 5 training images each)"
+        )
+    metadata: dict[str, Any] = json.loads(metadata_body)
+    try:
+        classifier = load_classifier(classifier_body)
+    except ClassifierError as err:
+        raise ModelUnavailableError(f"expected a classifier in {files.location}{folder}: {err}") from err
+    spec = weights or configured("weights") or metadata.get("weights") or settings.weights
+    backend = str(metadata.get("backend") or settings.backend)
+    featurizer = get_featurizer(spec, backend, cache_dir=settings.model_cache_dir, num_threads=num_threads)
+    lineage = metadata.get("weights_id")
+    if lineage is not None and featurizer.weights_id != lineage:
+        raise ModelUnavailableError(
+            f"expected weights with id {lineage} (the ones version {pointer.version} was trained on), got "
+            f"{featurizer.weights_id} from {spec!r}: set POMONA_WEIGHTS (or --weights) to the lineage's weights"
+        )
+    return ServedModel(
+        classifier=classifier,
+        featurizer=featurizer,
+        version=pointer.version,
+        batch_id=pointer.batch_id,
+        weights_id=featurizer.weights_id,
+        backend=backend,
+    )
+
+
+@dataclass
+class LatestModel:
+    """The served model of `files`, looking at LATEST at most every `check_seconds` and reloading when it moved.
+
+    A warm Lambda container or the local endpoint answers from memory; one small GET a minute (by default) is
+    what keeps it current. The featurizer is memoised per process, so a reload reads only the classifier.
+    """
+
+    files: Files
+    settings: Settings
+    weights: str | None = None
+    num_threads: int = 1
+    clock: Callable[[], float] = time.monotonic
+    _model: ServedModel | None = field(default=None, init=False)
+    _checked: float = field(default=float("-inf"), init=False)
+    _catalog: dict[str, dict[str, Any] | None] = field(default_factory=dict, init=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+
+    def get(self) -> ServedModel:
+        """The model to answer with now; `ModelUnavailableError` before the first commit."""
+        with self._lock:
+            now = self.clock()
+            if self._model is not None and now - self._checked < self.settings.model_check_seconds:
+                return self._model
+            pointer = read_pointer(self.files, self.settings.output_prefix)
+            self._checked = now
+            if pointer is None:
+                raise ModelUnavailableError(
+                    f"expected a committed model under {self.files.location}{self.settings.output_prefix}models/, "
+                    "found no models/pca/LATEST: no batch has been committed yet"
+                )
+            current = self._model
+            if current is None or (current.version, current.batch_id) != (pointer.version, pointer.batch_id):
+                self._model = load_served_model(
+                    self.files, pointer, self.settings, weights=self.weights, num_threads=self.num_threads
+                )
+                self._catalog.clear()
+                log.info("classifier loaded", extra={"model_version": self._model.model_version})
+            assert self._model is not None
+            return self._model
+
+    def catalog(self, label: str) -> dict[str, Any] | None:
+        """`models/catalog/<label>.json` when the team wrote one; read once per label and model."""
+        with self._lock:
+            if label not in self._catalog:
+                body = self.files.read(f"{self.settings.output_prefix}{CATALOG_FOLDER}{label}.json")
+                self._catalog[label] = None if body is None else dict(json.loads(body))
+            return self._catalog[label]

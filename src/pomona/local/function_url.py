@@ -1,0 +1,115 @@
+"""A Lambda Function URL on loopback: HTTP requests in, payload-2.0 events to a real handler, its response out.
+
+`pomona local up` serves the classify Lambda's handler this way, so the app's developers call it as they would
+the deployed URL (without the SigV4 signature, which only AWS checks).
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import threading
+import time
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from pomona.local.poller import Handler, LambdaContext
+
+log = logging.getLogger(__name__)
+
+# What AWS accepts in a synchronous invocation's request; larger bodies get a 413 there too.
+MAX_PAYLOAD_BYTES = 6 * 1024 * 1024
+
+
+def function_url_event(method: str, target: str, headers: dict[str, str], body: bytes) -> dict[str, Any]:
+    """The event a Function URL hands its Lambda for this request (payload format 2.0, body base64-encoded)."""
+    parts = urlsplit(target)
+    now = datetime.now(UTC)
+    return {
+        "version": "2.0",
+        "routeKey": "$default",
+        "rawPath": parts.path or "/",
+        "rawQueryString": parts.query,
+        "queryStringParameters": dict(parse_qsl(parts.query)) or None,
+        "headers": {name.lower(): value for name, value in headers.items()},
+        "requestContext": {
+            "accountId": "anonymous",
+            "apiId": "local",
+            "domainName": "127.0.0.1",
+            "http": {
+                "method": method,
+                "path": parts.path or "/",
+                "protocol": "HTTP/1.1",
+                "sourceIp": "127.0.0.1",
+                "userAgent": headers.get("User-Agent", ""),
+            },
+            "requestId": f"local-{time.monotonic_ns()}",
+            "routeKey": "$default",
+            "stage": "$default",
+            "time": now.strftime("%d/%b/%Y:%H:%M:%S +0000"),
+            "timeEpoch": int(now.timestamp() * 1000),
+        },
+        "body": base64.b64encode(body).decode(),
+        "isBase64Encoded": True,
+    }
+
+
+class FunctionUrlServer:
+    """`handler` behind http://127.0.0.1:`port`/ until `stop()`; port 0 picks a free one."""
+
+    def __init__(self, handler: Handler, *, port: int = 0, function_name: str = "pomona-classify") -> None:
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), _request_handler(handler, function_name))
+        self._thread = threading.Thread(target=self._server.serve_forever, name="function-url", daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}/"
+
+    def start(self) -> FunctionUrlServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def _request_handler(handler: Handler, function_name: str) -> type[BaseHTTPRequestHandler]:
+    lock = threading.Lock()  # one invocation at a time, as one Lambda container runs them
+
+    class FunctionUrlRequest(BaseHTTPRequestHandler):
+        def _invoke(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            if length > MAX_PAYLOAD_BYTES:
+                self._send(
+                    413, {"content-type": "application/json"}, b'{"error": "payload larger than 6 MB"}'
+                )
+                return
+            body = self.rfile.read(length)
+            event = function_url_event(self.command, self.path, dict(self.headers.items()), body)
+            context = LambdaContext(
+                function_name=function_name, log_group_name=f"/aws/lambda/{function_name}"
+            )
+            with lock:
+                response = handler(event, context)
+            payload = response.get("body") or ""
+            data = base64.b64decode(payload) if response.get("isBase64Encoded") else str(payload).encode()
+            self._send(int(response.get("statusCode", 200)), dict(response.get("headers") or {}), data)
+
+        def _send(self, status: int, headers: dict[str, str], data: bytes) -> None:
+            self.send_response(status)
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = do_POST = do_PUT = do_DELETE = _invoke
+
+        def log_message(self, format: str, *args: Any) -> None:
+            log.debug("function url: %s", format % args)
+
+    return FunctionUrlRequest

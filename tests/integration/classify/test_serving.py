@@ -1,0 +1,138 @@
+"""The serving core on a folder laid out as the bucket: answers, rejections with their reason, the catalog, the
+lineage check, and reloading when LATEST moves (no sooner than the check interval)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from pomona.classify.answering import classify_photo
+from pomona.classify.model import LatestModel, ModelUnavailableError
+from pomona.core.contract import Reason
+from pomona.core.outputs import FolderFiles, pca_latest_key, pca_prefix
+from pomona.core.settings import Settings
+from pomona.ml.classifier import LabelStats, classifier_to_npz, fit_classifier
+from pomona.ml.featurizer import get_featurizer
+from pomona.ml.pca import fit_pca
+from pomona.ml.preprocess import preprocess_batch
+from pomona.testing.samples import bad_uploads, fruit_image
+from pomona.validation.checks import Limits
+
+LABELS = ("Apple", "Banana", "Lemon")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def settings(model_cache: Path) -> Settings:
+    return Settings(weights="random", backend="litert", cache_dir=str(model_cache), model_check_seconds=60)
+
+
+def _commit(
+    root: Path, settings: Settings, *, version: int, batch_id: str, weights_id: str | None = None
+) -> None:
+    """A committed version with a classifier trained on synthetic fruit, as the job lays it out; LATEST moved."""
+    featurizer = get_featurizer(settings.weights, settings.backend, cache_dir=settings.model_cache_dir)
+    labels = [label for label in LABELS for _ in range(8)]
+    pixels, _ = preprocess_batch([fruit_image(label, i) for i, label in enumerate(labels)])
+    stats = LabelStats.from_rows(featurizer(pixels), labels)
+    classifier = fit_classifier(stats, fit_pca(stats.total, n_components=4))
+    folder = root / pca_prefix("", version, batch_id)
+    folder.mkdir(parents=True)
+    (folder / "classifier.npz").write_bytes(classifier_to_npz(classifier))
+    metadata = {"backend": "litert", "weights": "random", "weights_id": weights_id or featurizer.weights_id}
+    (folder / "metadata.json").write_text(json.dumps(metadata))
+    (root / pca_latest_key("")).write_text(json.dumps({"version": version, "batch_id": batch_id}))
+
+
+def test_a_photo_gets_an_answer_from_the_committed_classifier(tmp_path: Path, settings: Settings) -> None:
+    _commit(tmp_path, settings, version=1, batch_id="b1")
+    served = LatestModel(FolderFiles(tmp_path), settings).get()
+
+    result = classify_photo(served, fruit_image("Banana", 99), file="banana.jpg", limits=Limits())
+
+    assert result["model_version"] == "v1-b1"
+    assert result["reason"] is None
+    assert len(result["top"]) == 3
+    assert {label for label, _ in result["top"]} == set(LABELS)
+    assert sum(p for _, p in result["top"]) == pytest.approx(1.0, abs=1e-5)
+    assert result["confidence"] == result["top"][0][1]
+    assert result["answered"] == (result["confidence"] >= served.classifier.threshold)
+    assert result["label"] == (result["top"][0][0] if result["answered"] else None)
+
+
+@pytest.mark.parametrize(
+    ("name", "body", "reason"), bad_uploads(), ids=[name for name, _, _ in bad_uploads()]
+)
+def test_a_photo_ingestion_would_reject_gets_the_same_reason(
+    tmp_path: Path, settings: Settings, name: str, body: bytes, reason: Reason
+) -> None:
+    _commit(tmp_path, settings, version=1, batch_id="b1")
+    served = LatestModel(FolderFiles(tmp_path), settings).get()
+
+    result = classify_photo(served, body, file=name, limits=Limits())
+
+    assert (result["answered"], result["label"], result["top"]) == (False, None, [])
+    assert result["reason"] == reason.value
+    assert result["detail"]
+
+
+def test_the_catalog_entry_of_the_answered_label_comes_with_the_answer(
+    tmp_path: Path, settings: Settings
+) -> None:
+    _commit(tmp_path, settings, version=1, batch_id="b1")
+    model = LatestModel(FolderFiles(tmp_path), settings)
+    served = model.get()
+    served = dataclasses.replace(served, classifier=dataclasses.replace(served.classifier, threshold=0.0))
+    answered = classify_photo(
+        served, fruit_image("Lemon", 7), file="x.jpg", limits=Limits(), catalog=model.catalog
+    )
+    entry = {"name": answered["label"], "season": "written by the team"}
+    (tmp_path / "models" / "catalog").mkdir()
+    (tmp_path / "models" / "catalog" / f"{answered['label']}.json").write_text(json.dumps(entry))
+    model._catalog.clear()
+
+    again = classify_photo(
+        served, fruit_image("Lemon", 7), file="x.jpg", limits=Limits(), catalog=model.catalog
+    )
+
+    assert "catalog" not in answered
+    assert again["catalog"] == entry
+
+
+def test_before_any_commit_there_is_no_model_and_it_says_so(tmp_path: Path, settings: Settings) -> None:
+    with pytest.raises(ModelUnavailableError, match="found no models/pca/LATEST"):
+        LatestModel(FolderFiles(tmp_path), settings).get()
+
+
+def test_weights_other_than_the_lineages_are_refused(tmp_path: Path, settings: Settings) -> None:
+    _commit(tmp_path, settings, version=1, batch_id="b1", weights_id="sha256:0123456789abcdef")
+    with pytest.raises(ModelUnavailableError, match=r"expected weights with id sha256:0123456789abcdef"):
+        LatestModel(FolderFiles(tmp_path), settings).get()
+
+
+def test_a_moved_latest_is_picked_up_at_the_next_check_not_before(tmp_path: Path, settings: Settings) -> None:
+    clock = Clock()
+    _commit(tmp_path, settings, version=1, batch_id="b1")
+    model = LatestModel(FolderFiles(tmp_path), settings, clock=clock)
+    first = model.get()
+
+    _commit(tmp_path, settings, version=2, batch_id="b2")
+    clock.now = 59.0
+    assert model.get() is first
+    clock.now = 60.0
+    second = model.get()
+
+    assert (first.model_version, second.model_version) == ("v1-b1", "v2-b2")
+    assert second.featurizer is first.featurizer  # memoised per process: a reload reads the classifier only
+    clock.now = 130.0
+    assert model.get() is second  # LATEST unchanged: nothing reloaded
