@@ -1,10 +1,12 @@
 """Dockerfiles read and replayed as a builder would, without a Docker engine.
 
-`replay(dockerfile, fs)` runs the final stage into a folder standing for the image's filesystem: WORKDIR and COPY
-(from the build context, `.dockerignore` applied) land under `fs`, ARG and ENV become the RUN environment, and each
-RUN runs in the instruction's SHELL with a PATH holding only a few harmless real tools and stubs for everything
-that would install, download or delete. The stubs record how they were called, so a test reads the commands as
-the shell expanded them. Paths in ARG and ENV values are moved under `fs`; literal paths in a RUN reach only stubs.
+`replay(dockerfile, fs)` runs the final stage (or the stage named by `stage=`) into a folder standing for the
+image's filesystem: WORKDIR and COPY (from the build context, `.dockerignore` applied) land under `fs`, ARG and ENV
+become the RUN environment, and each RUN runs in the instruction's SHELL with a PATH holding only a few harmless
+real tools and stubs for everything that would install, download or delete. The stubs record how they were called,
+so a test reads the commands as the shell expanded them. Paths in ARG and ENV values are moved under `fs`; literal
+paths in a RUN reach only stubs. `COPY --from=<stage>` copies from that stage's replay when `stages=` holds it, and
+is skipped otherwise.
 """
 
 from __future__ import annotations
@@ -76,16 +78,64 @@ def _unquoted(value: str) -> str:
     return " ".join(shlex.split(value))
 
 
-def base_image(dockerfile: Path) -> str:
-    """The final stage's FROM, build args substituted."""
-    (*_, last) = [args for name, args in instructions(dockerfile) if name == "FROM"]
-    return substitute(last.split()[0], global_args(dockerfile))
+def base_image(dockerfile: Path, stage: str | None = None) -> str:
+    """The FROM of the final stage (or of the stage named `stage`), build args substituted."""
+    start, _ = _stage_bounds(dockerfile, stage)
+    return substitute(instructions(dockerfile)[start][1].split()[0], global_args(dockerfile))
 
 
-def _final_stage(dockerfile: Path) -> list[tuple[str, str]]:
+def _stage_name(from_args: str) -> str | None:
+    """`image AS name` → name; None for a stage without one."""
+    words = from_args.split()
+    return words[-1] if len(words) >= 3 and words[-2].lower() == "as" else None
+
+
+def _stage_bounds(dockerfile: Path, stage: str | None) -> tuple[int, int]:
+    """The index of the stage's FROM and of the step after its last instruction."""
     steps = instructions(dockerfile)
-    last_from = max(i for i, (name, _) in enumerate(steps) if name == "FROM")
-    return steps[last_from + 1 :]
+    starts = [i for i, (name, _) in enumerate(steps) if name == "FROM"]
+    if stage is None:
+        start = starts[-1]
+    else:
+        named = [i for i in starts if _stage_name(steps[i][1]) == stage]
+        if len(named) != 1:
+            raise AssertionError(
+                f"expected one stage named {stage!r} in {dockerfile.name}, found {len(named)}"
+            )
+        start = named[0]
+    return start, next((i for i in starts if i > start), len(steps))
+
+
+def _stage(dockerfile: Path, stage: str | None) -> list[tuple[str, str]]:
+    start, end = _stage_bounds(dockerfile, stage)
+    return instructions(dockerfile)[start + 1 : end]
+
+
+def stage_env(dockerfile: Path, stage: str | None = None) -> dict[str, str]:
+    """The ENV a stage sets (ARG values substituted), in the image's terms, without replaying it."""
+    variables = dict(global_args(dockerfile))
+    env: dict[str, str] = {}
+    for name, args in _stage(dockerfile, stage):
+        if name == "ARG":
+            key, has_default, default = args.partition("=")
+            variables[key] = _unquoted(default) if has_default else variables.get(key, "")
+        elif name == "ENV":
+            pairs = dict(_pairs(substitute(args, variables | env)))
+            env |= pairs
+            variables |= pairs
+    return env
+
+
+def copies_from_stages(dockerfile: Path, stage: str | None = None) -> list[tuple[str, str, str]]:
+    """(stage, source, destination) of each `COPY --from=<stage>` of the final stage (or of `stage`)."""
+    found = []
+    for name, args in _stage(dockerfile, stage):
+        words = args.split()
+        origin = [w.removeprefix("--from=") for w in words if w.startswith("--from=")]
+        if name == "COPY" and origin:
+            *sources, dest = [w for w in words if not w.startswith("--")]
+            found += [(origin[0], source, dest) for source in sources]
+    return found
 
 
 # -- the build context -------------------------------------------------------------------------------------------
@@ -190,8 +240,16 @@ class Build:
         return [call for call in self.calls if call.tool == tool]
 
 
-def replay(dockerfile: Path, fs: Path, build_args: dict[str, str] | None = None) -> Build:
-    """Run the final stage of `dockerfile` into `fs` (see the module docstring); stops at the first failing RUN."""
+def replay(
+    dockerfile: Path,
+    fs: Path,
+    build_args: dict[str, str] | None = None,
+    *,
+    stage: str | None = None,
+    stages: dict[str, Build] | None = None,
+) -> Build:
+    """Run the final stage of `dockerfile` (or the stage named `stage`) into `fs`, with earlier stages' replays in
+    `stages` for `COPY --from` (see the module docstring); stops at the first failing RUN."""
     build = Build(fs=fs)
     fs.mkdir(parents=True, exist_ok=True)
     tools, log = fs.parent / f"{fs.name}-tools", fs.parent / f"{fs.name}-calls.jsonl"
@@ -200,7 +258,7 @@ def replay(dockerfile: Path, fs: Path, build_args: dict[str, str] | None = None)
     known = global_args(dockerfile, build_args)
     variables: dict[str, str] = {}  # ARG and ENV values in the image's terms
     shell, workdir = ["/bin/sh", "-c"], PurePosixPath("/")
-    for name, args in _final_stage(dockerfile):
+    for name, args in _stage(dockerfile, stage):
         if name == "ARG":
             key, has_default, default = args.partition("=")
             value = _unquoted(default) if has_default else known.get(key, "")
@@ -213,7 +271,7 @@ def replay(dockerfile: Path, fs: Path, build_args: dict[str, str] | None = None)
             workdir = workdir / substitute(args, variables)
             build.on_fs(workdir).mkdir(parents=True, exist_ok=True)
         elif name == "COPY":
-            _copy(build, workdir, substitute(args, variables))
+            _copy(build, workdir, substitute(args, variables), stages or {})
         elif name == "USER":
             build.user = substitute(args, variables)
         elif name == "CMD":
@@ -288,9 +346,10 @@ def copy_sources(dockerfile: Path) -> set[str]:
     return found
 
 
-def _copy(build: Build, workdir: PurePosixPath, args: str) -> None:
+def _copy(build: Build, workdir: PurePosixPath, args: str, stages: dict[str, Build]) -> None:
     copied = _copy_words(args)
     if copied is None:
+        _copy_from_stage(build, workdir, args, stages)
         return
     sources, dest = copied
     target = build.on_fs(workdir / dest)
@@ -301,3 +360,22 @@ def _copy(build: Build, workdir: PurePosixPath, args: str) -> None:
             path = target if one_file and not into_folder else target / relative
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes((ROOT / name).read_bytes())
+
+
+def _copy_from_stage(build: Build, workdir: PurePosixPath, args: str, stages: dict[str, Build]) -> None:
+    """`COPY --from=<stage> src... dest` from that stage's replayed filesystem; skipped for a stage not replayed."""
+    words = args.split()
+    (origin,) = [w.removeprefix("--from=") for w in words if w.startswith("--from=")]
+    if origin not in stages:
+        return
+    *sources, dest = [w for w in words if not w.startswith("--")]
+    target = build.on_fs(workdir / dest)
+    for source in sources:
+        found = stages[origin].on_fs(source)
+        if found.is_dir():
+            shutil.copytree(found, target, dirs_exist_ok=True)
+        elif found.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(found, target / found.name if dest.endswith("/") else target)
+        else:
+            raise AssertionError(f"expected COPY --from={origin} {source} in that stage, found nothing there")

@@ -2,7 +2,8 @@
 
 It knows the condition operators the template uses and fails on any other, so a policy it cannot read is never
 taken as allowing or denying. Not modelled: NotAction/NotPrincipal/NotResource, policy variables, permission
-boundaries, SCPs, sessions; none of them appear in the template.
+boundaries, SCPs, sessions; none of them appear in the template. Lambda permissions are read as the statements
+Lambda writes for them (`lambda_permission_statement`).
 """
 
 from __future__ import annotations
@@ -74,6 +75,31 @@ def applies(statement: Statement, request: Request, *, identity: bool) -> bool:
         for operator, block in statement.get("Condition", {}).items()
         for key, expected in block.items()
     )
+
+
+def lambda_permission_statement(permission: Mapping[str, Any]) -> dict[str, Any]:
+    """An `AWS::Lambda::Permission`'s properties as the statement Lambda adds to the function's resource-based policy:
+    `FunctionUrlAuthType` becomes a `lambda:FunctionUrlAuthType` condition and `InvokedViaFunctionUrl` a
+    `lambda:InvokedViaFunctionUrl` one, so only requests through a function URL (of that auth type) match."""
+    principal = permission["Principal"]
+    condition: dict[str, dict[str, str]] = {}
+    if "FunctionUrlAuthType" in permission:
+        condition["StringEquals"] = {"lambda:FunctionUrlAuthType": permission["FunctionUrlAuthType"]}
+    if permission.get("InvokedViaFunctionUrl") in {True, "true"}:
+        condition["Bool"] = {"lambda:InvokedViaFunctionUrl": "true"}
+    if "SourceAccount" in permission:
+        condition.setdefault("StringEquals", {})["aws:SourceAccount"] = permission["SourceAccount"]
+    if "SourceArn" in permission:
+        condition["ArnLike"] = {"aws:SourceArn": permission["SourceArn"]}
+    statement: dict[str, Any] = {
+        "Effect": "Allow",
+        "Principal": "*"
+        if principal == "*"
+        else {"Service" if principal.endswith(".amazonaws.com") else "AWS": principal},
+        "Action": permission["Action"],
+        "Resource": permission["FunctionName"],
+    }
+    return statement | ({"Condition": condition} if condition else {})
 
 
 def decide(

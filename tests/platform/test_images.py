@@ -1,5 +1,5 @@
-"""The two Dockerfiles, checked without a Docker engine: hadolint, their builds replayed here (`dockerfiles.py`), the
-Lambda image's install redone outside Docker, and agreement with the code, pins and chart they ship."""
+"""The three Dockerfiles, checked without a Docker engine: hadolint, their builds replayed here (`dockerfiles.py`),
+the Lambda images' installs redone outside Docker, and agreement with the code, pins and chart they ship."""
 
 from __future__ import annotations
 
@@ -15,13 +15,24 @@ from pathlib import Path
 
 import pytest
 import yaml
-from dockerfiles import DOWNLOADED, Build, Call, base_image, build_context, copy_sources, global_args, replay
+from dockerfiles import (
+    DOWNLOADED,
+    Build,
+    Call,
+    base_image,
+    build_context,
+    copies_from_stages,
+    copy_sources,
+    global_args,
+    replay,
+)
 from manifests import CHART, ROOT
 
 from pomona.ml.weights import IMAGENET_URL, resolve_weights
 
 LAMBDA = ROOT / "Dockerfile.lambda"
 SPARK = ROOT / "Dockerfile.spark"
+CLASSIFY = ROOT / "Dockerfile.classify"
 # What the Lambda image must not hold (README: no numpy, TensorFlow or Spark; the CLI's typer, rich and
 # matplotlib live in the cli extra): import name → distribution name.
 NOT_IN_LAMBDA = {
@@ -35,6 +46,9 @@ NOT_IN_LAMBDA = {
     "pyspark": "pyspark",
     "tensorflow": "tensorflow-cpu",
 }
+# What the classify image must not hold: numpy and LiteRT answer, but the model was converted at build time (no
+# TensorFlow), and nothing of Spark, the job's outputs or the CLI is needed.
+NOT_IN_CLASSIFY = {name: dist for name, dist in NOT_IN_LAMBDA.items() if name != "numpy"}
 # The build argument Dockerfile.spark requires, matching what the replay's wget stub "downloads".
 VERIFIED = {"MOBILENET_V2_SHA256": hashlib.sha256(DOWNLOADED).hexdigest()}
 # uv's words for a package index it cannot reach: the only failure of a redone install that skips the test.
@@ -118,20 +132,69 @@ def uv_install(build: Build, call: Call, target: Path, *options: str) -> tuple[l
 
 
 @pytest.fixture(scope="module")
-def lambda_task_root(tmp_path_factory: pytest.TempPathFactory) -> tuple[Build, Path]:
-    """Dockerfile.lambda replayed, and its install redone for real into a folder standing for LAMBDA_TASK_ROOT."""
+def lambda_build(tmp_path_factory: pytest.TempPathFactory) -> Build:
     build = replay(LAMBDA, tmp_path_factory.mktemp("lambda") / "fs")
     assert build.returncode == 0, build.stderr
-    (install,) = pip_installs(build)
+    return build
+
+
+@pytest.fixture(scope="module")
+def lambda_task_root(lambda_build: Build, tmp_path_factory: pytest.TempPathFactory) -> tuple[Build, Path]:
+    """Dockerfile.lambda replayed, and its install redone for real into a folder standing for LAMBDA_TASK_ROOT."""
+    (install,) = pip_installs(lambda_build)
     task_root = tmp_path_factory.mktemp("task-root")
-    uv_install(build, install, task_root)
-    return build, task_root
+    uv_install(lambda_build, install, task_root)
+    return lambda_build, task_root
+
+
+@pytest.fixture(scope="module")
+def classify_builder(tmp_path_factory: pytest.TempPathFactory) -> Build:
+    """Dockerfile.classify's builder stage replayed with a checksum that matches what the wget stub "downloads"."""
+    build = replay(CLASSIFY, tmp_path_factory.mktemp("classify-builder") / "fs", VERIFIED, stage="builder")
+    assert build.returncode == 0, build.stderr
+    return build
+
+
+@pytest.fixture(scope="module")
+def classify_build(classify_builder: Build, tmp_path_factory: pytest.TempPathFactory) -> Build:
+    """Dockerfile.classify's final stage replayed, `COPY --from=builder` taking the builder's replayed files."""
+    build = replay(
+        CLASSIFY, tmp_path_factory.mktemp("classify") / "fs", VERIFIED, stages={"builder": classify_builder}
+    )
+    assert build.returncode == 0, build.stderr
+    return build
+
+
+@pytest.fixture(scope="module")
+def classify_task_root(classify_build: Build, tmp_path_factory: pytest.TempPathFactory) -> tuple[Build, Path]:
+    """Dockerfile.classify's install redone for real into a folder standing for LAMBDA_TASK_ROOT."""
+    (install,) = pip_installs(classify_build)
+    task_root = tmp_path_factory.mktemp("classify-task-root")
+    uv_install(classify_build, install, task_root)
+    return classify_build, task_root
+
+
+def _import_handler(build: Build, task_root: Path, names: list[str]) -> dict[str, object]:
+    """Import the image's CMD handler with `task_root` and the standard library alone, as the runtime does; which
+    of `names` are importable there, too."""
+    (handler,) = build.cmd
+    module, _, function = handler.rpartition(".")
+    result = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", IMPORT_PROBE, str(task_root), module, function, *names],
+        env=build.env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)  # type: ignore[no-any-return]
 
 
 # -- lint --------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("dockerfile", [LAMBDA, SPARK], ids=["lambda", "spark"])
+@pytest.mark.parametrize("dockerfile", [LAMBDA, SPARK, CLASSIFY], ids=["lambda", "spark", "classify"])
 def test_hadolint_finds_nothing(hadolint: Path, dockerfile: Path, tmp_path: Path) -> None:
     # Exact base-image tags (DL3006, DL3007) and a last USER that is not root (DL3002) are errors, whatever a
     # config file or an inline `# hadolint ignore=` says: no config is in reach (HOME, XDG_CONFIG_HOME and the
@@ -163,24 +226,14 @@ def test_hadolint_finds_nothing(hadolint: Path, dockerfile: Path, tmp_path: Path
 def test_lambda_image_installs_only_what_its_handler_imports(lambda_task_root: tuple[Build, Path]) -> None:
     # GIVEN the image's install redone into a task root, and its CMD
     build, task_root = lambda_task_root
-    (handler,) = build.cmd
-    module, _, function = handler.rpartition(".")
     installed = {canonical(d.metadata["Name"]) for d in metadata.distributions(path=[str(task_root)])}
     absent = [*NOT_IN_LAMBDA, "pomona.featurize"]  # the Spark job's own package, too
 
     # WHEN the handler is imported with that task root and the standard library alone, as the runtime does
-    result = subprocess.run(
-        [sys.executable, "-I", "-S", "-c", IMPORT_PROBE, str(task_root), module, function, *absent],
-        env=build.env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-    )
+    probe = _import_handler(build, task_root, absent)
 
     # THEN it imports, from the task root, and nothing of the Spark job or the CLI is there
-    assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout) == {
+    assert probe == {
         "callable": True,
         "loaded_from_task_root": True,
         "site_packages_on_path": [],
@@ -189,13 +242,135 @@ def test_lambda_image_installs_only_what_its_handler_imports(lambda_task_root: t
     assert installed & set(NOT_IN_LAMBDA.values()) == set()
 
 
-@pytest.mark.slow
-def test_lambda_image_runs_as_a_non_root_user(lambda_task_root: tuple[Build, Path]) -> None:
+@pytest.mark.parametrize("image", ["lambda_build", "classify_build"], ids=["ingest", "classify"])
+def test_lambda_images_run_as_a_non_root_user(request: pytest.FixtureRequest, image: str) -> None:
     # hadolint's DL3002 flags a last USER that is root, not a Dockerfile without one (the base image's root).
-    build, _ = lambda_task_root
+    build: Build = request.getfixturevalue(image)
 
     assert build.user is not None
     assert build.user.split(":")[0] not in {"0", "root"}
+
+
+@pytest.mark.parametrize(
+    ("image", "handler"),
+    [
+        ("lambda_build", "lambdas/pomona/ingest/handler.py"),
+        ("classify_build", "lambdas/pomona/classify/handler.py"),
+    ],
+    ids=["ingest", "classify"],
+)
+def test_lambda_images_run_a_handler_they_copy_from_lambdas(
+    request: pytest.FixtureRequest, image: str, handler: str
+) -> None:
+    # GIVEN the replayed build and its CMD, `module.function` as the runtime interface client reads it
+    build: Build = request.getfixturevalue(image)
+    (cmd,) = build.cmd
+    module, _, function = cmd.rpartition(".")
+    relative = f"lambdas/{module.replace('.', '/')}.py"
+
+    # THEN the module is a file of the unit's folder, sent in the build context and copied where pip installs from
+    (install,) = pip_installs(build)
+    assert (relative, function) == (handler, "lambda_handler")
+    assert (ROOT / relative).is_file()
+    assert relative in build_context()
+    assert (install.cwd / relative).read_bytes() == (ROOT / relative).read_bytes()
+
+
+# -- classify ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_classify_image_installs_only_what_its_handler_imports(
+    classify_task_root: tuple[Build, Path],
+) -> None:
+    # GIVEN the image's install redone into a task root
+    build, task_root = classify_task_root
+    installed = {canonical(d.metadata["Name"]) for d in metadata.distributions(path=[str(task_root)])}
+    answering = ["numpy", "ai_edge_litert", "PIL"]
+
+    # WHEN its handler is imported with that task root and the standard library alone, as the runtime does
+    probe = _import_handler(build, task_root, [*answering, *NOT_IN_CLASSIFY, "pomona.featurize"])
+
+    # THEN it imports, LiteRT and numpy are there to answer with, and nothing of TensorFlow, Spark or the CLI is
+    assert probe == {
+        "callable": True,
+        "loaded_from_task_root": True,
+        "site_packages_on_path": [],
+        "importable": sorted(answering),
+    }
+    assert installed & set(NOT_IN_CLASSIFY.values()) == set()
+
+
+def test_classify_build_bakes_the_verified_weights_and_model_where_the_featurizer_looks(
+    classify_builder: Build, classify_build: Build, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN the builder's download and conversion, and what the final stage copies from it
+    (download,) = classify_builder.called("wget")
+    (prepare,) = classify_builder.called("pomona")
+    options = dict(zip(prepare.args[2::2], prepare.args[3::2], strict=True))
+    ((origin, source, dest),) = copies_from_stages(CLASSIFY)
+    image_weights = classify_build.on_fs(classify_build.env["POMONA_WEIGHTS"])
+    image_cache = classify_build.on_fs(classify_build.env["POMONA_CACHE_DIR"])
+
+    # WHEN the image's POMONA_WEIGHTS is resolved there, with every download failing
+    def offline(*args: object, **kwargs: object) -> None:
+        raise OSError("no network in this test")
+
+    monkeypatch.setattr("urllib.request.urlopen", offline)
+    resolved = resolve_weights(str(image_weights), cache_dir=image_cache)
+
+    # THEN the builder converted the checked download of Keras' own file into the folder the image copies, and the
+    # image's POMONA_WEIGHTS and POMONA_CACHE_DIR are that file and that folder (the .tflite is named after the
+    # weights' id, which the copy keeps)
+    assert download.args[-1] == IMAGENET_URL
+    assert (prepare.args[:2], options["--weights"]) == (
+        ["model", "prepare"],
+        download.args[download.args.index("-O") + 1],
+    )
+    assert (origin, Path(options["--cache-dir"])) == ("builder", classify_builder.on_fs(source))
+    assert classify_build.env["POMONA_CACHE_DIR"] == dest
+    assert image_weights.relative_to(image_cache) == Path(options["--weights"]).relative_to(
+        options["--cache-dir"]
+    )
+    assert resolved.path == image_weights
+    assert image_weights.read_bytes() == DOWNLOADED
+    # The final stage itself downloads and converts nothing: it installs, and deletes its build folder.
+    assert {call.tool for call in classify_build.calls} == {"pip", "rm"}
+
+
+@pytest.mark.parametrize(
+    ("sha256", "downloads"),
+    [pytest.param("0" * 64, True, id="wrong-checksum"), pytest.param("", False, id="no-checksum")],
+)
+def test_classify_build_stops_before_preparing_unverified_weights(
+    tmp_path: Path, sha256: str, downloads: bool
+) -> None:
+    build = replay(CLASSIFY, tmp_path / "fs", {"MOBILENET_V2_SHA256": sha256}, stage="builder")
+
+    assert build.returncode != 0
+    assert (bool(build.called("wget")), build.called("pomona")) == (downloads, [])
+    if not downloads:
+        assert "MOBILENET_V2_SHA256" in build.stderr
+
+
+def _in_image(build: Build, call: Call) -> list[str]:
+    """A call's arguments with the replay's folder taken off its paths: as the image's shell expanded them."""
+    return [arg.replace(str(build.fs), "") for arg in call.args]
+
+
+def test_classify_builder_converts_as_the_spark_image_does(
+    classify_builder: Build, spark_build: Build
+) -> None:
+    # The job's features come from the Spark image's .tflite; the Lambda's from one the same TensorFlow converted,
+    # on the same base and Python, from the same pins and the same weights file.
+    def made(build: Build) -> dict[str, list[list[str]]]:
+        return {
+            tool: [_in_image(build, call) for call in build.called(tool)] for tool in ("uv", "wget", "pomona")
+        }
+
+    assert base_image(CLASSIFY, "builder") == base_image(SPARK)
+    assert made(classify_builder) == made(spark_build)
+    assert classify_builder.env["POMONA_WEIGHTS"] == spark_build.env["POMONA_WEIGHTS"]
 
 
 def test_images_run_the_python_the_pins_are_resolved_for(spark_build: Build) -> None:
@@ -204,8 +379,9 @@ def test_images_run_the_python_the_pins_are_resolved_for(spark_build: Build) -> 
     (venv,) = [call for call in spark_build.called("uv") if call.args[0] == "venv"]
 
     # AWS's image at a dated build of that Python (`3.11.2026.02.28.00`), not the moving `3.11` tag, which
-    # hadolint's DL3006/DL3007 accept: a rebuild picks up nothing new.
+    # hadolint's DL3006/DL3007 accept: a rebuild picks up nothing new. Both Lambda images on the same one.
     assert image == "public.ecr.aws/lambda/python"
+    assert base_image(CLASSIFY) == base_image(LAMBDA)
     assert re.fullmatch(rf"{re.escape(python)}\.\d{{4}}\.\d{{2}}\.\d{{2}}\.\d{{2}}", tag), tag
     # The Spark image's venv, on an exact patch release of it.
     assert re.fullmatch(rf"{re.escape(python)}\.\d+", venv.args[venv.args.index("--python") + 1])
@@ -312,7 +488,9 @@ def canonical(name: str) -> str:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("dockerfile", "extra"), [(LAMBDA, "lambda"), (SPARK, "spark")], ids=["lambda", "spark"]
+    ("dockerfile", "extra"),
+    [(LAMBDA, "lambda"), (SPARK, "spark"), (CLASSIFY, "classify")],
+    ids=["lambda", "spark", "classify"],
 )
 def test_each_image_installs_every_package_at_its_pin(dockerfile: Path, extra: str, tmp_path: Path) -> None:
     # GIVEN the image's install, as the replayed build ran it
@@ -331,7 +509,7 @@ def test_each_image_installs_every_package_at_its_pin(dockerfile: Path, extra: s
     assert {name: version for name, version in resolved.items() if pins(extra).get(name) != version} == {}
 
 
-@pytest.mark.parametrize("extra", ["lambda", "spark"])
+@pytest.mark.parametrize("extra", ["lambda", "spark", "classify"])
 def test_tests_run_the_versions_the_images_ship(extra: str) -> None:
     dev = pins("dev")
     image = pins(extra)
@@ -344,7 +522,7 @@ def test_tests_run_the_versions_the_images_ship(extra: str) -> None:
 
 def test_build_context_holds_exactly_what_the_images_copy() -> None:
     # The context `docker build .` sends once .dockerignore is applied: everything copied, nothing else.
-    copied = copy_sources(LAMBDA) | copy_sources(SPARK)
+    copied = copy_sources(LAMBDA) | copy_sources(SPARK) | copy_sources(CLASSIFY)
     context = build_context()
 
     def under(path: str, source: str) -> bool:

@@ -8,11 +8,12 @@ from functools import cache
 from typing import Any
 
 import pytest
-from iam_policies import Request, Statement, decide
+from dockerfiles import stage_env
+from iam_policies import Request, Statement, decide, lambda_permission_statement
 from manifests import ROOT, Render, one
 
 from pomona.core.resources import describe
-from pomona.core.settings import ENV_VARS
+from pomona.core.settings import ENV_VARS, Settings
 
 cfnlint_api = pytest.importorskip("cfnlint.api", reason="needs cfn-lint (a dev dependency)")
 cfnlint_decode = pytest.importorskip("cfnlint.decode", reason="needs cfn-lint (a dev dependency)")
@@ -21,6 +22,7 @@ TEMPLATE = ROOT / "deploy" / "template.yaml"
 # Parameters without a default, as a deployment would pass them.
 PARAMETERS = {
     "IngestImageUri": "123456789012.dkr.ecr.us-east-1.amazonaws.com/pomona-lambda:1",
+    "ClassifyImageUri": "123456789012.dkr.ecr.us-east-1.amazonaws.com/pomona-classify:1",
     "OidcProviderArn": "arn:aws:iam::123456789012:oidc-provider/oidc.eks.us-east-1.amazonaws.com/id/ABC123",
 }
 PSEUDO = {"AWS::Partition": "aws", "AWS::AccountId": "123456789012", "AWS::Region": "us-east-1"}
@@ -33,6 +35,10 @@ OPERATOR = "arn:aws:iam::123456789012:role/operator"
 ADMIN = "arn:aws:iam::123456789012:role/admin"
 # What an administrator's identity policy grants: everything, so only the queue's own policy can refuse.
 ADMIN_POLICY: list[Statement] = [{"Effect": "Allow", "Action": "*", "Resource": "*"}]
+# The Cognito identity pool's authenticated role, as a deployment passes it in AppInvokeRoleArn.
+APP_ROLE = "arn:aws:iam::123456789012:role/pomona-app-authenticated"
+# What a SigV4-signed request to an AWS_IAM function URL carries, for both actions Lambda checks.
+THROUGH_THE_URL = {"lambda:FunctionUrlAuthType": "AWS_IAM", "lambda:InvokedViaFunctionUrl": "true"}
 _NO_VALUE = object()  # AWS::NoValue: the key or list item is left out
 
 
@@ -44,7 +50,8 @@ def _decoded() -> dict[str, Any]:
 
 
 def stack(**parameters: str) -> dict[str, Any]:
-    """The template with intrinsic functions evaluated for these parameters (defaults otherwise)."""
+    """The template with intrinsic functions evaluated for these parameters (defaults otherwise), without the
+    resources and outputs whose Condition does not hold, as CloudFormation creates it."""
     decoded = _decoded()
     names = (
         {k: str(v.get("Default", "")) for k, v in decoded["Parameters"].items()}
@@ -52,7 +59,14 @@ def stack(**parameters: str) -> dict[str, Any]:
         | PSEUDO
         | parameters
     )
-    return resolve(decoded, decoded, names)  # type: ignore[no-any-return]
+    resolved: dict[str, Any] = resolve(decoded, decoded, names)
+    for section in ("Resources", "Outputs"):
+        resolved[section] = {
+            name: item
+            for name, item in resolved[section].items()
+            if "Condition" not in item or _holds(decoded["Conditions"][item["Condition"]], decoded, names)
+        }
+    return resolved
 
 
 @pytest.fixture(scope="module")
@@ -356,6 +370,7 @@ def _send(template: dict[str, Any], queue: str, principal: str, **context: str) 
     [
         pytest.param("<IngestRole.Arn>", "allow", id="ingest-lambda"),
         pytest.param("<JobRole.Arn>", "deny", id="job"),
+        pytest.param("<ClassifyRole.Arn>", "deny", id="classify-lambda"),
         pytest.param(ADMIN, "deny", id="administrator"),
         pytest.param(OPERATOR, "deny", id="operator-without-redrive-parameter"),
     ],
@@ -475,7 +490,7 @@ def test_queues_match_resources(template: dict[str, Any], source: str, dlq: str)
 
 def test_events_queue_outlasts_six_function_timeouts(template: dict[str, Any]) -> None:
     # Lambda's advice for SQS event sources: a batch in flight never reappears while it is being handled.
-    (function,) = resources(template, "AWS::Lambda::Function").values()
+    function = resources(template, "AWS::Lambda::Function")["IngestFunction"]
     events = resources(template, "AWS::SQS::Queue")["EventsQueue"]
 
     assert events["VisibilityTimeout"] >= 6 * function["Timeout"]
@@ -529,14 +544,15 @@ def test_uploads_notify_the_events_queue_not_the_lambda(template: dict[str, Any]
     # S3 sends a test event when the notification is set: the queue's policy must already let it in.
     assert bucket["DependsOn"] == "EventsQueuePolicy"
     assert resources(template, "AWS::SQS::QueuePolicy")["EventsQueuePolicy"]["Queues"] == ["<EventsQueue>"]
-    # Nothing invokes the function asynchronously any more.
-    assert resources(template, "AWS::Lambda::Permission") == {}
+    # Nothing invokes the ingestion function asynchronously any more.
+    permissions = resources(stack(AppInvokeRoleArn=APP_ROLE), "AWS::Lambda::Permission").values()
+    assert [p for p in permissions if p["FunctionName"].startswith("<IngestFunction")] == []
     assert resources(template, "AWS::Lambda::EventInvokeConfig") == {}
 
 
 def test_events_queue_feeds_the_lambda_with_partial_batch_failures(template: dict[str, Any]) -> None:
     (mapping,) = resources(template, "AWS::Lambda::EventSourceMapping").values()
-    (function,) = resources(template, "AWS::Lambda::Function").values()
+    function = resources(template, "AWS::Lambda::Function")["IngestFunction"]
 
     assert mapping["EventSourceArn"] == "<EventsQueue.Arn>"
     assert mapping["FunctionName"] == "<IngestFunction.Arn>"
@@ -564,7 +580,7 @@ def test_outputs_name_the_settings_they_fill(template: dict[str, Any]) -> None:
 
 
 def test_lambda_runs_the_image_with_pomona_settings(template: dict[str, Any]) -> None:
-    (function,) = resources(template, "AWS::Lambda::Function").values()
+    function = resources(template, "AWS::Lambda::Function")["IngestFunction"]
     variables = function["Environment"]["Variables"]
 
     assert (function["PackageType"], function["Code"]["ImageUri"], function["Timeout"]) == (
@@ -576,6 +592,228 @@ def test_lambda_runs_the_image_with_pomona_settings(template: dict[str, Any]) ->
     assert {v for v in variables if not v.startswith("POWERTOOLS_")} <= set(ENV_VARS)
     assert variables["POMONA_IMAGES_QUEUE_URL"] == "<ImagesQueue>"
     assert variables["POMONA_BUCKET"] == describe().bucket
+
+
+# -- the classify Lambda and its Function URL -------------------------------------------------------------------
+
+
+def _s3(template: dict[str, Any], role: str, action: str, resource: str, **context: str) -> str:
+    """The decision on `role` calling S3's `action` on `resource`, with the bucket policy and the role's own."""
+    bucket_policy = [s for where, s in statements(template) if where == "ImagesBucketPolicy"]
+    request = Request(principal=f"<{role}.Arn>", action=action, resource=resource, context=context)
+    return decide(request, resource_policy=bucket_policy, identity_policy=identity_policy(template, role))
+
+
+OUTPUT_PREFIXES = pytest.mark.parametrize("prefix", ["", "runs/2025/"], ids=["bucket-root", "prefixed"])
+
+
+@OUTPUT_PREFIXES
+@pytest.mark.parametrize(
+    "key",
+    [
+        "models/pca/LATEST",
+        "models/pca/v3-20260101T000000Z-1a2b/classifier.npz",
+        "models/pca/v3-20260101T000000Z-1a2b/metadata.json",
+        "models/catalog/x.json",
+        "models/catalog/Apple Red.json",
+    ],
+)
+def test_classify_role_reads_the_committed_models_and_catalog(prefix: str, key: str) -> None:
+    template = stack(OutputPrefix=prefix)
+
+    assert _s3(template, "ClassifyRole", "s3:GetObject", f"{BUCKET_ARN}/{prefix}{key}") == "allow"
+
+
+@OUTPUT_PREFIXES
+@pytest.mark.parametrize(
+    "key",
+    [
+        "uploads/Apple Red/photo.jpg",
+        "quarantine/corrupt/uploads/Apple Red/photo.jpg",
+        "quarantine/corrupt/uploads/Apple Red/photo.jpg.reason.json",
+        "{prefix}features/batch_id=b1/part-00000.parquet",
+        "{prefix}projections/batch_id=b1/part-00000.parquet",
+        "{prefix}batches/b1/manifest.json",
+        "{prefix}locks/featurize.json",
+    ],
+)
+def test_classify_role_reads_nothing_but_models(prefix: str, key: str) -> None:
+    template = stack(OutputPrefix=prefix)
+
+    assert (
+        _s3(template, "ClassifyRole", "s3:GetObject", f"{BUCKET_ARN}/{key.format(prefix=prefix)}")
+        == "implicit deny"
+    )
+
+
+def test_classify_role_reads_only_its_own_output_prefixs_models() -> None:
+    # Another deployment's outputs in the same bucket (at its root here) are not this one's to read.
+    template = stack(OutputPrefix="runs/2025/")
+
+    assert _s3(template, "ClassifyRole", "s3:GetObject", f"{BUCKET_ARN}/models/pca/LATEST") == "implicit deny"
+
+
+@OUTPUT_PREFIXES
+@pytest.mark.parametrize(
+    "action",
+    [
+        "s3:PutObject",
+        "s3:DeleteObject",
+        "s3:DeleteObjectVersion",
+        "s3:PutObjectTagging",
+        "s3:AbortMultipartUpload",
+        "s3:GetObjectVersion",
+    ],
+)
+@pytest.mark.parametrize("key", ["models/pca/LATEST", "models/catalog/x.json"])
+def test_classify_role_may_not_write_or_delete_models(prefix: str, action: str, key: str) -> None:
+    template = stack(OutputPrefix=prefix)
+
+    assert _s3(template, "ClassifyRole", action, f"{BUCKET_ARN}/{prefix}{key}") == "implicit deny"
+
+
+@OUTPUT_PREFIXES
+@pytest.mark.parametrize(
+    ("listed", "expected"),
+    [
+        pytest.param("{prefix}models/", "allow", id="models"),
+        pytest.param("{prefix}models/catalog/x.json", "allow", id="a-catalog-entry"),
+        pytest.param("{prefix}models/pca/LATEST", "allow", id="latest"),
+        pytest.param("uploads/", "implicit deny", id="uploads"),
+        pytest.param("quarantine/", "implicit deny", id="quarantine"),
+        pytest.param("{prefix}features/", "implicit deny", id="features"),
+        pytest.param("", "implicit deny", id="the-whole-bucket"),
+        pytest.param(None, "implicit deny", id="no-prefix"),
+    ],
+)
+def test_classify_role_lists_only_under_models(prefix: str, listed: str | None, expected: str) -> None:
+    template = stack(OutputPrefix=prefix)
+    context = {} if listed is None else {"s3:prefix": listed.format(prefix=prefix)}
+
+    assert _s3(template, "ClassifyRole", "s3:ListBucket", BUCKET_ARN, **context) == expected
+
+
+def test_classify_role_has_nothing_but_models_logs_and_traces(template: dict[str, Any]) -> None:
+    grants = allowed(template, "ClassifyRole")
+    ((_, trust),) = [(w, s) for w, s in statements(template) if w == "ClassifyRole trust"]
+
+    # No queue, no table, no other bucket action: the answer is computed in memory from what it reads.
+    assert set(grants) == {
+        "s3:GetObject",
+        "s3:ListBucket",
+        "logs:CreateLogStream",
+        "logs:PutLogEvents",
+        "xray:PutTraceSegments",
+        "xray:PutTelemetryRecords",
+    }
+    assert grants["logs:PutLogEvents"] == {"<ClassifyLogGroup.Arn>"}
+    assert (trust["Principal"], trust["Action"]) == ({"Service": "lambda.amazonaws.com"}, "sts:AssumeRole")
+
+
+@pytest.mark.parametrize("parameters", [{}, {"AppInvokeRoleArn": APP_ROLE}], ids=["default", "app-role"])
+def test_function_urls_always_authenticate_with_iam(parameters: dict[str, str]) -> None:
+    template = stack(**parameters)
+    urls = resources(template, "AWS::Lambda::Url")
+    permissions = resources(template, "AWS::Lambda::Permission").values()
+
+    assert {name: (url["TargetFunctionArn"], url["AuthType"]) for name, url in urls.items()} == {
+        "ClassifyFunctionUrl": ("<ClassifyFunction.Arn>", "AWS_IAM")
+    }
+    # Never a public URL, nor a permission for anyone.
+    assert [p for p in permissions if p.get("FunctionUrlAuthType") == "NONE" or p["Principal"] == "*"] == []
+    assert template["Outputs"]["ClassifyFunctionUrl"]["Value"] == "<ClassifyFunctionUrl.FunctionUrl>"
+
+
+def _invoke(template: dict[str, Any], principal: str, action: str, **context: str) -> str:
+    """The decision on `principal` calling `action` on the classify function, by the function's own policy."""
+    policy = [lambda_permission_statement(p) for p in resources(template, "AWS::Lambda::Permission").values()]
+    request = Request(principal=principal, action=action, resource="<ClassifyFunction.Arn>", context=context)
+    return decide(request, resource_policy=policy)
+
+
+@pytest.mark.parametrize(
+    ("principal", "action", "context", "expected"),
+    [
+        pytest.param(APP_ROLE, "lambda:InvokeFunctionUrl", THROUGH_THE_URL, "allow", id="app-url"),
+        # Function URLs created since October 2025 also check lambda:InvokeFunction, through the URL.
+        pytest.param(APP_ROLE, "lambda:InvokeFunction", THROUGH_THE_URL, "allow", id="app-url-invoke"),
+        pytest.param(APP_ROLE, "lambda:InvokeFunction", {}, "implicit deny", id="app-invoke-api"),
+        pytest.param(
+            APP_ROLE,
+            "lambda:InvokeFunctionUrl",
+            {"lambda:FunctionUrlAuthType": "NONE"},
+            "implicit deny",
+            id="app-unauthenticated-url",
+        ),
+        pytest.param(
+            OPERATOR, "lambda:InvokeFunctionUrl", THROUGH_THE_URL, "implicit deny", id="another-role"
+        ),
+    ],
+)
+def test_app_role_may_call_the_classify_url_only(
+    principal: str, action: str, context: dict[str, str], expected: str
+) -> None:
+    template = stack(AppInvokeRoleArn=APP_ROLE)
+
+    assert _invoke(template, principal, action, **context) == expected
+
+
+def test_without_app_role_the_function_grants_no_one() -> None:
+    template = stack()
+
+    assert resources(template, "AWS::Lambda::Permission") == {}
+    assert _invoke(template, APP_ROLE, "lambda:InvokeFunctionUrl", **THROUGH_THE_URL) == "implicit deny"
+
+
+@OUTPUT_PREFIXES
+def test_classify_function_runs_its_image_with_known_settings(prefix: str) -> None:
+    # GIVEN the function as deployed with this output prefix
+    template = stack(OutputPrefix=prefix)
+    function = resources(template, "AWS::Lambda::Function")["ClassifyFunction"]
+    variables = function["Environment"]["Variables"]
+
+    # WHEN its environment is read as the handler reads it
+    settings = Settings.from_env({k: v for k, v in variables.items() if not k.startswith("POWERTOOLS_")})
+
+    # THEN every name is a setting, and the values are this stack's bucket and prefix and the image's weights
+    assert {v for v in variables if not v.startswith("POWERTOOLS_")} <= set(ENV_VARS)
+    assert (settings.bucket, settings.output_prefix, settings.model_check_seconds) == (
+        describe().bucket,
+        prefix,
+        60,
+    )
+    image = stage_env(ROOT / "Dockerfile.classify")
+    assert (variables["POMONA_WEIGHTS"], variables["POMONA_CACHE_DIR"]) == (
+        image["POMONA_WEIGHTS"],
+        image["POMONA_CACHE_DIR"],
+    )
+    assert variables["POWERTOOLS_SERVICE_NAME"] == image["POWERTOOLS_SERVICE_NAME"] == "pomona-classify"
+    assert (function["PackageType"], function["Code"]["ImageUri"], function["Role"]) == (
+        "Image",
+        PARAMETERS["ClassifyImageUri"],
+        "<ClassifyRole.Arn>",
+    )
+    assert (function["Architectures"], function["Timeout"], function["MemorySize"]) == (
+        ["x86_64"],
+        30,
+        "1024",
+    )
+    assert function["LoggingConfig"]["LogGroup"] == "<ClassifyLogGroup>"
+    assert function["TracingConfig"] == {"Mode": "Active"}
+
+
+@pytest.mark.parametrize(("reserved", "expected"), [("0", None), ("5", "5")], ids=["unreserved", "reserved"])
+def test_classify_reserved_concurrency_is_optional(reserved: str, expected: str | None) -> None:
+    template = stack(ClassifyReservedConcurrency=reserved)
+    function = resources(template, "AWS::Lambda::Function")["ClassifyFunction"]
+
+    assert function.get("ReservedConcurrentExecutions") == expected
+
+
+def test_nothing_but_its_url_invokes_the_classify_function(template: dict[str, Any]) -> None:
+    mappings = resources(template, "AWS::Lambda::EventSourceMapping").values()
+
+    assert [m for m in mappings if m["FunctionName"].startswith("<ClassifyFunction")] == []
 
 
 # -- the evaluator itself ------------------------------------------------------------------------------------

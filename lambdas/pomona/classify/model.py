@@ -16,6 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from botocore.exceptions import ClientError
+
+from pomona.core.aws import error_code
 from pomona.core.errors import PomonaError
 from pomona.core.outputs import Files, pca_latest_key, pca_prefix
 from pomona.core.settings import Settings, configured
@@ -62,7 +65,7 @@ class Pointer:
 
 def read_pointer(files: Files, prefix: str) -> Pointer | None:
     """LATEST, or None before the first commit."""
-    body = files.read(pca_latest_key(prefix))
+    body = read_optional(files, pca_latest_key(prefix))
     if body is None:
         return None
     latest = json.loads(body)
@@ -152,6 +155,18 @@ class LatestModel:
         """`models/catalog/<label>.json` when the team wrote one; read once per label and model."""
         with self._lock:
             if label not in self._catalog:
-                body = self.files.read(f"{self.settings.output_prefix}{CATALOG_FOLDER}{label}.json")
+                body = read_optional(self.files, f"{self.settings.output_prefix}{CATALOG_FOLDER}{label}.json")
                 self._catalog[label] = None if body is None else dict(json.loads(body))
             return self._catalog[label]
+
+
+def read_optional(files: Files, key: str) -> bytes | None:
+    """The object at `key`, or None when there is none. S3 answers a missing key with 403 rather than 404 unless
+    the caller may list the bucket, and this function's role may list models/ at most: 403 reads as absent."""
+    try:
+        return files.read(key)
+    except ClientError as err:
+        if error_code(err) in {"AccessDenied", "403"}:
+            log.info("read refused, taken as absent", extra={"key": key})
+            return None
+        raise
