@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import json
 import os
 import queue
 import signal
@@ -14,6 +15,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -67,11 +70,13 @@ class LocalUp:
         self.reader.start()
         try:
             started = self.wait_for("the job runs every")
+            (line,) = [l for l in self.wait_for("classify endpoint") if "classify endpoint" in l]
         except BaseException:  # a stack that never came up is still a process to end
             self.stop()
             raise
         exports = dict(l.removeprefix("export ").split("=", 1) for l in started if l.startswith("export "))
         self.settings = Settings.from_env(exports)
+        self.classify_url = next(word for word in line.split() if word.startswith("http://"))
         self.s3 = boto3.client("s3", endpoint_url=self.settings.endpoint_url, **_credentials())
         self.sqs = boto3.client("sqs", endpoint_url=self.settings.endpoint_url, **_credentials())
 
@@ -233,6 +238,13 @@ def test_local_up_commits_every_real_photo_contains_hostile_messages_and_survive
     stack.s3.put_object(Bucket=stack.settings.bucket, Key=latest_key, Body=latest)
     shas[hashlib.sha256(photos[1].read_bytes()).hexdigest()] = late_key
     stack.wait_until(lambda: stack.committed() == shas, "the late photo committed")
+
+    # AND the local classify endpoint answers: no label has 5 training images yet, so no classifier, and it says so
+    request = urllib.request.Request(stack.classify_url, data=photos[2].read_bytes(), method="POST")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=60)
+    assert refused.value.code == 503
+    assert "no classifier is committed yet" in json.loads(refused.value.read())["error"]
 
     # AND no real photo is in the DLQ, and the stack stops cleanly when asked
     dead = stack.sqs.receive_message(QueueUrl=stack.settings.images_dlq_url, MaxNumberOfMessages=10)

@@ -2,8 +2,9 @@
 
   0. the run's lease `locks/runs/<batch id>.json`, before any output: the mark recovery finds its files by;
   1. outputs: features and projections part files (the executors), failed images quarantined;
-  2. the PCA version `models/pca/v<N>-<batch id>/` (model, merge state, quality, and metadata holding the
-     manifest to be and the parent version), each file written only if absent: no other run writes there;
+  2. the PCA version `models/pca/v<N>-<batch id>/` (model, merge state, classifier, its evaluation, and metadata
+     holding the manifest to be and the parent version), each file written only if absent: no other run writes
+     there;
   3. `models/pca/LATEST` moved from (N-1, its batch) to (N, this batch) with a conditional write: of two runs
      that got this far, exactly one commits; the other stops, its version uncommitted;
   4. the batch's images recorded in the dedupe index (`pomona.featurize.index`);
@@ -52,12 +53,12 @@ log = logging.getLogger(__name__)
 
 
 # A version's classifier (what answers users), the statistics it was trained from and its holdout sample (what
-# the next refit starts from), and its evaluation.
+# the next refit starts from), and its evaluation on that holdout (or why it has none), kept with every version.
 CLASSIFIER_FILE, TRAINING_FILE, HOLDOUT_FILE, EVALUATION_FILE = (
     "classifier.npz",
     "training.npz",
     "holdout.npz",
-    "classifier.json",
+    "quality.json",
 )
 # What a version past retention's window loses: what only the next refit needs.
 RETIRED_FILES = ("state.npz", TRAINING_FILE, HOLDOUT_FILE, "seen.parquet")
@@ -281,8 +282,9 @@ class Committer:
         quality: dict[str, Any],
         classifier_files: Mapping[str, bytes] | None = None,
     ) -> None:
-        """Step 2: version `latest.version + 1`, in this batch's own folder, each file only if absent; with the
-        classifier's files (`CLASSIFIER_FILES`), so that one LATEST move commits model and classifier together."""
+        """Step 2: version `latest.version + 1`, in this batch's own folder, each file only if absent: `quality`
+        (the classifier's evaluation) as `EVALUATION_FILE`, and the classifier's files (`CLASSIFIER_FILE`,
+        `TRAINING_FILE`, `HOLDOUT_FILE`), so that one LATEST move commits model and classifier together."""
         version = latest.version + 1
         base = pca_prefix(self.prefix, version, batch_id)
         metadata = {
@@ -293,6 +295,8 @@ class Committer:
             "k": model.n_components,
             "explained_variance_ratio": model.explained_variance_ratio.tolist(),
             "weights_id": manifest["weights_id"],
+            # The POMONA_WEIGHTS spec the run used, for serving to load the same weights (bench histories have none).
+            "weights": manifest.get("weights"),
             "backend": manifest["backend"],
             "created_at": manifest["created_at"],
             "dedupe": "index",  # its images are in the dedupe index, not in a seen list
@@ -301,7 +305,7 @@ class Committer:
         for name, body in [
             ("model.npz", model_to_npz(model)),
             ("state.npz", state_to_npz(state)),
-            ("quality.json", json_bytes(quality)),
+            (EVALUATION_FILE, json_bytes(quality)),
             *(classifier_files or {}).items(),
             ("metadata.json", json_bytes(metadata)),  # last: its presence says the folder is whole
         ]:
@@ -347,8 +351,8 @@ class Committer:
     def retire(self, version: int, batch_id: str) -> None:
         """Retention: delete the merge state (and any pre-index seen list) of each version older than the
         `keep_full_versions` up to `version`. The walk goes back through each version's parent and stops at one
-        already retired, so a sweep a crash missed is done by the next; model.npz, metadata and quality stay: a
-        reader of a version's projections needs its components and mean."""
+        already retired, so a sweep a crash missed is done by the next; model.npz, metadata, quality.json and the
+        classifier stay: a reader of a version's projections needs its components and mean."""
         at: tuple[int, str | None] = (version, batch_id)
         for _ in range(self.keep_full_versions):
             at = self._parent(*at)

@@ -1,20 +1,18 @@
 """The featurization job's driver: one run, read as the list of its phases.
 
 Recover, drain the images queue, drop images already committed (`index`), featurize in the executors (`tasks`),
-refit the exact PCA, project, then commit (`commit`) and delete the messages. One run at a time (`lock`), its
-messages kept invisible and its lease alive by a heartbeat (`queue`) from recovery on. Each image's outcome is
-its own: committed, quarantined with a reason, or deferred (its message left for redelivery); one image never
-fails the run.
+refit the exact PCA, retrain the classifier and score it on the holdout (`pomona.ml.training`), project, then
+commit (`commit`) and delete the messages. One run at a time (`lock`), its messages kept invisible and its lease
+alive by a heartbeat (`queue`) from recovery on. Each image's outcome is its own: committed, quarantined with a
+reason, or deferred (its message left for redelivery); one image never fails the run.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import importlib
 import logging
 import os
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -22,18 +20,16 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import boto3
-import numpy as np
 import pandas as pd
 from botocore.exceptions import BotoCoreError, ClientError
 
-from pomona.core.aws import RETRIES, error_code, json_bytes
+from pomona.core.aws import RETRIES, error_code
 from pomona.core.contract import ImageMessage, Reason, utc_now
 from pomona.core.errors import PomonaError
 from pomona.core.outputs import lease_key, lock_key, new_batch_id
 from pomona.core.settings import Settings, injected_fault
 from pomona.featurize.commit import (
     CLASSIFIER_FILE,
-    EVALUATION_FILE,
     HOLDOUT_FILE,
     TRAINING_FILE,
     Committer,
@@ -127,14 +123,6 @@ class Job:
             self.s3, self.settings.bucket, lock_key(prefix), lease_key=lease_key(prefix, self.batch_id)
         )
         lock.acquire()
-        # The quality probe's scikit-learn takes ~0.7 s of CPU to import. Imported while the run recovers and
-        # drains the queue, mostly waiting, it is off the batch's path (`probe_quality` waits for it if needed). Only
-        # once the lock is ours, and joined before the run returns: an import still under way when the
-        # interpreter exits fails (a run that lost the lock printed that traceback).
-        preimport = threading.Thread(
-            target=importlib.import_module, args=("pomona.ml.quality",), name="pomona-preimport"
-        )
-        preimport.start()
         try:
             with Heartbeat(
                 self.sqs,
@@ -147,7 +135,6 @@ class Job:
                 self._check_lineage(committed)
                 return self._run_batch(heartbeat, recovered, started)
         finally:
-            preimport.join()
             lock.release(settled=not self._unsettled)
 
     def _run_batch(self, heartbeat: Heartbeat, recovered: Latest, started: float) -> BatchResult:
@@ -206,8 +193,6 @@ class Job:
 
         committing = time.monotonic()
         left, by_code = self._settle(failures, deferred, fresh)
-        with timed(timings, "quality_s"):
-            quality = probe_quality(projected, gain=self.settings.gain, loss=self.settings.loss)
         counts = {
             "received": len(received.messages) + received.malformed + refused,
             "malformed": received.malformed,
@@ -218,11 +203,11 @@ class Job:
             "labels": dict(Counter(projected["label"])),
         }
         timings["total_s"] = time.monotonic() - started
-        manifest = self._manifest(batch_id, version, model, counts, timings, quality, n_fresh=len(fresh))
-        manifest["classifier"] = _summary(retrained)
+        manifest = self._manifest(batch_id, version, model, counts, timings, retrained, n_fresh=len(fresh))
         files = _classifier_files(retrained, training, holdout)
+        evaluation = retrained.evaluation  # quality.json
         self._commit(
-            heartbeat.lock, latest, model, state, manifest, quality, files, images=projected["sha256"]
+            heartbeat.lock, latest, model, state, manifest, evaluation, files, images=projected["sha256"]
         )
         self._delete(_receipts_except(received, set(deferred["sha256"]) | left.keys()))
         self._retire(version, batch_id)
@@ -327,7 +312,7 @@ class Job:
         model: PcaModel,
         counts: dict[str, Any],
         timings: dict[str, float],
-        quality: dict[str, Any],
+        retrained: Retrained,
         *,
         n_fresh: int,
     ) -> dict[str, Any]:
@@ -339,11 +324,13 @@ class Job:
             "k": model.n_components,
             "explained_variance": float(model.explained_variance_ratio.sum()),
             "weights_id": self._provenance["pomona.weights_id"],
+            "weights": self.settings.weights,
             "backend": self.settings.backend,
             "counts": counts,
             "timings": {k: round(v, 3) for k, v in timings.items()},
             "images_per_s": round(n_fresh / max(timings["featurize_s"] + timings["project_s"], 1e-9), 2),
-            "quality": {k: v for k, v in quality.items() if k != "curve"},
+            "classifier": classifier_facts(retrained),
+            "quality": quality_summary(retrained.evaluation),
             "files": {
                 "features": self.committer.batch_keys("features", batch_id),
                 "projections": self.committer.batch_keys("projections", batch_id),
@@ -440,43 +427,34 @@ def _merged(stored: _S | None, batch: _S | None, merge: Callable[[_S, _S], _S]) 
     return found[0] if len(found) == 1 else merge(found[0], found[1])
 
 
-def _summary(retrained: Retrained) -> dict[str, Any]:
-    """What the manifest says of the classifier: its evaluation without the curve and confusion matrix."""
-    evaluation = {k: v for k, v in retrained.evaluation.items() if k not in {"curve", "confusion"}}
-    if retrained.classifier is None:
-        return evaluation
+def classifier_facts(retrained: Retrained) -> dict[str, Any] | None:
+    """What the manifest says of the committed classifier (`classifier.npz`); None when none was trained (the
+    evaluation says why)."""
+    classifier = retrained.classifier
+    if classifier is None:
+        return None
     return {
-        "labels": len(retrained.classifier.labels),
-        "withheld_labels": list(retrained.classifier.withheld_labels),
-        "n_train": retrained.classifier.n_train,
-        "threshold": retrained.classifier.threshold,
-        **evaluation,
+        "labels": len(classifier.labels),
+        "withheld_labels": list(classifier.withheld_labels),
+        "n_train": classifier.n_train,
+        "threshold": classifier.threshold,
+        "temperature": classifier.temperature,
     }
+
+
+def quality_summary(evaluation: Mapping[str, Any]) -> dict[str, Any]:
+    """What the manifest says of the holdout evaluation (`quality.json`): all of it but the curve and the confusion
+    matrix, which grow with the thresholds and the labels squared."""
+    return {k: v for k, v in evaluation.items() if k not in {"curve", "confusion"}}
 
 
 def _classifier_files(retrained: Retrained, training: LabelStats, holdout: Reservoir) -> dict[str, bytes]:
-    files = {
-        TRAINING_FILE: label_stats_to_npz(training),
-        HOLDOUT_FILE: reservoir_to_npz(holdout),
-        EVALUATION_FILE: json_bytes(retrained.evaluation),
-    }
+    """The classifier's files beside the version's evaluation: the statistics and holdout the next refit starts
+    from, and the classifier when there is one."""
+    files = {TRAINING_FILE: label_stats_to_npz(training), HOLDOUT_FILE: reservoir_to_npz(holdout)}
     if retrained.classifier is not None:
         files[CLASSIFIER_FILE] = classifier_to_npz(retrained.classifier)
     return files
-
-
-def probe_quality(projected: pd.DataFrame, *, gain: float, loss: float) -> dict[str, Any]:
-    """The quality probe on this batch's projections, best-effort: a failure is recorded, never fails a commit."""
-    if len(projected) < 4:
-        return {"skipped": f"expected at least 4 featurized images, got {len(projected)}"}
-    try:
-        from pomona.ml.quality import quality_report  # scikit-learn: the driver's import alone
-
-        x = np.stack(projected["projection"].to_numpy())
-        return quality_report(x, list(projected["label"]), gain=gain, loss=loss)
-    except Exception as err:  # the batch's outputs are sound without it
-        log.exception("Quality probe failed; committing without it")
-        return {"skipped": f"the quality probe failed: {type(err).__name__}: {err}"}
 
 
 def prepare_model(settings: Settings) -> str:

@@ -97,6 +97,49 @@ def validate(
 _VALIDATE_KEYS = ("file", "accepted", "reason", "detail", "format", "width", "height", "mode", "sha256")
 
 
+@app.command()
+def classify(
+    photos: Annotated[list[Path], typer.Argument(help="Photos to identify.")],
+    model: Annotated[
+        Path | None,
+        typer.Option(
+            help="A folder laid out as the bucket (the demo's --out); default: the deployment's bucket.",
+            exists=True,
+            file_okay=False,
+        ),
+    ] = None,
+    weights: Annotated[
+        str | None,
+        typer.Option(help="The lineage's weights, where its recorded spec is not here (POMONA_WEIGHTS)."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per photo, one per line.")] = False,
+) -> None:
+    """Identify fruit in photos with the latest committed classifier; "not sure" below its threshold. Exits 0
+    when it ran, whatever the answers."""
+    from rich.table import Table
+
+    from pomona.core.settings import Settings
+    from pomona.ops.classify import classify_files, model_source
+
+    with _one_line_errors():
+        settings = Settings.from_env()
+        answers = classify_files(photos, model_source(settings, model_dir=model, weights=weights), settings)
+        if as_json:
+            for result in answers:
+                sys.stdout.write(json.dumps(result) + "\n")
+            return
+        table = Table("photo", "answer", "confidence", "runner-up", title="classify")
+        for result in answers:
+            runner_up = result["top"][1] if len(result["top"]) > 1 else None
+            table.add_row(
+                result["file"],
+                result["label"] or (f"rejected: {result['reason']}" if result["reason"] else "not sure"),
+                "-" if result["confidence"] is None else f"{result['confidence']:.3f}",
+                "-" if runner_up is None else f"{runner_up[0]} ({runner_up[1]:.3f})",
+            )
+        Console().print(table)
+
+
 @bench_app.command("validate")
 def bench_validate(
     as_json: Annotated[
@@ -107,6 +150,35 @@ def bench_validate(
     from pomona.bench import validate as bench
 
     sys.stdout.write(json.dumps(bench.run(), indent=None if as_json else 2) + "\n")
+
+
+@bench_app.command("classify")
+def bench_classify(
+    model: Annotated[
+        Path | None,
+        typer.Option(
+            help="A folder laid out as the bucket (the demo's --out); default: one trained on synthetic "
+            "fruit.",
+            exists=True,
+            file_okay=False,
+        ),
+    ] = None,
+    weights: Annotated[
+        str | None, typer.Option(help="A POMONA_WEIGHTS value; default: the model's own.")
+    ] = None,
+    repeats: Annotated[
+        int, typer.Option(help="Warm answers to the small photo (the large: a seventh).")
+    ] = 200,
+    as_json: Annotated[
+        bool, typer.Option("--json/--pretty", help="One line of JSON (default), or indented for reading.")
+    ] = True,
+) -> None:
+    """Per-photo latency of the serving core (100×100 and 4000×3000 JPEG), cold start and peak RSS."""
+    from pomona.bench import classify as bench
+
+    with _one_line_errors():
+        result = bench.run(model=model, weights=weights, repeats=repeats)
+    sys.stdout.write(json.dumps(result, indent=None if as_json else 2) + "\n")
 
 
 @bench_app.command("featurize")
@@ -283,10 +355,25 @@ def _print_summary(summary: dict[str, object]) -> None:
                 "explained_variance", "throughput", "weights_id", "backend", "weights_note"):  # fmt: skip
         value = summary.get(key)
         table.add_row(key, json.dumps(value) if isinstance(value, dict | list) else str(value))
-    probe = summary.get("probe")
-    if isinstance(probe, dict) and not probe.get("skipped"):
-        for key in ("accuracy", "macro_f1", "net_revenue_per_1000", "best_threshold"):
-            table.add_row(f"probe {key}", f"{probe.get(key)}")
+    holdout = summary.get("holdout")
+    if isinstance(holdout, dict) and holdout.get("skipped"):
+        table.add_row("holdout", f"not evaluated: {holdout['skipped']}")
+    elif isinstance(holdout, dict):
+
+        def shown(name: str, spec: str) -> str:
+            value = holdout.get(name)
+            return format(value, spec) if isinstance(value, int | float) else str(value)
+
+        for name, value in {
+            "holdout images": shown("n", ","),
+            "holdout accuracy": shown("accuracy", ".2%"),
+            "holdout macro F1": shown("macro_f1", ".3f"),
+            "threshold": shown("best_threshold", ".4f"),
+            "answered": shown("answered_fraction", ".2%"),
+            "answered accuracy": shown("answered_accuracy", ".2%"),
+            "net revenue / 1000": shown("net_revenue_per_1000", ",.1f"),
+        }.items():
+            table.add_row(name, value)
     Console().print(table)
 
 
@@ -386,8 +473,12 @@ def local_up(
     ] = "1m",
     workers: Annotated[int, typer.Option(help="Spark local[N] workers.")] = 2,
     weights: Annotated[str | None, typer.Option(help="imagenet | random | PATH (POMONA_WEIGHTS).")] = None,
+    classify_port: Annotated[
+        int, typer.Option(help="Port of the local classify Function URL on 127.0.0.1 (0: any free one).")
+    ] = 4567,
 ) -> None:
-    """Keep the embedded stack up in the foreground: Lambda poller always on, the job on a schedule. Ctrl-C stops."""
+    """Keep the embedded stack up in the foreground: Lambda poller always on, the job on a schedule, the classify
+    Lambda behind a local Function URL. Ctrl-C stops."""
     import os
 
     from pomona.featurize.driver import prepare_model
@@ -410,7 +501,7 @@ def local_up(
             with console.status("preparing the model…"):
                 prepare_model(stack.settings)  # fail now, not at the first scheduled run
             console.print(f"the job runs every {schedule} while the images queue holds work; Ctrl-C stops")
-            serve(stack, every=every, workers=workers, console=console)
+            serve(stack, every=every, workers=workers, console=console, classify_port=classify_port)
     finally:
         stack.stop()
 

@@ -2,8 +2,9 @@
 
 It reads a local folder laid out as the bucket's outputs (`features/`, `models/pca/`, `batches/`,
 `quarantine/`) and, like every reader, trusts only what the featurization job committed: the part files a
-batch manifest names and the PCA version `models/pca/LATEST` points at. Figures are drawn on bare
-`matplotlib.figure.Figure` objects, which render through Agg without touching pyplot's global state.
+batch manifest names and the PCA version `models/pca/LATEST` points at, whose `quality.json` is its
+classifier's evaluation on the held-out images. Figures are drawn on bare `matplotlib.figure.Figure` objects,
+which render through Agg without touching pyplot's global state.
 """
 
 from __future__ import annotations
@@ -28,10 +29,12 @@ from pomona.ml.pca import PcaModel, PcaState, fit_pca, load_model, load_state
 REPORT_DIR = "report"  # the PNGs, beside report.html
 MAX_SCATTER_POINTS = 20_000  # beyond this a scatter is a blot; a fixed-seed sample shows the same shape
 MAX_REJECTION_ROWS = 20
+MAX_CONFUSION_LABELS = 60  # beyond this the matrix's cells are below a pixel; per-label recall says it better
+MAX_RECALL_ROWS = 30  # the labels recalled worst; the rest are summarised
 _DPI = 110
 _STAGE_COLOURS = {"ingest": "#d62728", "featurize": "#ff7f0e"}
 _MARKERS = "osD^v<>Ph*"
-_SHOWN_ELSEWHERE = frozenset({"weights_note", "probe"})  # the banner and the business metric
+_SHOWN_ELSEWHERE = frozenset({"weights_note", "holdout"})  # the banner and the business metric
 
 
 @dataclass(frozen=True, eq=False)
@@ -45,7 +48,7 @@ class ReportInputs:
     pca_version: int | None
     model: PcaModel | None
     state: PcaState | None
-    quality: dict[str, Any] | None
+    quality: dict[str, Any] | None  # LATEST's quality.json: its classifier on the holdout, or why not
     rejections: list[dict[str, Any]]  # sidecars; "stage" is "ingest" unless the job said "featurize"
 
 
@@ -105,6 +108,7 @@ def write_report(out: Path, summary: Mapping[str, Any]) -> Path:
         _rejections_panel(outputs, summary),
         _throughput_panel(summary.get("throughput") or {}),
         _revenue_panel(outputs.quality),
+        _confusion_panel(outputs.quality),
     ]
     (out / REPORT_DIR).mkdir(parents=True, exist_ok=True)
     for panel in panels:
@@ -287,7 +291,7 @@ def _throughput_panel(throughput: Mapping[str, Any]) -> _Panel:
 
 
 def _revenue_panel(quality: Mapping[str, Any] | None) -> _Panel:
-    title = "Net revenue by confidence threshold"
+    title = "Net revenue by confidence threshold, on the holdout"
     curve = (quality or {}).get("curve") or {}
     thresholds = np.asarray(curve.get("threshold", []), dtype=float)
     if quality is None or not thresholds.size:
@@ -304,18 +308,59 @@ def _revenue_panel(quality: Mapping[str, Any] | None) -> _Panel:
     twin.set(ylabel="coverage", ylim=(0, 1.03))
     twin.yaxis.set_major_formatter(PercentFormatter(1.0))
     handles = [line, cover]
+    floor = quality.get("min_threshold")
     best, best_revenue = quality.get("best_threshold"), quality.get("net_revenue_per_1000")
+    if floor and floor != best:
+        handles.append(ax.axvline(floor, color="grey", ls=":", lw=1, label=f"break-even {floor:.3f}"))
     if best is not None and best_revenue is not None:
-        marker = ax.axvline(best, color="#d62728", ls=":", lw=1.2, label=f"best threshold {best:.2f}")
+        marker = ax.axvline(best, color="#d62728", ls=":", lw=1.2, label=f"threshold {best:.4g}")
         ax.plot([best], [best_revenue], "o", color="#d62728")
         handles.append(marker)
     ax.legend(handles=handles, loc="lower left", fontsize="small")
+    ax.set_title(f"The classifier on {_format(quality.get('n'))} held-out images")
     caption = (
-        f"What the probe's answers earn when only those at or above a confidence threshold are given "
-        f"(gain {_format(quality.get('gain'))} per right answer, loss {_format(quality.get('loss'))} per wrong one); "
-        "the dashed line is the share of images answered."
+        f"What the classifier's answers on the held-out images earn when only those at or above a confidence "
+        f"threshold are given (gain {_format(quality.get('gain'))} per right answer, loss "
+        f"{_format(quality.get('loss'))} per wrong one); the dashed line is the share answered. The red line is "
+        "the threshold the classifier was committed with: the one earning most, never below the break-even "
+        "confidence."
     )
     return _Panel("revenue", title, caption, figure)
+
+
+def _confusion_panel(quality: Mapping[str, Any] | None) -> _Panel:
+    title = "Confusion on the holdout"
+    confusion = (quality or {}).get("confusion") or {}
+    labels = [str(label) for label in confusion.get("labels", [])]
+    if not labels:
+        why = (quality or {}).get("skipped") or "no confusion matrix was computed"
+        return _Panel("confusion", title, f"No confusion matrix: {why}.", None)
+    if len(labels) > MAX_CONFUSION_LABELS:
+        note = (
+            f"{len(labels)} labels are too many to draw; per-label recall is listed with the business metric."
+        )
+        return _Panel("confusion", title, note, None)
+    counts = np.asarray(confusion["matrix"], dtype=float)
+    support = counts.sum(axis=1, keepdims=True)
+    shares = np.divide(counts, support, out=np.zeros_like(counts), where=support > 0)
+    size = max(4.0, 0.32 * len(labels) + 2.5)
+    figure, ax = _figure(size + 1.2, size)
+    image = ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
+    names = [_plain(label) for label in labels]
+    ax.set_xticks(range(len(labels)), names, rotation=90, fontsize="small")
+    ax.set_yticks(range(len(labels)), names, fontsize="small")
+    ax.set(xlabel="the classifier's top answer", ylabel="true label")
+    if len(labels) <= 20:
+        for (i, j), n in np.ndenumerate(counts):
+            if n:
+                colour = "white" if shares[i, j] > 0.5 else "black"
+                ax.text(j, i, f"{n:.0f}", ha="center", va="center", fontsize="x-small", color=colour)
+    figure.colorbar(image, ax=ax, shrink=0.8, format=PercentFormatter(1.0), label="share of the true label")
+    caption = (
+        f"Each held-out image ({int(counts.sum()):,}) by true label (rows) and the classifier's most probable "
+        "label (columns), whatever its confidence; shaded by the share of its row, counts in the cells."
+    )
+    return _Panel("confusion", title, caption, figure)
 
 
 def _figure(width: float, height: float) -> tuple[Figure, Axes]:
@@ -392,7 +437,7 @@ def _overview(outputs: ReportInputs) -> str:
     if not outputs.batch_ids:
         return (
             '<p class="warning">No committed batches yet: nothing has been featurized, so there are no '
-            "features, projections or probe results to show.</p>"
+            "features, projections or classifier to show.</p>"
         )
     text = f"{len(outputs.labels):,} images in {len(outputs.batch_ids)} committed batch(es)"
     if outputs.model is not None:
@@ -422,39 +467,79 @@ def _summary_table(summary: Mapping[str, Any]) -> str:
 
 
 def _metric_section(summary: Mapping[str, Any], quality: Mapping[str, Any] | None) -> str:
+    """The classifier's evaluation on the holdout: LATEST's quality.json, else the summary's figures."""
+    e = html.escape
     quality = quality or {}
-    probe = summary.get("probe") or {}
-    figures = {
-        name: probe.get(name, quality.get(name))
-        for name in ("accuracy", "macro_f1", "best_threshold", "net_revenue_per_1000", "coverage_at_best")
-    }
+    holdout = summary.get("holdout") or {}
+    figures = {name: quality.get(name, holdout.get(name)) for name in _HOLDOUT_FIGURES}
     gain, loss = quality.get("gain", summary.get("gain")), quality.get("loss", summary.get("loss"))
     gain_text = f"earns {_format(gain)}" if gain is not None else "earns a gain"
     loss_text = f"costs {_format(loss)}" if loss is not None else "costs a loss"
     explanation = (
-        "A linear probe (cross-validated logistic regression) predicts each image's label from its PCA "
-        "projection, with a confidence. Answering only where the confidence reaches a threshold, each right "
-        f"identification {gain_text}, each wrong one {loss_text}, and an answer under the threshold is "
-        "withheld at no cost. The net revenue per 1000 images is the total over all images, scaled to 1000; "
-        "the best threshold is the one that earns most."
+        "After each batch the classifier (a linear discriminant on the PCA projections, retrained from every "
+        "training image) is scored on the held-out images: a fixed tenth of all images, chosen by their sha256 "
+        "alone, that it is never trained on. It answers only where its confidence reaches the threshold: each "
+        f"right identification {gain_text}, each wrong one {loss_text}, and a withheld answer costs nothing. "
+        "The threshold is the one that earns most on the holdout, never below the break-even confidence; the "
+        "net revenue per 1000 images is the total over all held-out images at that threshold, scaled to 1000."
     )
-    if all(v is None for v in figures.values()):
-        why = quality.get("skipped") or "it did not run"
-        return (
-            f'<p>No probe result: {html.escape(str(why))}.</p><p class="muted">{html.escape(explanation)}</p>'
-        )
+    why = quality.get("skipped") or holdout.get("skipped")
+    if why or all(v is None for v in figures.values()):
+        why = why or "no committed evaluation"
+        return f'<p>No holdout evaluation: {e(str(why))}.</p><p class="muted">{e(explanation)}</p>'
     shown = {
-        "accuracy": _percent(figures["accuracy"]),
+        "held-out images": _format(figures["n"]),
+        "accuracy (every held-out image answered)": _percent(figures["accuracy"]),
         "macro F1": _format(figures["macro_f1"], ".3f"),
-        "best threshold": _format(figures["best_threshold"], ".2f"),
+        "threshold": _format(figures["best_threshold"], ".4g"),
+        "answered at the threshold": _percent(figures["answered_fraction"]),
+        "accuracy of those answered": _percent(figures["answered_accuracy"]),
         "net revenue per 1000 images": _format(figures["net_revenue_per_1000"], ",.1f"),
-        "coverage at best threshold": _percent(figures["coverage_at_best"]),
+        "temperature": _format(figures["temperature"], ".3g"),
     }
+    if figures["not_offered"]:
+        shown["held-out images of labels not offered"] = _format(figures["not_offered"])
     rows = "".join(
-        f'<tr><th>{html.escape(name)}</th><td class="num">{html.escape(value)}</td></tr>'
-        for name, value in shown.items()
+        f'<tr><th>{e(name)}</th><td class="num">{e(value)}</td></tr>' for name, value in shown.items()
     )
-    return f"<table>{rows}</table><p>{html.escape(explanation)}</p>"
+    return f"<table>{rows}</table><p>{e(explanation)}</p>{_recall_table(quality.get('per_label_recall'))}"
+
+
+_HOLDOUT_FIGURES = (
+    "n",
+    "accuracy",
+    "macro_f1",
+    "best_threshold",
+    "answered_fraction",
+    "answered_accuracy",
+    "net_revenue_per_1000",
+    "temperature",
+    "not_offered",
+)
+
+
+def _recall_table(recall: Mapping[str, float] | None) -> str:
+    """Per-label recall on the holdout, worst first: which fruits the classifier gets wrong."""
+    if not recall:
+        return ""
+    if min(recall.values()) == 1.0:
+        return f"<p>Every one of the {len(recall)} label(s) is recalled in full on the holdout.</p>"
+    ranked = sorted(recall.items(), key=lambda item: (item[1], item[0]))
+    rows = "".join(
+        f'<tr><td>{html.escape(label)}</td><td class="num">{html.escape(_percent(value))}</td></tr>'
+        for label, value in ranked[:MAX_RECALL_ROWS]
+    )
+    rest = ranked[MAX_RECALL_ROWS:]
+    tail = (
+        f'<p class="muted">… and {len(rest)} more label(s), recalled at {_percent(rest[0][1])} or better.</p>'
+        if rest
+        else ""
+    )
+    return (
+        "<h3>Recall per label</h3><p>The share of each label's held-out images whose most probable label is "
+        "the right one, worst first.</p>"
+        f"<table><tr><th>label</th><th>recall</th></tr>{rows}</table>{tail}"
+    )
 
 
 def _rejections_table(rejections: Sequence[Mapping[str, Any]]) -> str:

@@ -65,8 +65,8 @@ def choose_weights(requested: str, *, synthetic: bool, environ: dict[str, str]) 
         if synthetic:
             return WeightsChoice(
                 "random",
-                "no ImageNet weights here (offline?): ran with random weights, so the features and the probe are "
-                "not meaningful; set POMONA_WEIGHTS=/path/to/mobilenet_v2_1.0_224_no_top.weights.h5 for real ones",
+                "no ImageNet weights here (offline?): ran with random weights, so the features and the classifier "
+                "are not meaningful; set POMONA_WEIGHTS=/path/to/mobilenet_v2_1.0_224_no_top.weights.h5 for real ones",
             )
         raise WeightsUnavailableError(
             "no usable MobileNetV2 weights: set POMONA_WEIGHTS=/path/to/mobilenet_v2_1.0_224_no_top.weights.h5 "
@@ -237,9 +237,33 @@ def summarize(
             if timings.get(stage)
         },
         "timings_s": {stage: round(seconds, 2) for stage, seconds in timings.items()},
-        "probe": latest.get("quality") if latest else None,
+        "holdout": holdout_summary(latest),
         "batches": [m["batch_id"] for m in manifests],
     }
+
+
+# What the summary says of the latest classifier's evaluation on the holdout (the manifest's `quality`).
+HOLDOUT_FIGURES = (
+    "accuracy",
+    "macro_f1",
+    "n",
+    "best_threshold",
+    "answered_fraction",
+    "answered_accuracy",
+    "net_revenue_per_1000",
+    "temperature",
+)
+
+
+def holdout_summary(manifest: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The latest committed classifier's figures on the holdout; `{"skipped": why}` when it was not evaluated,
+    None before any commit."""
+    if manifest is None:
+        return None
+    quality = manifest.get("quality") or {"skipped": "the manifest has no evaluation"}
+    if quality.get("skipped"):
+        return {"skipped": quality["skipped"]}
+    return {name: quality.get(name) for name in HOLDOUT_FIGURES}
 
 
 def missing_uploads(

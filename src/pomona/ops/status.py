@@ -1,4 +1,5 @@
-"""What `pomona status` shows: queue depths, committed batches, PCA versions, counts by label and by reason.
+"""What `pomona status` shows: queue depths, committed batches, PCA versions, counts by label and by reason, and
+how each batch's classifier scored on the holdout.
 
 boto3 only, so it works from any machine with the settings, against the embedded stack or real AWS.
 """
@@ -42,11 +43,30 @@ def collect_status(s3: S3Client, sqs: SQSClient, settings: Settings, *, last: in
                 # Left on the queue for redelivery, by S3 error code (manifests before deferral have none).
                 "deferred": m["counts"].get("deferred", {}),
                 "duplicates": m["counts"]["duplicates"],
-                "accuracy": (m.get("quality") or {}).get("accuracy"),
-                "net_revenue_per_1000": (m.get("quality") or {}).get("net_revenue_per_1000"),
+                **_holdout_figures(m),
             }
             for m in manifests[-last:]
         ],
         "labels": dict(sorted(labels.items())),
         "quarantined": outputs.quarantine_counts(),
+    }
+
+
+def _holdout_figures(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The batch's classifier on the holdout, from its manifest's `quality`: accuracy, the share answered at its
+    threshold and their accuracy, net revenue per 1000 images, the threshold, and how many held-out images
+    scored it. All None when it was not evaluated, with `skipped` saying why."""
+    quality = manifest.get("quality") or {}
+    if "folds" in quality:
+        # The per-batch probe of manifests written before the holdout; between the two, its scores rode in
+        # `classifier`. A probe's figures are not the holdout's and are not shown as such.
+        quality = manifest.get("classifier") or {}
+    return {
+        "accuracy": quality.get("accuracy"),
+        "answered_fraction": quality.get("answered_fraction"),
+        "answered_accuracy": quality.get("answered_accuracy"),
+        "net_revenue_per_1000": quality.get("net_revenue_per_1000"),
+        "threshold": quality.get("best_threshold"),
+        "holdout_n": quality.get("n"),
+        "skipped": quality.get("skipped"),
     }

@@ -172,16 +172,22 @@ def test_retention_keeps_the_latest_state_and_what_readers_of_every_version_need
         return {item["Key"].removeprefix(base) for item in found}
 
     # THEN only the latest version keeps what the next refit starts from (merge state, classifier statistics and
-    # holdout); every version keeps model, metadata, quality and the classifier's evaluation (12 images of 3
-    # labels are too few for a classifier: it says why in classifier.json)
-    kept = {"model.npz", "metadata.json", "quality.json", "classifier.json"}
+    # holdout); every version keeps model, metadata and quality.json, the classifier's evaluation (12 images of 3
+    # labels are too few for a classifier: it says why there)
+    kept = {"model.npz", "metadata.json", "quality.json"}
     assert [files(m) for m in manifests] == [
         kept,
         kept,
         kept | {"state.npz", "training.npz", "holdout.npz"},
     ]
-    # AND a reader of each batch's projections can project its features again with that batch's version
     outputs = CommittedOutputs.in_bucket(s3, settings)
+    for manifest in manifests:
+        quality = outputs.version_json(manifest["pca_version"], "quality.json")
+        assert quality == manifest["quality"]
+        assert quality is not None
+        assert quality["skipped"].startswith("expected at least 2 labels with 5 or more images")
+        assert manifest["classifier"] is None
+    # AND a reader of each batch's projections can project its features again with that batch's version
     for manifest in manifests:
         model = load_model(outputs.version_file(manifest["pca_version"], "model.npz") or b"")
         table, missing = outputs.read_parts("features", ["features"], [manifest])

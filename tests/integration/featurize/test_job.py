@@ -108,7 +108,7 @@ def test_queue_to_committed_outputs(spark: object, ingest: Settings, job_options
         ].read()
     )
     assert metadata["n_seen"] == 24
-    assert metadata["weights_id"] == "random"
+    assert (metadata["weights"], metadata["weights_id"]) == ("random", "random")
     assert _queue_depth(ingest) == 0
 
 

@@ -1,4 +1,5 @@
-"""The classifier is retrained with every committed batch, from statistics, and never on its holdout.
+"""The classifier is retrained with every committed batch, from statistics, and never on its holdout; its
+evaluation on the holdout is the version's quality.json, which status and the demo's summary show.
 
 Against the moto server's S3 and DynamoDB; the job's runs on local[2] Spark, random weights.
 """
@@ -6,19 +7,24 @@ Against the moto server's S3 and DynamoDB; the job's runs on local[2] Spark, ran
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable
+from pathlib import Path
 
 import boto3
 import pytest
 
 from pomona.core.outputs import pca_prefix
 from pomona.core.settings import Settings
-from pomona.featurize.commit import CLASSIFIER_FILE, HOLDOUT_FILE, TRAINING_FILE
+from pomona.demo.run import holdout_summary
+from pomona.featurize.commit import CLASSIFIER_FILE, EVALUATION_FILE, HOLDOUT_FILE, TRAINING_FILE
 from pomona.featurize.driver import JobOptions, run_job
 from pomona.ingest import handler
 from pomona.local.poller import EventSourcePoller
+from pomona.ml.calibration import break_even
 from pomona.ml.classifier import load_classifier, load_label_stats
-from pomona.ml.holdout import is_holdout, load_reservoir
+from pomona.ml.holdout import evaluate, is_holdout, load_reservoir
+from pomona.ops.status import collect_status
 from pomona.testing.samples import SYNTHETIC_LABELS, fruit_image
 
 pytestmark = pytest.mark.slow
@@ -71,12 +77,75 @@ def test_each_batch_retrains_on_every_training_image_and_none_held_out(
     # AND the holdout holds exactly the held-out images, whichever batch brought them
     assert set(holdout.sha256.tolist()) == held
     # AND the manifest says what it was trained on and how it was scored
-    summary = second["classifier"]
-    assert isinstance(summary, dict)
-    assert summary["n_train"] == classifier.n_train
-    assert summary["labels"] == 3
+    facts, quality = second["classifier"], second["quality"]
+    assert isinstance(facts, dict)
+    assert isinstance(quality, dict)
+    assert facts["n_train"] == classifier.n_train
+    assert facts["labels"] == 3
+    assert facts["threshold"] == classifier.threshold
     if held:
-        assert summary["n"] == len(held)
-        assert summary["threshold"] == classifier.threshold
+        assert quality["n"] == len(held)
+        assert quality["best_threshold"] == classifier.threshold
     else:
-        assert "skipped" in summary
+        assert "skipped" in quality
+
+
+def _upload_photos(settings: Settings, photos: list[Path]) -> list[str]:
+    """Upload sample photos under their label folders; their sha256s."""
+    s3, shas = boto3.client("s3"), []
+    for photo in photos:
+        body = photo.read_bytes()
+        s3.put_object(Bucket=settings.bucket, Key=f"uploads/{photo.parent.name}/{photo.name}", Body=body)
+        shas.append(hashlib.sha256(body).hexdigest())
+    EventSourcePoller(settings.events_queue_url, handler.lambda_handler).drain()
+    return shas
+
+
+def test_quality_json_is_the_committed_classifier_scored_on_the_committed_holdout(
+    spark: object, ingest: Settings, job_options: JobOptions, sample_dir: Path
+) -> None:
+    # GIVEN 120 real photos of 4 fruits, committed in two batches
+    labels = sorted(p.name for p in sample_dir.iterdir() if p.is_dir())[:4]
+    photos = [photo for label in labels for photo in sorted((sample_dir / label).glob("*.jpg"))]
+    shas = _upload_photos(ingest, photos[::2])
+    assert run_job(spark, ingest, job_options).manifest is not None  # type: ignore[arg-type]
+    shas += _upload_photos(ingest, photos[1::2])
+
+    # WHEN the second batch commits
+    manifest = run_job(spark, ingest, job_options).manifest  # type: ignore[arg-type]
+    assert manifest is not None
+
+    # THEN quality.json is what evaluating classifier.npz on holdout.npz gives, curve and confusion included
+    classifier = load_classifier(_version_file(ingest, manifest, CLASSIFIER_FILE))
+    holdout = load_reservoir(_version_file(ingest, manifest, HOLDOUT_FILE))
+    quality = json.loads(_version_file(ingest, manifest, EVALUATION_FILE))
+    floor = break_even(gain=ingest.gain, loss=ingest.loss)
+    recomputed = evaluate(classifier, holdout, gain=ingest.gain, loss=ingest.loss, min_threshold=floor)
+    assert quality == json.loads(json.dumps(recomputed))
+    assert set(holdout.sha256.tolist()) == {sha for sha in shas if is_holdout(sha)}
+    assert quality["n"] == holdout.n > 0
+    assert quality["confusion"]["labels"] == labels
+    assert sum(map(sum, quality["confusion"]["matrix"])) == holdout.n
+    assert quality["best_threshold"] == classifier.threshold >= floor
+    # AND the manifest carries it without the curve and confusion, and the classifier's facts beside it
+    assert manifest["quality"] == {k: v for k, v in quality.items() if k not in {"curve", "confusion"}}
+    assert manifest["classifier"]["labels"] == len(labels)
+    assert manifest["classifier"]["n_train"] == len(shas) - holdout.n
+    assert manifest["classifier"]["threshold"] == classifier.threshold
+    assert "quality_s" not in manifest["timings"]
+    # AND the version names the weights spec it ran with beside their id, for serving to load the same
+    metadata = json.loads(_version_file(ingest, manifest, "metadata.json"))
+    assert (metadata["weights"], metadata["weights_id"]) == ("random", "random")
+    # AND `pomona status` and the demo's summary show those holdout figures
+    s3, sqs = boto3.client("s3"), boto3.client("sqs")
+    shown = collect_status(s3, sqs, ingest)["batches"][-1]
+    assert shown["accuracy"] == quality["accuracy"]
+    assert shown["answered_fraction"] == quality["answered_fraction"]
+    assert shown["answered_accuracy"] == quality["answered_accuracy"]
+    assert shown["net_revenue_per_1000"] == quality["net_revenue_per_1000"]
+    assert shown["threshold"] == quality["best_threshold"]
+    assert shown["holdout_n"] == holdout.n
+    summary = holdout_summary(manifest)
+    assert summary is not None
+    assert summary == {name: quality[name] for name in summary}
+    assert set(summary) >= {"accuracy", "n", "best_threshold", "answered_fraction", "net_revenue_per_1000"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import re
 from pathlib import Path
@@ -17,8 +18,10 @@ from PIL import Image
 from pomona.core.contract import Reason, quarantine_key, sidecar_key
 from pomona.core.outputs import features_key, manifest_key, pca_latest_key, pca_prefix
 from pomona.demo.report import read_outputs, write_report
-from pomona.ml.pca import PcaState, fit_pca, model_to_npz, project, state_to_npz
-from pomona.ml.quality import quality_report
+from pomona.ml.classifier import LabelStats
+from pomona.ml.holdout import Reservoir
+from pomona.ml.pca import PcaModel, PcaState, fit_pca, model_to_npz, state_to_npz
+from pomona.ml.training import retrain
 
 D = 24  # features are 1280-wide in production; the report does not care
 
@@ -62,9 +65,17 @@ def _write_pca(out: Path, version: int, x: npt.NDArray[np.float32], labels: list
     folder.mkdir(parents=True)
     (folder / "model.npz").write_bytes(model_to_npz(model))
     (folder / "state.npz").write_bytes(state_to_npz(state))
-    quality = quality_report(project(model, x), labels, gain=1.0, loss=5.0)
-    (folder / "quality.json").write_text(json.dumps(quality))
+    (folder / "quality.json").write_text(json.dumps(_evaluation(model, x, labels)))
     (out / pca_latest_key("")).write_text(json.dumps({"version": version}))
+
+
+def _evaluation(model: PcaModel, x: npt.NDArray[np.float32], labels: list[str]) -> dict[str, Any]:
+    """quality.json as the job writes it: a classifier trained on all rows but every sixth, scored on those."""
+    held = np.arange(len(labels)) % 6 == 0
+    y = np.asarray(labels)
+    training = LabelStats.from_rows(x[~held], y[~held].tolist())
+    holdout = Reservoir.from_rows([f"{i:064x}" for i in np.flatnonzero(held)], y[held].tolist(), x[held])
+    return retrain(training, holdout, model, gain=1.0, loss=5.0).evaluation
 
 
 def _write_sidecar(out: Path, reason: Reason, key: str, **extra: Any) -> None:
@@ -91,7 +102,13 @@ def _summary(**changes: Any) -> dict[str, Any]:
         "weights_id": "random-0",
         "backend": "litert",
         "weights_note": "random weights: features carry <no> meaning & that's expected",
-        "probe": {"accuracy": 1.0, "macro_f1": 1.0, "net_revenue_per_1000": 1000.0, "best_threshold": 0.0},
+        "holdout": {
+            "accuracy": 0.5,
+            "macro_f1": 0.5,
+            "n": 2,
+            "net_revenue_per_1000": -99.0,
+            "best_threshold": 0.1,
+        },
     } | changes
 
 
@@ -131,17 +148,61 @@ def test_full_report_draws_every_figure(full_tree: Path) -> None:
     # WHEN the report is written for a folder with committed batches, a PCA and rejections
     page = write_report(full_tree, _summary())
 
-    # THEN it sits at the root, and references six PNGs under report/ that all open
+    # THEN it sits at the root, and references seven PNGs under report/ that all open
     assert page == full_tree / "report.html"
     images = _assert_readable_pngs(page)
     assert sorted(p.name for p in images) == sorted(
-        f"{name}.png" for name in ("variance", "pca_scatter", "labels", "rejections", "throughput", "revenue")
+        f"{name}.png"
+        for name in ("variance", "pca_scatter", "labels", "rejections", "throughput", "revenue", "confusion")
     )
     assert all(p.parent == full_tree / "report" for p in images)
     text = page.read_text()
     assert "72 images in 2 committed batch(es)" in text
     assert "each right identification earns 1, each wrong one costs 5" in text
-    assert "withheld at no cost" in text
+    assert "a withheld answer costs nothing" in text
+
+
+def test_the_business_metric_is_the_classifier_on_the_holdout(full_tree: Path) -> None:
+    # GIVEN LATEST's quality.json: the classifier's evaluation on its held-out images
+    quality = json.loads((full_tree / pca_prefix("", 2, None) / "quality.json").read_text())
+
+    # WHEN the report is written
+    text = write_report(full_tree, _summary()).read_text()
+
+    # THEN its figures are quality.json's (not the summary's), explained as held out and never trained on
+    metric = text[text.index("<h2>Business metric</h2>") : text.index("<h2>Figures</h2>")]
+    assert f'<th>held-out images</th><td class="num">{quality["n"]}</td>' in metric
+    assert f'<td class="num">{quality["accuracy"]:.1%}</td>' in metric
+    assert f'<td class="num">{quality["best_threshold"]:.4g}</td>' in metric
+    assert f'<td class="num">{quality["net_revenue_per_1000"]:,.1f}</td>' in metric
+    assert "-99.0" not in metric
+    assert "a fixed tenth of all images, chosen by their sha256 alone, that it is never trained on" in metric
+    # AND every label is recalled in full here, which it says in a line rather than a table
+    assert set(quality["per_label_recall"].values()) == {1.0}
+    assert "Every one of the 12 label(s) is recalled in full on the holdout." in metric
+    # AND the curve and the confusion matrix are drawn from it; no probe is left anywhere
+    assert "Confusion on the holdout" in text
+    assert "probe" not in text.lower()
+
+
+def test_labels_recalled_worst_are_listed_first(full_tree: Path) -> None:
+    # GIVEN a holdout on which some labels are recalled less than others
+    path = full_tree / pca_prefix("", 2, None) / "quality.json"
+    recall = {"Apple": 1.0, "Banana": 0.5, "Cherry": 0.75, "Lime <x>": 0.5}
+    path.write_text(json.dumps(json.loads(path.read_text()) | {"per_label_recall": recall}))
+
+    # WHEN the report is written
+    text = write_report(full_tree, _summary()).read_text()
+
+    # THEN each label's recall is listed, worst first, ties by name
+    assert "<h3>Recall per label</h3>" in text
+    listed = re.findall(r'<tr><td>([^<]+)</td><td class="num">([^<]+)</td></tr>', text)
+    assert [(html.unescape(label), share) for label, share in listed] == [
+        ("Banana", "50.0%"),
+        ("Lime <x>", "50.0%"),
+        ("Cherry", "75.0%"),
+        ("Apple", "100.0%"),
+    ]
 
 
 def test_page_is_self_contained(full_tree: Path) -> None:
@@ -196,7 +257,7 @@ def test_empty_folder_says_nothing_is_committed(tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
     summary = _summary(
-        accepted=0, featurized=0, quarantined={}, failed={}, pca_versions=[], probe=None, weights_note=None
+        accepted=0, featurized=0, quarantined={}, failed={}, pca_versions=[], holdout=None, weights_note=None
     )
 
     # WHEN the report is written
@@ -206,7 +267,7 @@ def test_empty_folder_says_nothing_is_committed(tmp_path: Path) -> None:
     text = page.read_text()
     assert "No committed batches yet" in text
     assert "No PCA version is committed yet." in text
-    assert "No probe result" in text
+    assert "No holdout evaluation: no committed evaluation." in text
     assert 'class="banner"' not in text
     assert sorted(p.name for p in _assert_readable_pngs(page)) == ["rejections.png", "throughput.png"]
 
@@ -219,15 +280,17 @@ def test_single_label_and_one_component(tmp_path: Path) -> None:
     _write_pca(out, 1, x, labels, n_components=1)
 
     # WHEN the report is written
-    page = write_report(out, _summary(k=1, probe=None))
+    page = write_report(out, _summary(k=1, holdout={"skipped": "the summary's reason"}))
 
-    # THEN the scatter is drawn on one axis, and the skipped probe is explained instead of a curve
+    # THEN the scatter is drawn on one axis, and quality.json's reason for no classifier replaces the curve
     names = {p.name for p in _assert_readable_pngs(page)}
     assert {"variance.png", "pca_scatter.png", "labels.png"} <= names
     assert "revenue.png" not in names
     text = page.read_text()
     assert "single component (k = 1)" in text
-    assert "No probe result: expected at least 2 classes" in text
+    assert "No holdout evaluation: expected at least 2 labels with 5 or more images" in text
+    assert "confusion.png" not in names
+    assert "No confusion matrix: expected at least 2 labels" in text
 
 
 @pytest.mark.parametrize(

@@ -1,84 +1,13 @@
-"""The linear probe and the net revenue curve: the business metric computed after each PCA refit."""
+"""The net revenue curve and its best threshold: the business metric each holdout evaluation reports."""
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Callable
 
 import numpy as np
-import numpy.typing as npt
 import pytest
 
-from pomona.ml.pca import PcaState, fit_pca, project
-from pomona.ml.quality import (
-    PLOT_THRESHOLDS,
-    QualityError,
-    best_threshold,
-    net_revenue_curve,
-    probe,
-    quality_report,
-)
-
-
-def _clusters(
-    *, per_class: int, n_classes: int, d: int = 5, spread: float = 30.0, seed: int = 0
-) -> tuple[npt.NDArray[np.float64], list[str]]:
-    """Gaussian blobs `spread` standard deviations apart, one per class."""
-    rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((n_classes, d)) * spread
-    x = np.concatenate([centre + rng.standard_normal((per_class, d)) for centre in centres])
-    labels = [f"fruit-{c}" for c in range(n_classes) for _ in range(per_class)]
-    return x, labels
-
-
-def test_separated_clusters_are_probed_perfectly() -> None:
-    x, labels = _clusters(per_class=20, n_classes=3)
-
-    result = probe(x, labels)
-
-    assert result.skipped is None
-    assert (result.n, result.n_classes, result.folds, result.excluded) == (60, 3, 5, 0)
-    assert result.accuracy == 1.0
-    assert result.macro_f1 == 1.0
-    assert result.correct.all()
-    assert ((result.confidence > 1 / 3) & (result.confidence <= 1.0)).all()
-
-
-def test_separated_clusters_earn_full_revenue_from_threshold_zero() -> None:
-    # GIVEN clusters the probe never gets wrong
-    x, labels = _clusters(per_class=20, n_classes=3)
-
-    # WHEN the report is computed with gain 2
-    report = quality_report(x, labels, gain=2.0, loss=5.0)
-
-    # THEN answering everything earns 1000 · gain, and the lowest such threshold wins
-    assert report["accuracy"] == 1.0
-    assert report["best_threshold"] == 0.0
-    assert report["net_revenue_per_1000"] == pytest.approx(2000.0)
-    assert report["coverage_at_best"] == 1.0
-    assert report["curve"]["net_revenue_per_1000"][0] == pytest.approx(2000.0)
-    assert report["skipped"] is None
-
-
-def test_random_labels_are_near_chance_and_never_lose_money_at_best() -> None:
-    # GIVEN features that carry no information about 3 balanced labels
-    rng = np.random.default_rng(1)
-    x = rng.standard_normal((150, 4))
-    labels = [f"fruit-{i % 3}" for i in rng.permutation(150)]
-
-    # WHEN probed and scored with a wrong answer costing 5 times a right one
-    result = probe(x, labels)
-    curve = net_revenue_curve(result.confidence, result.correct, gain=1.0, loss=5.0)
-    threshold, revenue = best_threshold(curve)
-
-    # THEN accuracy is near 1/3, answering everything loses money, and the best choice loses none
-    assert 0.15 < result.accuracy < 0.5
-    assert curve[0][0] == 0.0
-    assert curve[0][1] < 0
-    assert revenue >= 0.0
-    assert curve[-1] == (PLOT_THRESHOLDS[-1], 0.0, 0.0)  # withholding everything
-    assert threshold > 0.0
+from pomona.ml.quality import PLOT_THRESHOLDS, QualityError, best_threshold, net_revenue_curve
 
 
 def test_revenue_by_hand() -> None:
@@ -99,6 +28,34 @@ def test_revenue_by_hand() -> None:
     assert best_threshold(curve) == (0.85, 250.0)
 
 
+def test_all_right_answers_earn_full_revenue_from_threshold_zero() -> None:
+    # GIVEN answers that are all right, with gain 2
+    confidence = np.linspace(0.4, 0.99, 50)
+
+    curve = net_revenue_curve(confidence, np.ones(50, dtype=bool), gain=2.0, loss=5.0)
+
+    # THEN answering everything earns 1000 · gain, and the lowest such threshold wins
+    assert curve[0] == (0.0, pytest.approx(2000.0), 1.0)
+    assert best_threshold(curve) == (0.0, pytest.approx(2000.0))
+
+
+def test_uninformed_answers_lose_money_everywhere_but_withholding() -> None:
+    # GIVEN a third of the answers right, whatever their confidence
+    rng = np.random.default_rng(1)
+    confidence = rng.uniform(0.34, 1.0, 300)
+    correct = rng.permutation(np.arange(300) % 3 == 0)
+
+    curve = net_revenue_curve(confidence, correct, gain=1.0, loss=5.0)
+    threshold, revenue = best_threshold(curve)
+
+    # THEN answering everything loses money, and the best choice withholds (nearly) everything and loses none
+    assert curve[0][0] == 0.0
+    assert curve[0][1] < 0
+    assert revenue >= 0.0
+    assert curve[-1] == (PLOT_THRESHOLDS[-1], 0.0, 0.0)  # withholding everything
+    assert threshold > 0.0
+
+
 def test_default_thresholds_include_every_confidence_and_withhold_all() -> None:
     curve = net_revenue_curve([0.425, 0.9], [True, False])
     thresholds = [t for t, _, _ in curve]
@@ -110,6 +67,18 @@ def test_default_thresholds_include_every_confidence_and_withhold_all() -> None:
     assert best_threshold(curve) == (0.91, 0.0)
 
 
+def test_the_best_threshold_earns_at_least_any_plotted_one() -> None:
+    rng = np.random.default_rng(2)
+    confidence = rng.uniform(0.2, 1.0, 200)
+    correct = rng.uniform(size=200) < confidence  # better calibrated than chance
+
+    exact = net_revenue_curve(confidence, correct)
+    plotted = net_revenue_curve(confidence, correct, thresholds=PLOT_THRESHOLDS)
+
+    assert [t for t, _, _ in plotted] == list(PLOT_THRESHOLDS)
+    assert best_threshold(exact)[1] >= max(r for _, r, _ in plotted)
+
+
 def test_ties_go_to_the_lowest_threshold() -> None:
     curve = [(0.7, 10.0, 0.2), (0.2, 10.0, 0.9), (0.5, 3.0, 0.5)]
 
@@ -117,77 +86,8 @@ def test_ties_go_to_the_lowest_threshold() -> None:
 
 
 @pytest.mark.parametrize(
-    ("labels", "reason"),
-    [
-        pytest.param(["apple"] * 6, "got 1 \\(of 1 classes, 6 images\\)", id="single-class"),
-        pytest.param(
-            ["apple", "pear", "fig", "kiwi", "lime", "plum"], "got 0 \\(of 6 classes", id="all-singletons"
-        ),
-        pytest.param(["apple"] * 5 + ["pear"], "got 1 \\(of 2 classes", id="one-class-big-enough"),
-    ],
-)
-def test_probe_is_skipped_without_two_usable_classes(labels: list[str], reason: str) -> None:
-    x = np.random.default_rng(0).standard_normal((6, 3))
-
-    result = probe(x, labels)
-    report = quality_report(x, labels, gain=1.0, loss=5.0)
-
-    assert result.skipped is not None
-    assert "expected at least 2 classes with 2 or more images each" in result.skipped
-    assert re.search(reason, result.skipped)
-    assert result.confidence.size == 0
-    assert report["skipped"] == result.skipped
-    assert report["accuracy"] is None
-    assert report["net_revenue_per_1000"] is None
-    json.dumps(report, allow_nan=False)
-
-
-def test_small_classes_reduce_folds_and_singletons_are_excluded() -> None:
-    # GIVEN two classes of 3 images and one of a single image
-    x, labels = _clusters(per_class=3, n_classes=2)
-    x = np.vstack([x, [[100.0] * 5]])
-    labels = [*labels, "lonely"]
-
-    result = probe(x, labels, folds=5)
-
-    assert (result.folds, result.n, result.n_classes, result.excluded) == (3, 6, 2, 1)
-    assert result.confidence.shape == result.correct.shape == (6,)
-
-
-def test_report_is_json_serialisable() -> None:
-    x, labels = _clusters(per_class=10, n_classes=4, spread=1.0)
-
-    report = quality_report(x, labels, gain=1.0, loss=5.0)
-    decoded = json.loads(json.dumps(report, allow_nan=False))
-
-    assert decoded == report
-    assert len(report["curve"]["threshold"]) == len(PLOT_THRESHOLDS)
-    assert 0.0 <= report["coverage_at_best"] <= 1.0
-    assert report["net_revenue_per_1000"] >= max(report["curve"]["net_revenue_per_1000"])
-
-
-def test_probe_is_deterministic_for_a_seed() -> None:
-    x, labels = _clusters(per_class=10, n_classes=3, spread=1.0)
-
-    first, second = probe(x, labels, seed=3), probe(x, labels, seed=3)
-
-    np.testing.assert_array_equal(first.confidence, second.confidence)
-    assert first.accuracy == second.accuracy
-
-
-@pytest.mark.parametrize(
     ("call", "message"),
     [
-        pytest.param(
-            lambda: probe(np.zeros((3, 2)), ["a", "b"]),
-            r"expected x of shape \(2, k\) for 2 labels, got \(3, 2\)",
-            id="length-mismatch",
-        ),
-        pytest.param(
-            lambda: probe(np.zeros((4, 2)), ["a", "a", "b", "b"], folds=1),
-            r"expected folds >= 2, got 1",
-            id="one-fold",
-        ),
         pytest.param(
             lambda: net_revenue_curve([0.5], [True, False]),
             r"got \(1,\) and \(2,\)",
@@ -206,17 +106,3 @@ def test_probe_is_deterministic_for_a_seed() -> None:
 def test_errors_say_what_was_expected(call: Callable[[], object], message: str) -> None:
     with pytest.raises(QualityError, match=message):
         call()
-
-
-def test_report_on_pca_projections() -> None:
-    # GIVEN clusters in 40 dimensions, reduced by the incremental PCA as the job does
-    x, labels = _clusters(per_class=15, n_classes=4, d=40, spread=3.0)
-    model = fit_pca(PcaState.from_rows(x), variance_target=0.9)
-
-    # WHEN the float32 projections are probed
-    report = quality_report(project(model, x), labels, gain=1.0, loss=5.0)
-
-    # THEN the separation survives the reduction
-    assert model.n_components < 40
-    assert report["accuracy"] == 1.0
-    assert report["net_revenue_per_1000"] == pytest.approx(1000.0)

@@ -1,0 +1,178 @@
+"""Issue 13's bar, as the independent check runs it: `pomona demo` on two thirds of each sample class in 3 waves
+with the real weights, then `pomona classify --model OUT --json` and the local Function URL on the third it never
+saw. The holdout accuracy is >= 0.97; answered photos are >= 99 % right with >= 85 % answered."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import boto3
+import pytest
+from rich.console import Console
+
+from pomona.core.settings import Settings
+from pomona.demo.run import run_demo
+from pomona.ops.classify import classify_files, model_source
+from pomona.testing.samples import bad_uploads
+
+TRAINED_SHARE = 2 / 3
+
+
+@pytest.fixture(scope="module")
+def split(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path) -> tuple[Path, list[Path]]:
+    """A folder with the first two thirds of each class's photos (by name), and the rest."""
+    trained = tmp_path_factory.mktemp("trained")
+    unseen: list[Path] = []
+    for label_dir in sorted(p for p in sample_dir.iterdir() if p.is_dir()):
+        photos = sorted(label_dir.glob("*.jpg"))
+        cut = int(len(photos) * TRAINED_SHARE)
+        (trained / label_dir.name).mkdir()
+        for photo in photos[:cut]:
+            (trained / label_dir.name / photo.name).symlink_to(photo)
+        unseen += photos[cut:]
+    return trained, unseen
+
+
+@pytest.fixture(scope="module")
+def demo_out(
+    tmp_path_factory: pytest.TempPathFactory, split: tuple[Path, list[Path]], weights_path: Path
+) -> tuple[Path, dict[str, Any]]:
+    out = tmp_path_factory.mktemp("out")
+    summary = run_demo(
+        images=split[0], out=out, weights=str(weights_path), batches=3, console=Console(quiet=True)
+    )
+    return out, summary
+
+
+def test_the_holdout_accuracy_reaches_the_bar(demo_out: tuple[Path, dict[str, Any]]) -> None:
+    _, summary = demo_out
+    holdout = summary["holdout"]
+    assert holdout["n"] >= 18
+    assert holdout["accuracy"] >= 0.97
+
+
+def test_photos_the_demo_never_saw_are_answered_right_or_withheld(
+    demo_out: tuple[Path, dict[str, Any]], split: tuple[Path, list[Path]]
+) -> None:
+    out, _ = demo_out
+    _, unseen = split
+    pomona = Path(sys.executable).with_name("pomona")
+
+    done = subprocess.run(
+        [str(pomona), "classify", "--model", str(out), "--json", *map(str, unseen)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
+
+    assert done.returncode == 0, done.stderr[-2000:]
+    answers = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [a["file"] for a in answers] == list(map(str, unseen))
+    assert {"file", "answered", "label", "confidence", "top", "model_version", "reason"} <= set(answers[0])
+    answered = [a for a in answers if a["answered"]]
+    right = [a for a in answered if a["label"] == Path(a["file"]).parent.name]
+    assert len(answered) >= 0.85 * len(unseen)
+    assert len(right) >= 0.99 * len(answered)
+    assert all(a["reason"] is None and len(a["top"]) == 3 for a in answers)
+
+
+@pytest.fixture
+def endpoint(
+    demo_out: tuple[Path, dict[str, Any]],
+    deployment: Settings,
+    weights_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[str]:
+    """The demo's committed models in a deployment's bucket, and the classify handler behind a local URL, its
+    POMONA_WEIGHTS the lineage's, as the Lambda image sets it."""
+    from pomona.local.up import classify_endpoint
+
+    out, _ = demo_out
+    s3 = boto3.client("s3", endpoint_url=deployment.endpoint_url)
+    for path in (out / "models").rglob("*"):
+        if path.is_file():
+            s3.put_object(
+                Bucket=deployment.bucket, Key=path.relative_to(out).as_posix(), Body=path.read_bytes()
+            )
+    monkeypatch.setenv("POMONA_WEIGHTS", str(weights_path))
+    monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "true")
+    server = classify_endpoint(port=0)
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+def _post(url: str, body: bytes, *, method: str = "POST") -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(url, data=body if method == "POST" else None, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def test_the_local_function_url_answers_as_the_cli_does_and_rejects_with_the_reason(
+    endpoint: str, demo_out: tuple[Path, dict[str, Any]], split: tuple[Path, list[Path]], weights_path: Path
+) -> None:
+    out, _ = demo_out
+    photos = split[1][:: len(split[1]) // 6]
+    settings = Settings.from_env()
+    local = list(
+        classify_files(photos, model_source(settings, model_dir=out, weights=str(weights_path)), settings)
+    )
+
+    served = [_post(f"{endpoint}?{urlencode({'file': str(photo)})}", photo.read_bytes()) for photo in photos]
+
+    assert [status for status, _ in served] == [200] * len(photos)
+    assert [answer for _, answer in served] == local  # one core behind both doors: the same answers
+    assert all(answer["model_version"].startswith("v3-") for _, answer in served)
+
+    name, body, reason = bad_uploads()[0]
+    status, rejected = _post(f"{endpoint}?file={name}", body)
+    assert status == 400
+    assert (rejected["answered"], rejected["reason"]) == (False, reason.value)
+
+    status, refused = _post(endpoint, b"", method="GET")
+    assert status == 405
+    assert "expected POST" in refused["error"]
+
+
+def test_the_catalog_entry_comes_with_the_answer(
+    endpoint: str, deployment: Settings, split: tuple[Path, list[Path]]
+) -> None:
+    _, unseen = split
+    photo = unseen[-1]
+    entry = {"label": photo.parent.name, "note": "written by the team"}
+    boto3.client("s3", endpoint_url=deployment.endpoint_url).put_object(
+        Bucket=deployment.bucket,
+        Key=f"models/catalog/{photo.parent.name}.json",
+        Body=json.dumps(entry).encode(),
+    )
+    status, answer = _post(endpoint, photo.read_bytes())
+    assert status == 200
+    assert answer["catalog"] == entry
+
+
+def test_before_any_commit_the_endpoint_says_there_is_no_model(
+    deployment: Settings, monkeypatch: pytest.MonkeyPatch, split: tuple[Path, list[Path]]
+) -> None:
+    from pomona.local.up import classify_endpoint
+
+    monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "true")
+    server = classify_endpoint(port=0)
+    try:
+        status, body = _post(server.url, split[1][0].read_bytes())
+    finally:
+        server.stop()
+    assert status == 503
+    assert "no batch has been committed yet" in body["error"]
