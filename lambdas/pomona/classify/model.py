@@ -20,15 +20,13 @@ from botocore.exceptions import ClientError
 
 from pomona.core.aws import error_code
 from pomona.core.errors import PomonaError
-from pomona.core.outputs import Files, pca_latest_key, pca_prefix
+from pomona.core.outputs import CLASSIFIER_FILE, METADATA_FILE, Files, pca_latest_key, pca_prefix
 from pomona.core.settings import Settings, configured
 from pomona.ml.classifier import Classifier, ClassifierError, load_classifier
 from pomona.ml.featurizer import Featurizer, get_featurizer
 
 log = logging.getLogger(__name__)
 
-CLASSIFIER_FILE = "classifier.npz"
-METADATA_FILE = "metadata.json"
 # `models/catalog/<label>.json`: what the team wrote about a fruit, under models/ so that the classify role's
 # read-only grant on models/ covers it.
 CATALOG_FOLDER = "models/catalog/"

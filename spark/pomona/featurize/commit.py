@@ -36,9 +36,19 @@ from pomona.core.aws import (
     is_precondition_failed,
     json_bytes,
     put_json,
+    read_bytes,
 )
 from pomona.core.contract import ImageMessage, QuarantineSidecar, Reason, quarantine_key, sidecar_key
-from pomona.core.outputs import leases_prefix, manifest_key, pca_latest_key, pca_prefix
+from pomona.core.outputs import (
+    EVALUATION_FILE,
+    HOLDOUT_FILE,
+    METADATA_FILE,
+    TRAINING_FILE,
+    leases_prefix,
+    manifest_key,
+    pca_latest_key,
+    pca_prefix,
+)
 from pomona.core.settings import Settings
 from pomona.featurize.index import SeenIndex
 from pomona.featurize.lock import ConcurrentRunError, read_lease
@@ -52,14 +62,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-# A version's classifier (what answers users), the statistics it was trained from and its holdout sample (what
-# the next refit starts from), and its evaluation on that holdout (or why it has none), kept with every version.
-CLASSIFIER_FILE, TRAINING_FILE, HOLDOUT_FILE, EVALUATION_FILE = (
-    "classifier.npz",
-    "training.npz",
-    "holdout.npz",
-    "quality.json",
-)
 # What a version past retention's window loses: what only the next refit needs.
 RETIRED_FILES = ("state.npz", TRAINING_FILE, HOLDOUT_FILE, "seen.parquet")
 
@@ -307,7 +309,7 @@ class Committer:
             ("state.npz", state_to_npz(state)),
             (EVALUATION_FILE, json_bytes(quality)),
             *(classifier_files or {}).items(),
-            ("metadata.json", json_bytes(metadata)),  # last: its presence says the folder is whole
+            (METADATA_FILE, json_bytes(metadata)),  # last: its presence says the folder is whole
         ]:
             self._put_once(base + name, body)
 
@@ -387,7 +389,7 @@ class Committer:
         return False
 
     def _version_metadata(self, version: int, batch_id: str | None) -> dict[str, Any] | None:
-        found = get_json(self.s3, self.bucket, pca_prefix(self.prefix, version, batch_id) + "metadata.json")
+        found = get_json(self.s3, self.bucket, pca_prefix(self.prefix, version, batch_id) + METADATA_FILE)
         return None if found is None else found[0]
 
     def _put_once(self, key: str, body: bytes) -> None:
@@ -403,12 +405,7 @@ class Committer:
         return get_json(self.s3, self.bucket, manifest_key(self.prefix, batch_id)) is not None
 
     def _read(self, key: str) -> bytes | None:
-        try:
-            return self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
-        except ClientError as err:
-            if is_missing(err):
-                return None
-            raise
+        return read_bytes(self.s3, self.bucket, key)
 
     def _delete(self, keys: list[str]) -> None:
         for start in range(0, len(keys), 1000):

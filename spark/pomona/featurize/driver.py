@@ -15,9 +15,9 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import boto3
 import pandas as pd
@@ -26,15 +26,16 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pomona.core.aws import RETRIES, error_code
 from pomona.core.contract import ImageMessage, Reason, utc_now
 from pomona.core.errors import PomonaError
-from pomona.core.outputs import lease_key, lock_key, new_batch_id
-from pomona.core.settings import Settings, injected_fault
-from pomona.featurize.commit import (
+from pomona.core.outputs import (
     CLASSIFIER_FILE,
     HOLDOUT_FILE,
     TRAINING_FILE,
-    Committer,
-    Latest,
+    lease_key,
+    lock_key,
+    new_batch_id,
 )
+from pomona.core.settings import Settings, injected_fault
+from pomona.featurize.commit import Committer, Latest
 from pomona.featurize.dedupe import split_duplicates
 from pomona.featurize.index import SeenIndex
 from pomona.featurize.lock import RunLock
@@ -48,6 +49,7 @@ from pomona.featurize.tasks import (
     combine_outcomes,
     featurize_partitions,
     file_provenance,
+    merge_optional,
     project_partitions,
 )
 from pomona.ml.backends import get_backend
@@ -64,8 +66,6 @@ if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
 log = logging.getLogger(__name__)
-
-_S = TypeVar("_S")
 
 
 class LineageError(PomonaError, ValueError):
@@ -183,8 +183,10 @@ class Job:
             state = merge_pca_state(stored_state or PcaState.empty(FEATURE_DIM), outcome.state)
             model = self._refit(state)
         with timed(timings, "classifier_s"):
-            training = _merged(stored_training, outcome.training, merge_label_stats)
-            holdout = _merged(stored_holdout, outcome.holdout, merge_reservoir)
+            training = merge_optional(stored_training, outcome.training, merge_label_stats)
+            training = training or LabelStats.empty(FEATURE_DIM)
+            holdout = merge_optional(stored_holdout, outcome.holdout, merge_reservoir)
+            holdout = holdout or Reservoir.empty(FEATURE_DIM)
             retrained = retrain(training, holdout, model, gain=self.settings.gain, loss=self.settings.loss)
         with timed(timings, "project_s"):
             projected = self._project(
@@ -419,12 +421,6 @@ def _failed(failures: pd.DataFrame, left: dict[str, str], *, refused: int) -> di
     """Quarantined images by reason: the executors' failures (but those deferred instead) and refused messages."""
     quarantined = Counter(failures.loc[~failures["sha256"].isin(list(left)), "reason"])
     return dict(quarantined + Counter({Reason.BAD_MESSAGE.value: refused}))
-
-
-def _merged(stored: _S | None, batch: _S | None, merge: Callable[[_S, _S], _S]) -> _S:
-    """The stored statistics with the batch's merged in; the batch had features, so one of them is there."""
-    found = [part for part in (stored, batch) if part is not None]
-    return found[0] if len(found) == 1 else merge(found[0], found[1])
 
 
 def classifier_facts(retrained: Retrained) -> dict[str, Any] | None:

@@ -69,16 +69,17 @@ def combine_outcomes(a: PartOutcome, b: PartOutcome) -> PartOutcome:
     return PartOutcome(
         a.failures + b.failures,
         a.parts + b.parts,
-        _either(a.state, b.state, merge_pca_state),
-        _either(a.training, b.training, merge_label_stats),
-        _either(a.holdout, b.holdout, merge_reservoir),
+        merge_optional(a.state, b.state, merge_pca_state),
+        merge_optional(a.training, b.training, merge_label_stats),
+        merge_optional(a.holdout, b.holdout, merge_reservoir),
     )
 
 
 _S = TypeVar("_S")
 
 
-def _either(a: _S | None, b: _S | None, merge: Callable[[_S, _S], _S]) -> _S | None:
+def merge_optional(a: _S | None, b: _S | None, merge: Callable[[_S, _S], _S]) -> _S | None:
+    """`merge(a, b)`, or whichever of them is there: statistics of no rows are None, not empty."""
     return a if b is None else b if a is None else merge(a, b)
 
 

@@ -403,12 +403,13 @@ def status(
     for name, depth in report["queues"].items():
         queues.add_row(name, str(depth.get("visible", "-")), str(depth.get("in_flight", "-")))
     out.print(queues)
-    batches = Table("batch", "PCA", "n_seen", "k", "featurized", "failed", "dup", "accuracy", "revenue/1000",
-                    title="last committed batches")  # fmt: skip
+    columns = {"batch_id": "batch", "pca_version": "PCA", "n_seen": "n_seen", "k": "k", "featurized": "featurized",
+               "failed": "failed", "duplicates": "dup", "accuracy": "holdout acc.", "answered_fraction": "answered",
+               "answered_accuracy": "answered acc.", "threshold": "threshold",
+               "net_revenue_per_1000": "revenue/1000"}  # fmt: skip
+    batches = Table(*columns.values(), title="last committed batches")
     for b in report["batches"]:
-        batches.add_row(*(str(b[c]) if b[c] is not None else "-" for c in (
-            "batch_id", "pca_version", "n_seen", "k", "featurized", "failed", "duplicates", "accuracy",
-            "net_revenue_per_1000")))  # fmt: skip
+        batches.add_row(*(_cell(b.get(name)) for name in columns))
     out.print(batches)
     for title, counts in (
         ("images by label", report["labels"]),
@@ -422,6 +423,10 @@ def status(
 
 export_app = typer.Typer(help="Export committed outputs.", no_args_is_help=True)
 app.add_typer(export_app, name="export")
+
+
+def _cell(value: object) -> str:
+    return "-" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 @export_app.command("csv")

@@ -30,6 +30,16 @@ def is_missing(err: ClientError) -> bool:
     return error_code(err) in {"NoSuchKey", "404", "NotFound"}
 
 
+def read_bytes(s3: S3Client, bucket: str, key: str) -> bytes | None:
+    """The object's bytes, or None when there is none."""
+    try:
+        return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except ClientError as err:
+        if is_missing(err):
+            return None
+        raise
+
+
 def get_json(s3: S3Client, bucket: str, key: str) -> tuple[dict[str, Any], str] | None:
     """The document at `key` and its ETag, or None when there is none."""
     try:

@@ -21,9 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from botocore.exceptions import ClientError
-
-from pomona.core.aws import is_missing
+from pomona.core.aws import read_bytes
 from pomona.core.settings import Settings
 
 if TYPE_CHECKING:
@@ -31,6 +29,15 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 SIDECAR_SUFFIX = ".reason.json"
+# A version's classifier (what answers users), the statistics it was trained from and its holdout sample (what
+# the next refit starts from), its evaluation on that holdout (or why it has none), and its metadata (lineage).
+CLASSIFIER_FILE, TRAINING_FILE, HOLDOUT_FILE, EVALUATION_FILE, METADATA_FILE = (
+    "classifier.npz",
+    "training.npz",
+    "holdout.npz",
+    "quality.json",
+    "metadata.json",
+)
 # A part file's key from its kind folder on: the same whatever output prefix the writer had.
 _PART_FOLDERS = {"features": "features/batch_id=", "projections": "projections/batch_id="}
 
@@ -112,12 +119,7 @@ class S3Files:
         return f"s3://{self.bucket}/"
 
     def read(self, key: str) -> bytes | None:
-        try:
-            return self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
-        except ClientError as err:
-            if is_missing(err):
-                return None
-            raise
+        return read_bytes(self.s3, self.bucket, key)
 
     def keys(self, prefix: str) -> list[str]:
         pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)

@@ -14,10 +14,9 @@ from pathlib import Path
 import boto3
 import pytest
 
-from pomona.core.outputs import pca_prefix
+from pomona.core.outputs import CLASSIFIER_FILE, EVALUATION_FILE, HOLDOUT_FILE, TRAINING_FILE, pca_prefix
 from pomona.core.settings import Settings
 from pomona.demo.run import holdout_summary
-from pomona.featurize.commit import CLASSIFIER_FILE, EVALUATION_FILE, HOLDOUT_FILE, TRAINING_FILE
 from pomona.featurize.driver import JobOptions, run_job
 from pomona.ingest import handler
 from pomona.local.poller import EventSourcePoller
