@@ -46,16 +46,19 @@ class WeightsChoice:
 
 
 def choose_weights(requested: str, *, synthetic: bool, environ: dict[str, str]) -> WeightsChoice:
-    """`auto`: POMONA_WEIGHTS, else ImageNet if cached or downloadable, else random for the synthetic set only."""
+    """`auto`: POMONA_WEIGHTS, else ImageNet if cached or downloadable, else random for the synthetic set only.
+
+    A local file is named by its absolute path: the job records the spec, and `pomona classify --model OUT` finds
+    the same file from any folder."""
     if requested != "auto":
         note = (
             "random weights (asked for): features carry no ImageNet meaning"
             if requested == "random"
             else None
         )
-        return WeightsChoice(requested, note)
+        return WeightsChoice(_absolute(requested), note)
     if spec := configured("weights", environ):
-        return WeightsChoice(spec, None)
+        return WeightsChoice(_absolute(spec), None)
     from pomona.ml.weights import WeightsError, resolve_weights
 
     try:
@@ -72,6 +75,11 @@ def choose_weights(requested: str, *, synthetic: bool, environ: dict[str, str]) 
             "no usable MobileNetV2 weights: set POMONA_WEIGHTS=/path/to/mobilenet_v2_1.0_224_no_top.weights.h5 "
             "or pass --weights PATH (or --weights random to run without meaning)"
         ) from err
+
+
+def _absolute(spec: str) -> str:
+    path = Path(spec).expanduser()
+    return str(path.resolve()) if path.is_file() else spec
 
 
 def demo_files(images: Path | None, settings: Settings) -> list[tuple[str, bytes]]:
