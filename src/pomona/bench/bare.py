@@ -39,6 +39,7 @@ def run(
     featurizer(preprocess_batch(batches[0])[0])  # warm-up: first-call allocation and tracing
 
     decode_s = model_s = 0.0
+    cpu_before = _cpu_s()
     for chunk in batches:
         started = time.perf_counter()
         batch, _ = preprocess_batch(chunk)
@@ -47,6 +48,7 @@ def run(
         decode_s += decoded - started
         model_s += time.perf_counter() - decoded
 
+    cpu_s = _cpu_s() - cpu_before
     count = len(blobs)
     return {
         "backend": backend,
@@ -54,9 +56,16 @@ def run(
         "bare_img_s": round(count / (decode_s + model_s), 1),
         "decode_img_s": round(count / decode_s, 1),
         "model_img_s": round(count / model_s, 1),
+        "cpu_ms_per_image": round(cpu_s * 1000 / count, 2),
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "tensorflow_imported": "tensorflow" in sys.modules,
     }
+
+
+def _cpu_s() -> float:
+    """This process's user + system CPU seconds, every thread included."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def peak_rss_mb() -> float:

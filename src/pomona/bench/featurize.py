@@ -5,6 +5,9 @@ For each backend, in one run on the same images:
 - job: upload, ingest through the Lambda handler, then the Spark job on `local[2]` (S3 → features + PCA → S3).
   Spark start-up (the JVM, and the Python workers with the job's imports) is timed apart, and so is the drain
   of the queue: it measures the embedded SQS (moto), not Pomona.
+The embedded stack runs in a process of its own (`pomona.local.stack_process`), so `cpu_ms_per_image` can say
+where the CPU went during the run, per process: the emulator, the driver (its Python and its JVM) and the Spark
+Python workers; `job` is all but the emulator, and `bare` the plain loop's own.
 Peak RSS per Python worker is read from /proc for the Spark Python workers while their session is alive.
 """
 
@@ -38,6 +41,7 @@ def run(
 def _measure(images: Path, files: list[Path], *, weights: str, backend: str) -> dict[str, Any]:
     bare = _bare(files, weights=weights, backend=backend)
     job = _job(images, weights=weights, backend=backend)
+    cpu = job.pop("cpu_ms_per_image")
     return {
         "backend": backend,
         "images": len(files),
@@ -45,6 +49,7 @@ def _measure(images: Path, files: list[Path], *, weights: str, backend: str) -> 
         "bare_peak_rss_mb": bare["peak_rss_mb"],
         **job,
         "ratio": round(job["job_img_s"] / bare["bare_img_s"], 3),
+        "cpu_ms_per_image": {"bare": bare["cpu_ms_per_image"], **cpu},
     }
 
 
@@ -67,12 +72,13 @@ def _bare(files: list[Path], *, weights: str, backend: str) -> dict[str, Any]:
 
 
 def _job(images: Path, *, weights: str, backend: str) -> dict[str, Any]:
+    from pomona.bench.cpu import job_cpu
     from pomona.featurize.driver import prepare_model, run_job
     from pomona.featurize.entry import spark_session
     from pomona.local.poller import EventSourcePoller
-    from pomona.local.stack import embedded_stack
+    from pomona.local.stack_process import stack_process
 
-    with embedded_stack() as stack, contextlib.redirect_stdout(io.StringIO()):
+    with stack_process() as stack, contextlib.redirect_stdout(io.StringIO()):
         settings = stack.settings.replace(weights=weights, backend=backend)
         upload_files(
             [
@@ -91,7 +97,9 @@ def _job(images: Path, *, weights: str, backend: str) -> dict[str, Any]:
         _start_python_workers(spark)
         startup_s = time.monotonic() - clock
         try:
+            before = job_cpu(emulator_pid=stack.pid)
             manifest = run_job(spark, settings).manifest
+            cpu = job_cpu(emulator_pid=stack.pid) - before
             worker_rss = _python_worker_peak_rss_mb()
         finally:
             spark.stop()
@@ -106,6 +114,7 @@ def _job(images: Path, *, weights: str, backend: str) -> dict[str, Any]:
         "spark_startup_s": round(startup_s, 2),
         "worker_peak_rss_mb": max(worker_rss, default=None),
         "workers": len(worker_rss),
+        "cpu_ms_per_image": cpu.ms_per_image(manifest["counts"]["featurized"]),
     }
 
 

@@ -1,0 +1,31 @@
+"""`pomona bench featurize` says, per process, where the CPU of an image went: the emulator runs apart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pomona.bench.featurize import run
+from pomona.testing.samples import SYNTHETIC_LABELS, fruit_image
+
+pytestmark = pytest.mark.slow
+
+
+def test_the_job_cpu_is_split_by_process_and_excludes_the_emulator(
+    tmp_path: Path, model_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("POMONA_CACHE_DIR", str(model_cache))
+    for label in SYNTHETIC_LABELS[:3]:
+        (tmp_path / label).mkdir()
+        for i in range(8):
+            (tmp_path / label / f"{i}.jpg").write_bytes(fruit_image(label, i))
+
+    result = run(images=tmp_path, weights="random", backends=("litert",))
+
+    cpu = result["cpu_ms_per_image"]
+    assert result["images"] == 24
+    assert {"bare", "job", "emulator", "driver", "workers"} <= set(cpu)
+    assert all(cpu[name] > 0 for name in ("bare", "job", "emulator", "driver", "workers"))
+    assert cpu["job"] == pytest.approx(cpu["driver"] + cpu["workers"], abs=0.05)
+    assert cpu["driver"] == pytest.approx(cpu["driver_python"] + cpu["driver_jvm"], abs=0.05)
