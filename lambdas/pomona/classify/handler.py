@@ -28,9 +28,12 @@ from pomona.core.outputs import S3Files
 from pomona.core.settings import Settings
 from pomona.validation.checks import Limits
 
-logger = Logger(service=os.getenv("POWERTOOLS_SERVICE_NAME", "pomona-classify"))
+# Named here, not by POWERTOOLS_SERVICE_NAME: a process that hosts both handlers (local mode, the tests) would
+# otherwise give them one logger, and quieting this one would quiet ingestion's.
+SERVICE = "pomona-classify"
+logger = Logger(service=SERVICE)
 tracer = Tracer()
-metrics = Metrics(namespace=os.getenv("POWERTOOLS_METRICS_NAMESPACE", "Pomona"))
+metrics = Metrics(namespace=os.getenv("POWERTOOLS_METRICS_NAMESPACE", "Pomona"), service=SERVICE)
 
 DEFAULT_FILE = "photo"
 
@@ -77,7 +80,11 @@ def lambda_handler(event: LambdaFunctionUrlEvent, context: LambdaContext) -> dic
     status, answer = respond(
         model, limits, method=event.request_context.http.method, body=_body(event), file=file
     )
-    outcome = "Answered" if answer.get("answered") else "NotSure" if status == 200 else "Rejected"
-    metrics.add_metric(name=f"Photos{outcome}", unit=MetricUnit.Count, value=1)
+    outcome = {200: "NotSure", 400: "Rejected", 503: "Unanswerable"}.get(status)
+    if answer.get("answered"):
+        outcome = "Answered"
+    if outcome is not None:  # a 405 is not a photo
+        metrics.add_metric(name=f"Photos{outcome}", unit=MetricUnit.Count, value=1)
     logger.info("classified", extra={"status": status, "file": file, "label": answer.get("label")})
-    return {"statusCode": status, "headers": {"content-type": "application/json"}, "body": json.dumps(answer)}
+    body = json.dumps(answer, allow_nan=False)
+    return {"statusCode": status, "headers": {"content-type": "application/json"}, "body": body}

@@ -77,7 +77,8 @@ def load_served_model(
 
     The weights are `weights` when given, else POMONA_WEIGHTS when set, else the spec the job recorded."""
     folder = pca_prefix(settings.output_prefix, pointer.version, pointer.batch_id)
-    metadata_body, classifier_body = files.read(folder + METADATA_FILE), files.read(folder + CLASSIFIER_FILE)
+    metadata_body = read_optional(files, folder + METADATA_FILE)
+    classifier_body = read_optional(files, folder + CLASSIFIER_FILE)
     if metadata_body is None or classifier_body is None:
         raise ModelUnavailableError(
             f"expected {METADATA_FILE} and {CLASSIFIER_FILE} in {files.location}{folder}, found "
@@ -113,7 +114,9 @@ class LatestModel:
     """The served model of `files`, looking at LATEST at most every `check_seconds` and reloading when it moved.
 
     A warm Lambda container or the local endpoint answers from memory; one small GET a minute (by default) is
-    what keeps it current. The featurizer is memoised per process, so a reload reads only the classifier.
+    what keeps it current. A reload reads LATEST, `metadata.json` and `classifier.npz`; the featurizer is memoised
+    per process. When the check or the reload fails while a model is loaded, that model keeps answering (and the
+    failure is logged) until the next check: a bad commit or a throttled GET must not take the answers down.
     """
 
     files: Files
@@ -130,31 +133,51 @@ class LatestModel:
         """The model to answer with now; `ModelUnavailableError` before the first commit."""
         with self._lock:
             now = self.clock()
-            if self._model is not None and now - self._checked < self.settings.model_check_seconds:
-                return self._model
-            pointer = read_pointer(self.files, self.settings.output_prefix)
-            self._checked = now
-            if pointer is None:
-                raise ModelUnavailableError(
-                    f"expected a committed model under {self.files.location}{self.settings.output_prefix}models/, "
-                    "found no models/pca/LATEST: no batch has been committed yet"
-                )
             current = self._model
-            if current is None or (current.version, current.batch_id) != (pointer.version, pointer.batch_id):
-                self._model = load_served_model(
-                    self.files, pointer, self.settings, weights=self.weights, num_threads=self.num_threads
-                )
-                self._catalog.clear()
-                log.info("classifier loaded", extra={"model_version": self._model.model_version})
-            assert self._model is not None
-            return self._model
+            if current is not None and now - self._checked < self.settings.model_check_seconds:
+                return current
+            self._checked = now
+            try:
+                return self._refresh(current)
+            except Exception:
+                if current is None:
+                    raise
+                log.exception("checking for a new classifier failed; answering with the loaded one")
+                return current
+
+    def _refresh(self, current: ServedModel | None) -> ServedModel:
+        pointer = read_pointer(self.files, self.settings.output_prefix)
+        if pointer is None:
+            raise ModelUnavailableError(
+                f"expected a committed model under {self.files.location}{self.settings.output_prefix}models/, "
+                "found no models/pca/LATEST: no batch has been committed yet"
+            )
+        if current is not None and (current.version, current.batch_id) == (pointer.version, pointer.batch_id):
+            return current
+        loaded = load_served_model(
+            self.files, pointer, self.settings, weights=self.weights, num_threads=self.num_threads
+        )
+        self._model = loaded
+        self._catalog.clear()
+        log.info("classifier loaded", extra={"model_version": loaded.model_version})
+        return loaded
 
     def catalog(self, label: str) -> dict[str, Any] | None:
-        """`models/catalog/<label>.json` when the team wrote one; read once per label and model."""
+        """`models/catalog/<label>.json` when the team wrote one (a JSON object); read once per label and model. An
+        entry that cannot be read or is not an object is logged and left out: it never costs the answer."""
         with self._lock:
             if label not in self._catalog:
-                body = read_optional(self.files, f"{self.settings.output_prefix}{CATALOG_FOLDER}{label}.json")
-                self._catalog[label] = None if body is None else dict(json.loads(body))
+                key = f"{self.settings.output_prefix}{CATALOG_FOLDER}{label}.json"
+                try:
+                    body = read_optional(self.files, key)
+                    entry = None if body is None else json.loads(body)
+                except (ClientError, ValueError) as err:
+                    log.warning("catalog entry unreadable, left out", extra={"key": key, "error": str(err)})
+                    entry = None
+                if entry is not None and not isinstance(entry, dict):
+                    log.warning("catalog entry is not a JSON object, left out", extra={"key": key})
+                    entry = None
+                self._catalog[label] = entry
             return self._catalog[label]
 
 

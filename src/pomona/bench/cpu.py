@@ -23,30 +23,34 @@ def cpu_s(pid: int, *, reaped: bool = True) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def children(pid: int) -> list[int]:
-    """The pids whose parent is `pid`."""
-    found = []
+def parents() -> dict[int, int]:
+    """Every live process's parent: pid → ppid."""
+    found = {}
     for proc in _PROC.iterdir():
         if proc.name.isdigit():
             try:
-                if int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                    found.append(int(proc.name))
+                found[int(proc.name)] = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
             except (OSError, ValueError, IndexError):
                 continue
     return found
 
 
-def pids_running(marker: bytes) -> list[int]:
-    """The pids whose command line contains `marker` (e.g. b"pyspark.daemon")."""
-    found = []
-    for proc in _PROC.iterdir():
-        if proc.name.isdigit():
-            try:
-                if marker in (proc / "cmdline").read_bytes():
-                    found.append(int(proc.name))
-            except OSError:
-                continue
-    return found
+def descendants(pid: int, tree: dict[int, int]) -> list[int]:
+    """The pids below `pid` in `tree` (pid → ppid), at any depth."""
+    below, frontier = [], [pid]
+    while frontier:
+        kids = [child for child, parent in tree.items() if parent in frontier]
+        below += kids
+        frontier = kids
+    return below
+
+
+def runs(pid: int, marker: bytes) -> bool:
+    """Whether process `pid`'s command line contains `marker`."""
+    try:
+        return marker in (_PROC / str(pid) / "cmdline").read_bytes()
+    except OSError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -81,15 +85,17 @@ class JobCpu:
 
 
 def job_cpu(*, emulator_pid: int) -> JobCpu:
-    """Now: the emulator's process, this (driver) process, its JVM children, and the Spark Python workers."""
-    me = os.getpid()
-    jvms = [pid for pid in children(me) if pid != emulator_pid]
+    """Now: the emulator's process, this (driver) process, its JVM, and that JVM's Spark Python workers (another
+    Spark on the machine is not counted)."""
+    me, tree = os.getpid(), parents()
+    jvms = [pid for pid, parent in tree.items() if parent == me and pid != emulator_pid]
+    workers = [pid for jvm in jvms for pid in descendants(jvm, tree) if runs(pid, b"pyspark.daemon")]
     return JobCpu(
         emulator=_total([emulator_pid]),
         driver_python=cpu_s(me, reaped=False),
         driver_jvm=_total(jvms, reaped=False),
         # The daemon and its live forks; forks already gone are in the daemon's reaped time.
-        workers=_total(pids_running(b"pyspark.daemon")),
+        workers=_total(workers),
     )
 
 

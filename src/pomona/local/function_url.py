@@ -7,6 +7,7 @@ the deployed URL (without the SigV4 signature, which only AWS checks).
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import threading
 import time
@@ -19,8 +20,9 @@ from pomona.local.poller import Handler, LambdaContext
 
 log = logging.getLogger(__name__)
 
-# What AWS accepts in a synchronous invocation's request; larger bodies get a 413 there too.
-MAX_PAYLOAD_BYTES = 6 * 1024 * 1024
+# AWS caps a synchronous invocation's event at 6 MB, and the event carries the body base64-encoded (4 bytes per 3):
+# a body above ~4.5 MB gets a 413 there, so here too.
+MAX_PAYLOAD_BYTES = 6 * 1024 * 1024 * 3 // 4
 
 
 def function_url_event(method: str, target: str, headers: dict[str, str], body: bytes) -> dict[str, Any]:
@@ -82,22 +84,30 @@ def _request_handler(handler: Handler, function_name: str) -> type[BaseHTTPReque
 
     class FunctionUrlRequest(BaseHTTPRequestHandler):
         def _invoke(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            if length > MAX_PAYLOAD_BYTES:
-                self._send(
-                    413, {"content-type": "application/json"}, b'{"error": "payload larger than 6 MB"}'
+            length = self.headers.get("Content-Length") or "0"
+            if not length.isdigit() or int(length) > MAX_PAYLOAD_BYTES:
+                self._error(
+                    413, f"expected a Content-Length of at most {MAX_PAYLOAD_BYTES} bytes, got {length}"
                 )
                 return
-            body = self.rfile.read(length)
+            body = self.rfile.read(int(length))
             event = function_url_event(self.command, self.path, dict(self.headers.items()), body)
             context = LambdaContext(
                 function_name=function_name, log_group_name=f"/aws/lambda/{function_name}"
             )
-            with lock:
-                response = handler(event, context)
+            try:
+                with lock:
+                    response = handler(event, context)
+            except Exception:  # as a Function URL answers a function error: 502, and the error in the logs
+                log.exception("function error")
+                self._error(502, "the function raised; see the log")
+                return
             payload = response.get("body") or ""
             data = base64.b64decode(payload) if response.get("isBase64Encoded") else str(payload).encode()
             self._send(int(response.get("statusCode", 200)), dict(response.get("headers") or {}), data)
+
+        def _error(self, status: int, message: str) -> None:
+            self._send(status, {"content-type": "application/json"}, json.dumps({"error": message}).encode())
 
         def _send(self, status: int, headers: dict[str, str], data: bytes) -> None:
             self.send_response(status)

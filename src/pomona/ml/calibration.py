@@ -23,7 +23,7 @@ from pomona.ml.classifier import Array, Classifier, ClassifierError, LabelStats,
 from pomona.ml.holdout import Reservoir
 
 # The temperature when the held-out rows are no nearer their own label than their runner-up on average (a ≤ 0):
-# every answer is then close to uniform, so nothing is answered.
+# every answer is then close to its prior, so (with a loss for wrong answers) none reaches the break-even.
 MAX_TEMPERATURE = 1e3
 
 
@@ -52,11 +52,15 @@ def fit_temperature(classifier: Classifier, stats: LabelStats, holdout: Reservoi
     own = np.arange(truth.size), truth
     margins = scores[own][:, None] - scores
     margins[own] = np.inf
+    # The rival is the label each row came nearest to, not the one nearest its label's mean: the margin the
+    # row's confidence is made of (and the choice measured on the sample, README).
     rival = margins.argmin(axis=1)
     d = margins[np.arange(truth.size), rival]
     mu = 0.5 * np.einsum(
         "nk,nk->n", classifier.coef[truth] - classifier.coef[rival], means[truth] - means[rival]
     )
+    if not mu.sum() > 0:  # labels whose means coincide: no margin to calibrate
+        return 1.0
     a = float(d.sum() / mu.sum())
     if a <= 0:
         return MAX_TEMPERATURE

@@ -122,9 +122,10 @@ class Classifier:
     """A linear discriminant in a PCA space: from d-dimensional features to one probability per label.
 
     `coef` (C×k) and `intercept` (C,) score the projections `(x - pca_mean) @ pca_components.T` for the sorted
-    `labels`. `withheld_labels` had too few training images to be offered. Probabilities are the softmax of the
-    scores divided by `temperature` (1.0 until the holdout calibrates it, `pomona.ml.calibration`). Answers
-    below `threshold` are withheld; it is 0.0 (answer everything) until an evaluation sets it.
+    `labels`; the intercept includes each label's log prior, `log_priors`. `withheld_labels` had too few training
+    images to be offered. Probabilities are the softmax of the prior-free scores divided by `temperature` (1.0
+    until the holdout calibrates it, `pomona.ml.calibration`), plus the log priors: the temperature widens the
+    class-conditional densities, not the priors. Answers below `threshold` are withheld (`retrain` sets it).
     """
 
     labels: tuple[str, ...]
@@ -137,6 +138,8 @@ class Classifier:
     threshold: float = 0.0
     withheld_labels: tuple[str, ...] = ()
     temperature: float = 1.0
+    # None: not known (files written before they were stored), taken as zeros: the priors are tempered with the rest.
+    log_priors: Array | None = None
 
     def __post_init__(self) -> None:
         c = len(self.labels)
@@ -151,6 +154,10 @@ class Classifier:
             raise ClassifierError(
                 f"expected sorted distinct labels, none withheld, got {self.labels} and {self.withheld_labels}"
             )
+        log_priors = np.zeros(c) if self.log_priors is None else frozen(self.log_priors)
+        if log_priors.shape != (c,):
+            raise ClassifierError(f"expected log_priors of shape ({c},), got {log_priors.shape}")
+        object.__setattr__(self, "log_priors", frozen(log_priors))
         if not (np.isfinite(self.temperature) and self.temperature > 0):
             raise ClassifierError(f"expected a finite temperature > 0, got {self.temperature}")
         for name in ("coef", "intercept", "pca_mean", "pca_components"):
@@ -210,6 +217,7 @@ def fit_classifier(
         n_train=stats.total.n,
         shrinkage=shrinkage,
         withheld_labels=tuple(label for label in stats.counts if label not in offered),
+        log_priors=np.log(priors),
     )
 
 
@@ -218,7 +226,8 @@ def predict_proba(classifier: Classifier, features: npt.ArrayLike) -> Array:
     rows = np.asarray(features, dtype=np.float64)
     if rows.ndim != 2 or rows.shape[1] != classifier.d:
         raise ClassifierError(f"expected features of shape (n, {classifier.d}), got shape {rows.shape}")
-    scores = discriminant_scores(classifier, rows) / classifier.temperature
+    priors = np.asarray(classifier.log_priors)
+    scores = (discriminant_scores(classifier, rows) - priors) / classifier.temperature + priors
     scores -= scores.max(axis=1, keepdims=True)  # exp of at most 0: no overflow
     weights = np.exp(scores)
     return np.asarray(weights / weights.sum(axis=1, keepdims=True), dtype=np.float64)
@@ -274,6 +283,7 @@ def classifier_to_npz(classifier: Classifier) -> bytes:
         threshold=np.float64(classifier.threshold),
         withheld_labels=np.asarray(classifier.withheld_labels, dtype=np.str_),
         temperature=np.float64(classifier.temperature),
+        log_priors=np.asarray(classifier.log_priors),
     )
 
 
@@ -291,6 +301,7 @@ def load_classifier(data: bytes) -> Classifier:
         withheld_labels=tuple(arrays["withheld_labels"].tolist()),
         # Files written before calibration have none: their scores were untempered.
         temperature=float(arrays.get("temperature", 1.0)),
+        log_priors=arrays.get("log_priors"),
     )
 
 

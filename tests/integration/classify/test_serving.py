@@ -109,6 +109,47 @@ def test_the_catalog_entry_of_the_answered_label_comes_with_the_answer(
     assert again["catalog"] == entry
 
 
+def test_below_the_threshold_the_answer_is_not_sure_with_its_best_guesses(
+    tmp_path: Path, settings: Settings
+) -> None:
+    _commit(tmp_path, settings, version=1, batch_id="b1")
+    served = LatestModel(FolderFiles(tmp_path), settings).get()
+    unsure = dataclasses.replace(served, classifier=dataclasses.replace(served.classifier, threshold=1.01))
+
+    result = classify_photo(unsure, fruit_image("Apple", 3), file="apple.jpg", limits=Limits())
+
+    assert (result["answered"], result["label"], result["reason"]) == (False, None, None)
+    assert len(result["top"]) == 3
+    assert result["confidence"] == result["top"][0][1] < 1.01
+
+
+def test_a_loaded_model_keeps_answering_when_a_new_commit_cannot_be_loaded(
+    tmp_path: Path, settings: Settings
+) -> None:
+    clock = Clock()
+    _commit(tmp_path, settings, version=1, batch_id="b1")
+    model = LatestModel(FolderFiles(tmp_path), settings, clock=clock)
+    first = model.get()
+    _commit(
+        tmp_path, settings, version=2, batch_id="b2", weights_id="sha256:0123456789abcdef"
+    )  # not loadable
+
+    clock.now = 60.0
+    assert model.get() is first
+    clock.now = 61.0
+    assert model.get() is first  # the next look waits for the next interval, not every request
+
+
+def test_an_unreadable_catalog_entry_is_left_out_not_an_error(tmp_path: Path, settings: Settings) -> None:
+    _commit(tmp_path, settings, version=1, batch_id="b1")
+    (tmp_path / "models" / "catalog").mkdir()
+    (tmp_path / "models" / "catalog" / "Apple.json").write_text("{not json")
+    (tmp_path / "models" / "catalog" / "Lemon.json").write_text('["a list"]')
+    model = LatestModel(FolderFiles(tmp_path), settings)
+
+    assert (model.catalog("Apple"), model.catalog("Lemon"), model.catalog("Banana")) == (None, None, None)
+
+
 def test_before_any_commit_there_is_no_model_and_it_says_so(tmp_path: Path, settings: Settings) -> None:
     with pytest.raises(ModelUnavailableError, match="found no models/pca/LATEST"):
         LatestModel(FolderFiles(tmp_path), settings).get()

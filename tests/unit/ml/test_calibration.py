@@ -130,3 +130,16 @@ def test_a_temperature_must_be_finite_and_positive(temperature: float) -> None:
     classifier, _ = _fitted(np.random.default_rng(7))
     with pytest.raises(ClassifierError, match="expected a finite temperature > 0"):
         dataclasses.replace(classifier, temperature=temperature)
+
+
+def test_a_temperature_widens_the_densities_not_the_priors() -> None:
+    rng = np.random.default_rng(8)
+    x, labels = _draw(rng, 4000, noise=1.0)
+    keep = [i for i, label in enumerate(labels) if label != "a" or i % 4 == 0]  # "a" a quarter as common
+    stats = LabelStats.from_rows(x[keep], [labels[i] for i in keep])
+    classifier = fit_classifier(stats, fit_pca(PcaState.from_rows(x), n_components=D), shrinkage=0.0)
+    priors = np.array([stats.counts[label] for label in classifier.labels]) / stats.total.n
+
+    flattened = predict_proba(dataclasses.replace(classifier, temperature=1e6), x[:5])
+
+    assert flattened == pytest.approx(np.tile(priors, (5, 1)), abs=1e-4)
