@@ -19,7 +19,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from pomona.core.aws import error_code
-from pomona.core.errors import PomonaError
+from pomona.core.errors import PomonaError, SettingsError
 from pomona.core.outputs import CLASSIFIER_FILE, METADATA_FILE, Files, pca_latest_key, pca_prefix
 from pomona.core.settings import Settings, configured
 from pomona.ml.classifier import Classifier, ClassifierError, load_classifier
@@ -46,6 +46,7 @@ class ServedModel:
     batch_id: str | None
     weights_id: str
     backend: str
+    precision: str = "f32"
 
     @property
     def model_version(self) -> str:
@@ -92,7 +93,16 @@ def load_served_model(
         raise ModelUnavailableError(f"expected a classifier in {files.location}{folder}: {err}") from err
     spec = weights or configured("weights") or metadata.get("weights") or settings.weights
     backend = str(metadata.get("backend") or settings.backend)
-    featurizer = get_featurizer(spec, backend, cache_dir=settings.model_cache_dir, num_threads=num_threads)
+    precision = str(metadata.get("precision") or "f32")  # versions written before precision was recorded: f32
+    try:
+        featurizer = get_featurizer(
+            spec, backend, precision=precision, cache_dir=settings.model_cache_dir, num_threads=num_threads
+        )
+    except (SettingsError, ImportError) as err:  # a backend or precision this image or CPU cannot run
+        raise ModelUnavailableError(
+            f"expected to run version {pointer.version}'s lineage (backend {backend}, precision {precision}) "
+            f"here, got: {err}"
+        ) from err
     lineage = metadata.get("weights_id")
     if lineage is not None and featurizer.weights_id != lineage:
         raise ModelUnavailableError(
@@ -106,6 +116,7 @@ def load_served_model(
         batch_id=pointer.batch_id,
         weights_id=featurizer.weights_id,
         backend=backend,
+        precision=precision,
     )
 
 

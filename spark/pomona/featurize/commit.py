@@ -300,6 +300,8 @@ class Committer:
             # The POMONA_WEIGHTS spec the run used, for serving to load the same weights (bench histories have none).
             "weights": manifest.get("weights"),
             "backend": manifest["backend"],
+            # The arithmetic of the features (POMONA_PRECISION); a version without it is f32.
+            "precision": manifest.get("precision", "f32"),
             "created_at": manifest["created_at"],
             "dedupe": "index",  # its images are in the dedupe index, not in a seen list
             "manifest": manifest,

@@ -69,7 +69,7 @@ log = logging.getLogger(__name__)
 
 
 class LineageError(PomonaError, ValueError):
-    """This run's model (weights, backend) is not the one whose features the committed PCA holds."""
+    """This run's model (weights, backend, precision) is not the one whose features the committed PCA holds."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -328,6 +328,7 @@ class Job:
             "weights_id": self._provenance["pomona.weights_id"],
             "weights": self.settings.weights,
             "backend": self.settings.backend,
+            "precision": self.settings.precision,
             "counts": counts,
             "timings": {k: round(v, 3) for k, v in timings.items()},
             "images_per_s": round(n_fresh / max(timings["featurize_s"] + timings["project_s"], 1e-9), 2),
@@ -344,14 +345,23 @@ class Job:
         (`committed`: its version's metadata)."""
         if committed is None:
             return
-        theirs = {"weights_id": committed["weights_id"], "backend": committed["backend"]}
-        ours = {"weights_id": self._provenance["pomona.weights_id"], "backend": self.settings.backend}
+        theirs = {
+            "weights_id": committed["weights_id"],
+            "backend": committed["backend"],
+            "precision": committed.get("precision", "f32"),  # written before precision joined the lineage
+        }
+        ours = {
+            "weights_id": self._provenance["pomona.weights_id"],
+            "backend": self.settings.backend,
+            "precision": self.settings.precision,
+        }
         if theirs != ours:
             raise LineageError(
                 f"expected features from the model of PCA v{committed['version']} (weights {theirs['weights_id']}, backend "
-                f"{theirs['backend']}), got weights {ours['weights_id']}, backend {ours['backend']}: one PCA "
-                "never mixes features of two models. Run with that model's POMONA_WEIGHTS and POMONA_BACKEND, or "
-                "start a new lineage under a new POMONA_OUTPUT_PREFIX; nothing was received or written"
+                f"{theirs['backend']}, precision {theirs['precision']}), got weights {ours['weights_id']}, backend "
+                f"{ours['backend']}, precision {ours['precision']}: one PCA never mixes features of two models. Run "
+                "with that model's POMONA_WEIGHTS, POMONA_BACKEND and POMONA_PRECISION, or start a new lineage under "
+                "a new POMONA_OUTPUT_PREFIX; nothing was received or written"
             )
 
     def _refuse(self, received: Received) -> int:
@@ -409,7 +419,9 @@ class Job:
     @functools.cached_property
     def _provenance(self) -> dict[str, str]:
         weights = resolve_weights(self.settings.weights, cache_dir=self.settings.model_cache_dir)
-        return file_provenance(weights_id=weights.weights_id, backend=self.settings.backend)
+        return file_provenance(
+            weights_id=weights.weights_id, backend=self.settings.backend, precision=self.settings.precision
+        )
 
 
 def _receipts_except(received: Received, shas: set[str]) -> list[str]:
@@ -454,10 +466,15 @@ def _classifier_files(retrained: Retrained, training: LabelStats, holdout: Reser
 
 
 def prepare_model(settings: Settings) -> str:
-    """Resolve the weights and prepare the backend once, on the driver, before executors need them; the
-    weights id."""
+    """Check that the backend runs the precision on this CPU, then resolve the weights and prepare the backend once,
+    on the driver, before executors need them (and before a message is received); the weights id.
+
+    The driver's CPU stands for the executors': on a cluster, schedule both on nodes that have what the precision
+    needs (bf16: AVX-512 BF16 or AMX)."""
+    backend = get_backend(settings.backend)
+    backend.check(settings.precision)
     weights = resolve_weights(settings.weights, cache_dir=settings.model_cache_dir)
-    get_backend(settings.backend).prepare(weights, cache_dir=settings.model_cache_dir)
+    backend.prepare(weights, cache_dir=settings.model_cache_dir)
     return weights.weights_id
 
 

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from pomona.core.settings import Settings
+from pomona.core.settings import PRECISIONS, Settings
 from pomona.featurize.driver import JobOptions, run_job
 from pomona.featurize.lock import ConcurrentRunError
 from pomona.ml.backends import BACKENDS
@@ -56,6 +56,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--weights", default=None, help="imagenet | random | PATH | s3://… (POMONA_WEIGHTS)")
     parser.add_argument("--backend", choices=sorted(BACKENDS), default=None, help="POMONA_BACKEND")
+    parser.add_argument("--precision", choices=PRECISIONS, default=None, help="POMONA_PRECISION")
     parser.add_argument("--master", default=None, help="Spark master when not launched by spark-submit")
     parser.add_argument(
         "--visibility-timeout",
@@ -72,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     settings = Settings.from_env().override(
-        max_images=args.max_images, weights=args.weights, backend=args.backend
+        max_images=args.max_images, weights=args.weights, backend=args.backend, precision=args.precision
     )
     options = JobOptions()
     if args.visibility_timeout is not None:

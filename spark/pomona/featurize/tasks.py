@@ -141,6 +141,7 @@ def featurize_partitions(
         featurizer = get_featurizer(
             settings.weights,
             settings.backend,
+            precision=settings.precision,
             cache_dir=settings.model_cache_dir,
             batch_size=get_backend(settings.backend).best_batch,
         )
@@ -297,9 +298,10 @@ def project_partitions(
     return run
 
 
-def file_provenance(*, weights_id: str, backend: str) -> dict[str, str]:
-    """Key-value metadata of every part file: which weights and backend made its features (`random` shows)."""
-    return {"pomona.weights_id": weights_id, "pomona.backend": backend}
+def file_provenance(*, weights_id: str, backend: str, precision: str) -> dict[str, str]:
+    """Key-value metadata of every part file: which weights, backend and precision made its features (`random`
+    shows)."""
+    return {"pomona.weights_id": weights_id, "pomona.backend": backend, "pomona.precision": precision}
 
 
 def _part_table(

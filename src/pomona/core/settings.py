@@ -41,6 +41,7 @@ ENV_VARS: dict[str, str] = {
     "POMONA_N_COMPONENTS": "n_components",
     "POMONA_WEIGHTS": "weights",
     "POMONA_BACKEND": "backend",
+    "POMONA_PRECISION": "precision",
     "POMONA_GAIN": "gain",
     "POMONA_LOSS": "loss",
     "POMONA_CACHE_DIR": "cache_dir",
@@ -49,6 +50,9 @@ ENV_VARS: dict[str, str] = {
 # Tests only, never a deployment's setting: the job phase at which the job's process kills itself, as a killed pod
 # would (`pomona.featurize.driver`).
 FAULT_ENV = "POMONA_FAULT"
+# The arithmetic a backend runs the model in (POMONA_PRECISION). Features of two precisions differ (bf16's keep ~8
+# significant bits), so a lineage never mixes them; which backends run which precision is `pomona.ml.backends`'.
+PRECISIONS = ("f32", "bf16")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -83,6 +87,7 @@ class Settings:
     n_components: int | None = None
     weights: str = "imagenet"
     backend: str = "litert"
+    precision: str = "f32"
     # -- the business metric: what a right answer earns and a wrong one costs
     gain: float = 1.0
     loss: float = 5.0
@@ -97,6 +102,10 @@ class Settings:
             raise SettingsError(
                 f"POMONA_KEEP_FULL_VERSIONS: expected at least 1 (the latest state is the next run's start), "
                 f"got {self.keep_full_versions}"
+            )
+        if self.precision not in PRECISIONS:
+            raise SettingsError(
+                f"POMONA_PRECISION: expected one of {list(PRECISIONS)}, got {self.precision!r}"
             )
 
     @property

@@ -34,6 +34,8 @@ class Featurizer:
     batch_size: int
     # Runs the model on at most `batch_size` images.
     predict_chunk: Callable[[F32], F32] = field(repr=False)
+    # The arithmetic the model runs in (POMONA_PRECISION): part of the lineage, as weights and backend are.
+    precision: str = "f32"
 
     def __call__(self, batch: F32) -> F32:
         if batch.ndim != 4 or batch.shape[1:] != INPUT_SHAPE or batch.dtype != np.float32:
@@ -54,26 +56,40 @@ def make_featurizer(
     weights: str,
     *,
     backend: str = "litert",
+    precision: str = "f32",
     cache_dir: Path | None = None,
     batch_size: int = 32,
     num_threads: int = 1,
 ) -> Featurizer:
-    """Load the model for `weights` (a POMONA_WEIGHTS value) on `backend`; see `get_featurizer` to reuse it.
+    """Load the model for `weights` (a POMONA_WEIGHTS value) on `backend`, computing in `precision` (a
+    POMONA_PRECISION value); see `get_featurizer` to reuse it.
 
     `cache_dir` defaults to the settings' (POMONA_CACHE_DIR, else ~/.cache/pomona)."""
     model = get_backend(backend)
+    model.check(precision)  # before any download or conversion
     if batch_size < 1 or num_threads < 1:
         raise ValueError(f"expected batch_size and num_threads >= 1, got {batch_size} and {num_threads}")
     started = time.monotonic()
     cache_dir = cache_dir or Settings.from_env().model_cache_dir
     ref = resolve_weights(weights, cache_dir=cache_dir)
-    predict = model.load(ref, cache_dir=cache_dir, batch_size=batch_size, num_threads=num_threads)
+    predict = model.load(
+        ref, cache_dir=cache_dir, batch_size=batch_size, num_threads=num_threads, precision=precision
+    )
     logger.info(
         "featurizer loaded",
-        extra={"backend": backend, "weights_id": ref.weights_id, "seconds": time.monotonic() - started},
+        extra={
+            "backend": backend,
+            "precision": precision,
+            "weights_id": ref.weights_id,
+            "seconds": time.monotonic() - started,
+        },
     )
     return Featurizer(
-        weights_id=ref.weights_id, backend=backend, batch_size=batch_size, predict_chunk=predict
+        weights_id=ref.weights_id,
+        backend=backend,
+        batch_size=batch_size,
+        predict_chunk=predict,
+        precision=precision,
     )
 
 
@@ -84,6 +100,7 @@ def get_featurizer(
     weights: str,
     backend: str = "litert",
     *,
+    precision: str = "f32",
     cache_dir: Path | None = None,
     batch_size: int = 32,
     num_threads: int = 1,
@@ -94,14 +111,24 @@ def get_featurizer(
     """
     with _LOAD_LOCK:  # two threads asking at once load the model once
         return _cached_featurizer(
-            weights, backend, cache_dir or Settings.from_env().model_cache_dir, batch_size, num_threads
+            weights,
+            backend,
+            precision,
+            cache_dir or Settings.from_env().model_cache_dir,
+            batch_size,
+            num_threads,
         )
 
 
 @functools.cache
 def _cached_featurizer(
-    weights: str, backend: str, cache_dir: Path, batch_size: int, num_threads: int
+    weights: str, backend: str, precision: str, cache_dir: Path, batch_size: int, num_threads: int
 ) -> Featurizer:
     return make_featurizer(
-        weights, backend=backend, cache_dir=cache_dir, batch_size=batch_size, num_threads=num_threads
+        weights,
+        backend=backend,
+        precision=precision,
+        cache_dir=cache_dir,
+        batch_size=batch_size,
+        num_threads=num_threads,
     )

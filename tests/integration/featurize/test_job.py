@@ -109,6 +109,11 @@ def test_queue_to_committed_outputs(spark: object, ingest: Settings, job_options
     )
     assert metadata["n_seen"] == 24
     assert (metadata["weights"], metadata["weights_id"]) == ("random", "random")
+    assert (
+        (metadata["backend"], metadata["precision"])
+        == (stored["backend"], stored["precision"])
+        == ("litert", "f32")
+    )
     assert _queue_depth(ingest) == 0
 
 
@@ -134,9 +139,11 @@ def test_part_files_record_their_weights_and_read_back_in_spark(
     assert features.count() == projections.count() == 8
     assert dict(features.dtypes)["features"] == "array<float>"
     assert dict(projections.dtypes)["projection"] == "array<float>"
-    assert {(s.metadata[b"pomona.weights_id"], s.metadata[b"pomona.backend"]) for s in schemas} == {
-        (b"random", b"litert")
+    provenance = {
+        (s.metadata[b"pomona.weights_id"], s.metadata[b"pomona.backend"], s.metadata[b"pomona.precision"])
+        for s in schemas
     }
+    assert provenance == {(b"random", b"litert", b"f32")}
 
 
 def test_duplicates_poison_and_malformed(spark: object, ingest: Settings, job_options: JobOptions) -> None:
@@ -259,6 +266,98 @@ def test_a_run_with_another_model_refuses_before_receiving_anything(
         json.loads(s3.get_object(Bucket=ingest.bucket, Key=pca_latest_key(""))["Body"].read())["version"] == 1
     )
     assert run_job(spark, ingest, job_options).manifest["pca_version"] == 2  # type: ignore[arg-type,index]
+
+
+def _edit_committed_metadata(settings: Settings, edit: Callable[[dict[str, Any]], None]) -> None:
+    """Rewrite LATEST's version metadata.json through `edit`, as another run (or an older release) wrote it."""
+    s3 = boto3.client("s3")
+    latest = json.loads(s3.get_object(Bucket=settings.bucket, Key=pca_latest_key(""))["Body"].read())
+    key = pca_prefix("", latest["version"], latest["batch_id"]) + "metadata.json"
+    metadata = json.loads(s3.get_object(Bucket=settings.bucket, Key=key)["Body"].read())
+    edit(metadata)
+    s3.put_object(Bucket=settings.bucket, Key=key, Body=json.dumps(metadata).encode())
+
+
+def test_a_run_in_another_precision_refuses_before_receiving_anything(
+    spark: object, ingest: Settings, job_options: JobOptions
+) -> None:
+    # GIVEN a PCA committed from bf16 features (the same weights and backend), and more uploads queued
+    _upload(ingest, _synthetic(6))
+    assert run_job(spark, ingest, job_options).manifest is not None  # type: ignore[arg-type]
+    _edit_committed_metadata(ingest, lambda metadata: metadata.update(precision="bf16"))
+    _upload(ingest, _synthetic(6, offset=6))
+    queued = _queue_depth(ingest)
+
+    # WHEN a float32 run comes
+    with pytest.raises(
+        LineageError,
+        match=r"\(weights random, backend litert, precision bf16\), got weights random, backend litert, "
+        r"precision f32: one PCA never mixes features of two models\. Run with that model's POMONA_WEIGHTS, "
+        r"POMONA_BACKEND and POMONA_PRECISION",
+    ):
+        run_job(spark, ingest, job_options)  # type: ignore[arg-type]
+
+    # THEN nothing was received or committed
+    assert queue_depth(boto3.client("sqs"), ingest.images_queue_url) == {"visible": queued, "in_flight": 0}
+    s3 = boto3.client("s3")
+    assert (
+        json.loads(s3.get_object(Bucket=ingest.bucket, Key=pca_latest_key(""))["Body"].read())["version"] == 1
+    )
+
+
+def test_a_version_written_before_precision_counts_as_f32(
+    spark: object, ingest: Settings, job_options: JobOptions
+) -> None:
+    # GIVEN a PCA version whose metadata names no precision (written before precision joined the lineage)
+    _upload(ingest, _synthetic(6))
+    assert run_job(spark, ingest, job_options).manifest is not None  # type: ignore[arg-type]
+    _edit_committed_metadata(ingest, lambda metadata: metadata.pop("precision"))
+    _upload(ingest, _synthetic(6, offset=6))
+
+    # WHEN a float32 run comes
+    manifest = run_job(spark, ingest, job_options).manifest  # type: ignore[arg-type]
+
+    # THEN it builds on it, and says f32 from then on
+    assert manifest is not None
+    assert (manifest["pca_version"], manifest["n_seen"], manifest["precision"]) == (2, 12, "f32")
+
+
+def test_a_bf16_run_on_openvino_records_its_precision(
+    spark: object, ingest: Settings, job_options: JobOptions
+) -> None:
+    from pomona.ml.backends.openvino import cpu_capabilities
+
+    if "BF16" not in cpu_capabilities():
+        pytest.skip("this CPU has no bf16 arithmetic (OpenVINO's OPTIMIZATION_CAPABILITIES lacks BF16)")
+    # GIVEN uploads, and a deployment on OpenVINO in bf16 (the random model's .tflite file, as LiteRT's)
+    bf16 = ingest.replace(backend="openvino", precision="bf16")
+    _upload(bf16, _synthetic(12))
+
+    # WHEN the job runs, and a float32 run comes after it
+    manifest = run_job(spark, bf16, job_options).manifest  # type: ignore[arg-type]
+    _upload(bf16, _synthetic(3, offset=12))
+    with pytest.raises(
+        LineageError, match=r"precision bf16\), got weights random, backend openvino, precision f32"
+    ):
+        run_job(spark, bf16.replace(precision="f32"), job_options)  # type: ignore[arg-type]
+
+    # THEN the batch is committed, and the manifest, the version's metadata and every part file say bf16
+    assert manifest is not None
+    assert (manifest["counts"]["featurized"], manifest["backend"], manifest["precision"]) == (
+        12,
+        "openvino",
+        "bf16",
+    )
+    s3 = boto3.client("s3")
+    metadata = json.loads(
+        s3.get_object(Bucket=bf16.bucket, Key=pca_prefix("", 1, manifest["batch_id"]) + "metadata.json")[
+            "Body"
+        ].read()
+    )
+    assert (metadata["backend"], metadata["precision"]) == ("openvino", "bf16")
+    for key in manifest["files"]["features"] + manifest["files"]["projections"]:
+        schema = pq.read_schema(io.BytesIO(s3.get_object(Bucket=bf16.bucket, Key=key)["Body"].read()))
+        assert schema.metadata[b"pomona.precision"] == b"bf16"
 
 
 def _queued(settings: Settings) -> list[ImageMessage]:

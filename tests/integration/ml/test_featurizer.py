@@ -28,16 +28,6 @@ def relative_error(actual: np.ndarray, expected: np.ndarray) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def weights(weights_path: Path) -> str:
-    return str(weights_path)
-
-
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("pomona-cache")
-
-
-@pytest.fixture(scope="module")
 def images(sample_dir: Path) -> np.ndarray:
     paths = sorted(sample_dir.glob("*/*.jpg"))[::17][:32]  # spread over the 18 classes
     batch, errors = preprocess_batch([p.read_bytes() for p in paths])

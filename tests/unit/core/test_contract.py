@@ -206,6 +206,15 @@ def test_settings_keep_the_latest_merge_state_at_least() -> None:
         Settings.from_env({"POMONA_KEEP_FULL_VERSIONS": "0"})
 
 
+def test_settings_precision_is_f32_unless_bf16_is_asked_for() -> None:
+    assert Settings.from_env({}).precision == "f32"
+    assert Settings.from_env({"POMONA_PRECISION": "bf16"}).precision == "bf16"
+    with pytest.raises(
+        SettingsError, match=r"POMONA_PRECISION: expected one of \['f32', 'bf16'\], got 'fp16'"
+    ):
+        Settings.from_env({"POMONA_PRECISION": "fp16"})
+
+
 @pytest.mark.parametrize(("text", "seconds"), [("30s", 30), ("1m", 60), ("2h", 7200)])
 def test_local_up_schedule_intervals(text: str, seconds: int) -> None:
     from pomona.local.up import parse_interval

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from pomona.ml.backends.precision import require_f32
 from pomona.ml.mobilenet import build_keras_model
 from pomona.ml.preprocess import F32, INPUT_SHAPE
 from pomona.ml.weights import WeightsError, WeightsRef, write_atomically
@@ -33,9 +34,19 @@ class LiteRtBackend:
     def prepare(self, weights: WeightsRef, *, cache_dir: Path) -> None:
         convert_to_tflite(weights, cache_dir=cache_dir)
 
+    def check(self, precision: str) -> None:
+        require_f32(self.name, precision)
+
     def load(
-        self, weights: WeightsRef, *, cache_dir: Path, batch_size: int, num_threads: int
+        self,
+        weights: WeightsRef,
+        *,
+        cache_dir: Path,
+        batch_size: int,
+        num_threads: int,
+        precision: str = "f32",
     ) -> Callable[[F32], F32]:
+        self.check(precision)
         model_path = convert_to_tflite(weights, cache_dir=cache_dir)
         return LiteRtModel(model_path, batch_size=batch_size, num_threads=num_threads)
 

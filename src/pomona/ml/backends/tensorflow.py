@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from pomona.ml.backends.precision import require_f32
 from pomona.ml.mobilenet import build_keras_model
 from pomona.ml.preprocess import F32, INPUT_SHAPE
 from pomona.ml.weights import WeightsRef
@@ -25,9 +26,19 @@ class TensorFlowBackend:
     def prepare(self, weights: WeightsRef, *, cache_dir: Path) -> None:
         """Nothing to prepare: the Keras model is built from the weights file in each worker."""
 
+    def check(self, precision: str) -> None:
+        require_f32(self.name, precision)
+
     def load(
-        self, weights: WeightsRef, *, cache_dir: Path, batch_size: int, num_threads: int
+        self,
+        weights: WeightsRef,
+        *,
+        cache_dir: Path,
+        batch_size: int,
+        num_threads: int,
+        precision: str = "f32",
     ) -> Callable[[F32], F32]:
+        self.check(precision)
         return _tensorflow_model(weights, batch_size=batch_size, num_threads=num_threads)
 
 
