@@ -3,7 +3,7 @@
 Everything is measured in a fresh child process (this module run with `python -m`), as a new Lambda container
 would start: `cold_start_s` runs from launching the child to its first answer (interpreter, imports, the
 classifier and the LiteRT model loaded, one photo answered), then each photo is answered again and again, warm:
-a 100×100 JPEG `repeats` times and a 4000×3000 JPEG `repeats // 7` times, through `classify_photo` (validation,
+a 100×100 JPEG `repeats` times and a 4000×3000 JPEG `repeats // 7` times (at least 5), through `classify_photo` (validation,
 decode, features, answer). `peak_rss_mb` is the child's VmHWM. The converted `.tflite` file is prepared before
 the child starts, as the image bakes it in.
 
@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -81,27 +82,40 @@ def run(
     }
 
 
-def write_model(root: Path, settings: Settings) -> Path:
-    """A committed version 1 under `root`, as the job lays it out: LATEST, metadata.json, classifier.npz."""
+def write_model(
+    root: Path,
+    settings: Settings,
+    *,
+    labels: Sequence[str] = SYNTHETIC_LABELS,
+    version: int = 1,
+    batch_id: str = "bench",
+    weights_id: str | None = None,
+) -> Path:
+    """A committed `version` under `root`, as the job lays it out: its folder's classifier (trained on synthetic
+    fruit of `labels`) and metadata, and LATEST moved to it. `weights_id` overrides the lineage's recorded id."""
     from pomona.core.aws import json_bytes
-    from pomona.core.outputs import pca_latest_key, pca_prefix
+    from pomona.core.outputs import CLASSIFIER_FILE, METADATA_FILE, pca_latest_key, pca_prefix
     from pomona.ml.classifier import LabelStats, classifier_to_npz, fit_classifier
     from pomona.ml.featurizer import get_featurizer
     from pomona.ml.pca import fit_pca
     from pomona.ml.preprocess import preprocess_batch
 
     featurizer = get_featurizer(settings.weights, settings.backend, cache_dir=settings.model_cache_dir)
-    labels = [label for label in SYNTHETIC_LABELS for _ in range(TRAINING_PER_LABEL)]
-    pixels, _ = preprocess_batch([fruit_image(label, i) for i, label in enumerate(labels)])
-    stats = LabelStats.from_rows(featurizer(pixels), labels)
+    rows = [label for label in labels for _ in range(TRAINING_PER_LABEL)]
+    pixels, _ = preprocess_batch([fruit_image(label, i) for i, label in enumerate(rows)])
+    stats = LabelStats.from_rows(featurizer(pixels), rows)
     classifier = fit_classifier(stats, fit_pca(stats.total))
-    folder = root / pca_prefix(settings.output_prefix, 1, "bench")
+    folder = root / pca_prefix(settings.output_prefix, version, batch_id)
     folder.mkdir(parents=True)
-    (folder / "classifier.npz").write_bytes(classifier_to_npz(classifier))
-    metadata = {"backend": settings.backend, "weights": settings.weights, "weights_id": featurizer.weights_id}
-    (folder / "metadata.json").write_bytes(json_bytes(metadata))
+    (folder / CLASSIFIER_FILE).write_bytes(classifier_to_npz(classifier))
+    metadata = {
+        "backend": settings.backend,
+        "weights": settings.weights,
+        "weights_id": weights_id or featurizer.weights_id,
+    }
+    (folder / METADATA_FILE).write_bytes(json_bytes(metadata))
     (root / pca_latest_key(settings.output_prefix)).write_bytes(
-        json_bytes({"version": 1, "batch_id": "bench"})
+        json_bytes({"version": version, "batch_id": batch_id})
     )
     return root
 

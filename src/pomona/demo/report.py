@@ -23,7 +23,8 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, PercentFormatter, StrMethodFormatter
 
-from pomona.core.outputs import CommittedOutputs, FolderFiles
+from pomona.core.outputs import EVALUATION_FILE, CommittedOutputs, FolderFiles
+from pomona.demo.run import HOLDOUT_FIGURES
 from pomona.ml.pca import PcaModel, PcaState, fit_pca, load_model, load_state
 
 REPORT_DIR = "report"  # the PNGs, beside report.html
@@ -81,7 +82,7 @@ def read_outputs(out: Path) -> ReportInputs:
         state_npz = outputs.version_file(version, "state.npz")
         model = None if model_npz is None else load_model(model_npz)
         state = None if state_npz is None else load_state(state_npz)
-        quality = outputs.version_json(version, "quality.json")
+        quality = outputs.version_json(version, EVALUATION_FILE)
     return ReportInputs(
         batch_ids=[str(manifest["batch_id"]) for manifest in manifests],
         labels=labels,
@@ -505,17 +506,8 @@ def _metric_section(summary: Mapping[str, Any], quality: Mapping[str, Any] | Non
     return f"<table>{rows}</table><p>{e(explanation)}</p>{_recall_table(quality.get('per_label_recall'))}"
 
 
-_HOLDOUT_FIGURES = (
-    "n",
-    "accuracy",
-    "macro_f1",
-    "best_threshold",
-    "answered_fraction",
-    "answered_accuracy",
-    "net_revenue_per_1000",
-    "temperature",
-    "not_offered",
-)
+# The summary's figures (`demo.run.HOLDOUT_FIGURES`), and how many held-out images had no label to answer with.
+_HOLDOUT_FIGURES = (*HOLDOUT_FIGURES, "not_offered")
 
 
 def _recall_table(recall: Mapping[str, float] | None) -> str:

@@ -103,14 +103,23 @@ def local_session() -> boto3.session.Session:
 def embedded_stack(**kwargs: object) -> Iterator[EmbeddedStack]:
     """`start_stack` as a context manager that also exports the stack's environment for its duration."""
     stack = start_stack(**kwargs)  # type: ignore[arg-type]
-    saved = dict(os.environ)
-    os.environ.update(stack.env())
     try:
-        yield stack
+        with exported(stack.env()):
+            yield stack
+    finally:
+        stack.stop()
+
+
+@contextmanager
+def exported(env: Mapping[str, str]) -> Iterator[None]:
+    """`env` in this process's environment for the duration; the environment as it was afterwards."""
+    saved = dict(os.environ)
+    os.environ.update(env)
+    try:
+        yield
     finally:
         os.environ.clear()
         os.environ.update(saved)
-        stack.stop()
 
 
 def provision(

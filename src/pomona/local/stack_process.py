@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from pomona.core.settings import Settings
-from pomona.local.stack import LOCAL_ENV
+from pomona.local.stack import LOCAL_ENV, exported
 
 
 @dataclass(frozen=True)
@@ -39,17 +39,14 @@ def stack_process() -> Iterator[StackProcess]:
     ) as child:  # on leaving: its pipes closed, and waited for
         assert child.stdin is not None
         assert child.stdout is not None
-        saved = dict(os.environ)
         try:
             line = child.stdout.readline()
             if not line:
                 raise RuntimeError(f"expected the stack process to print its environment, got {child.wait()}")
             env: dict[str, str] = json.loads(line)
-            os.environ.update(env)
-            yield StackProcess(pid=child.pid, settings=Settings.from_env(env), env=env)
+            with exported(env):
+                yield StackProcess(pid=child.pid, settings=Settings.from_env(env), env=env)
         finally:
-            os.environ.clear()
-            os.environ.update(saved)
             child.stdin.close()  # the stack stops when its stdin closes
 
 

@@ -9,15 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from pomona.bench.classify import write_model
 from pomona.classify.answering import classify_photo
 from pomona.classify.model import LatestModel, ModelUnavailableError
 from pomona.core.contract import Reason
-from pomona.core.outputs import FolderFiles, pca_latest_key, pca_prefix
+from pomona.core.outputs import FolderFiles
 from pomona.core.settings import Settings
-from pomona.ml.classifier import LabelStats, classifier_to_npz, fit_classifier
-from pomona.ml.featurizer import get_featurizer
-from pomona.ml.pca import fit_pca
-from pomona.ml.preprocess import preprocess_batch
 from pomona.testing.samples import bad_uploads, fruit_image
 from pomona.validation.checks import Limits
 
@@ -41,17 +38,7 @@ def _commit(
     root: Path, settings: Settings, *, version: int, batch_id: str, weights_id: str | None = None
 ) -> None:
     """A committed version with a classifier trained on synthetic fruit, as the job lays it out; LATEST moved."""
-    featurizer = get_featurizer(settings.weights, settings.backend, cache_dir=settings.model_cache_dir)
-    labels = [label for label in LABELS for _ in range(8)]
-    pixels, _ = preprocess_batch([fruit_image(label, i) for i, label in enumerate(labels)])
-    stats = LabelStats.from_rows(featurizer(pixels), labels)
-    classifier = fit_classifier(stats, fit_pca(stats.total, n_components=4))
-    folder = root / pca_prefix("", version, batch_id)
-    folder.mkdir(parents=True)
-    (folder / "classifier.npz").write_bytes(classifier_to_npz(classifier))
-    metadata = {"backend": "litert", "weights": "random", "weights_id": weights_id or featurizer.weights_id}
-    (folder / "metadata.json").write_text(json.dumps(metadata))
-    (root / pca_latest_key("")).write_text(json.dumps({"version": version, "batch_id": batch_id}))
+    write_model(root, settings, labels=LABELS, version=version, batch_id=batch_id, weights_id=weights_id)
 
 
 def test_a_photo_gets_an_answer_from_the_committed_classifier(tmp_path: Path, settings: Settings) -> None:

@@ -72,18 +72,20 @@ def test_litert_featurizer_is_loaded_once_per_process(
     assert again is litert
 
 
-def test_litert_worker_never_imports_tensorflow(litert: Featurizer, weights: str, cache_dir: Path) -> None:
+@pytest.mark.parametrize("backend", ["litert", "openvino"])
+def test_a_worker_never_imports_tensorflow(backend: str, weights: str, cache_dir: Path) -> None:
     # GIVEN a fresh Python process, as a Spark worker is, with the converted model already cached
+    get_featurizer(weights, backend, cache_dir=cache_dir, batch_size=32)
     code = (
         "import sys; import numpy as np; from pathlib import Path;"
         "from pomona.ml.featurizer import get_featurizer;"
-        f"f = get_featurizer({weights!r}, cache_dir=Path({str(cache_dir)!r}));"
+        f"f = get_featurizer({weights!r}, {backend!r}, cache_dir=Path({str(cache_dir)!r}), batch_size=32);"
         "f(np.zeros((32, 224, 224, 3), np.float32));"
         "from pomona.bench.bare import peak_rss_mb;"
         "print('tensorflow' in sys.modules, int(peak_rss_mb()))"
     )
 
-    # WHEN it featurizes a batch with the litert backend
+    # WHEN it featurizes a batch with that backend
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
 
     # THEN TensorFlow was never imported and the process stays well under 1 GB

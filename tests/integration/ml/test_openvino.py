@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -104,24 +102,3 @@ def test_a_caller_naming_no_precision_gets_f32(weights: str, cache_dir: Path) ->
     assert isinstance(f32, Featurizer)
     assert again is f32
     assert f32.precision == "f32"
-
-
-def test_openvino_worker_never_imports_tensorflow(weights: str, cache_dir: Path, photos: np.ndarray) -> None:
-    # GIVEN a fresh Python process, as a Spark worker is, with the converted model already cached
-    get_featurizer(weights, "openvino", cache_dir=cache_dir, batch_size=32)
-    code = (
-        "import sys; import numpy as np; from pathlib import Path;"
-        "from pomona.ml.featurizer import get_featurizer;"
-        f"f = get_featurizer({weights!r}, 'openvino', cache_dir=Path({str(cache_dir)!r}), batch_size=32);"
-        "f(np.zeros((32, 224, 224, 3), np.float32));"
-        "from pomona.bench.bare import peak_rss_mb;"
-        "print('tensorflow' in sys.modules, int(peak_rss_mb()))"
-    )
-
-    # WHEN it featurizes a batch with the openvino backend
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-
-    # THEN TensorFlow was never imported and the process stays well under 1 GB
-    imported, peak_mb = result.stdout.split()
-    assert imported == "False"
-    assert int(peak_mb) < 1024

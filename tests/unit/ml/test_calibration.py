@@ -28,7 +28,8 @@ LABELS = ("a", "b", "c", "d")
 
 
 def _draw(rng: np.random.Generator, n: int, *, noise: float) -> tuple[npt.NDArray[np.float64], list[str]]:
-    """Isotropic Gaussian blobs 3 deviations apart: exactly a linear discriminant's model when noise is 1."""
+    """Isotropic Gaussian blobs centred at 3i along axis i (a and b 3 deviations apart, the others further): exactly a
+    linear discriminant's model when noise is 1."""
     centres = np.arange(len(LABELS))[:, None] * np.eye(len(LABELS), D) * 3.0
     labels = [LABELS[i % len(LABELS)] for i in range(n)]
     rows = np.stack([centres[LABELS.index(label)] for label in labels])
