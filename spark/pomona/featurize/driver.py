@@ -52,7 +52,7 @@ from pomona.featurize.tasks import (
     merge_optional,
     project_partitions,
 )
-from pomona.ml.backends import get_backend
+from pomona.ml.backends import choose_model, get_backend
 from pomona.ml.classifier import LabelStats, classifier_to_npz, label_stats_to_npz, merge_label_stats
 from pomona.ml.holdout import Reservoir, merge_reservoir, reservoir_to_npz
 from pomona.ml.mobilenet import FEATURE_DIM
@@ -132,6 +132,7 @@ class Job:
                 visibility_timeout_s=self.options.visibility_timeout_s,
             ) as heartbeat:
                 recovered, committed = self.committer.recover()
+                self._choose_model(committed)
                 self._check_lineage(committed)
                 return self._run_batch(heartbeat, recovered, started)
         finally:
@@ -340,6 +341,13 @@ class Job:
             },
         }
 
+    def _choose_model(self, committed: dict[str, Any] | None) -> None:
+        """Make POMONA_BACKEND/PRECISION=auto concrete: the committed lineage's model (`committed`: its version's
+        metadata), or a new lineage's; then prepare it, before a message is received."""
+        backend, precision = choose_model(self.settings.backend, self.settings.precision, lineage=committed)
+        self.settings = self.settings.replace(backend=backend, precision=precision)
+        prepare_model(self.settings)
+
     def _check_lineage(self, committed: dict[str, Any] | None) -> None:
         """Refuse, before a message is received, to merge features of another model into the committed PCA
         (`committed`: its version's metadata)."""
@@ -470,16 +478,16 @@ def prepare_model(settings: Settings) -> str:
     on the driver, before executors need them (and before a message is received); the weights id.
 
     The driver's CPU stands for the executors': on a cluster, schedule both on nodes that have what the precision
-    needs (bf16: AVX-512 BF16 or AMX)."""
-    backend = get_backend(settings.backend)
-    backend.check(settings.precision)
+    needs (bf16: AVX-512 BF16 or AMX). `auto` prepares the model a new lineage would choose (`choose_model`)."""
+    name, precision = choose_model(settings.backend, settings.precision)
+    backend = get_backend(name)
+    backend.check(precision)
     weights = resolve_weights(settings.weights, cache_dir=settings.model_cache_dir)
     backend.prepare(weights, cache_dir=settings.model_cache_dir)
     return weights.weights_id
 
 
 def run_job(spark: SparkSession, settings: Settings, options: JobOptions | None = None) -> BatchResult:
-    prepare_model(settings)
     return Job(spark, settings, options or JobOptions()).run()
 
 

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from pomona.core.settings import PRECISIONS, Settings
+from pomona.core.settings import AUTO, PRECISIONS, Settings
 from pomona.featurize.driver import JobOptions, run_job
 from pomona.featurize.lock import ConcurrentRunError
 from pomona.ml.backends import BACKENDS
@@ -55,8 +55,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--max-images", type=int, default=None, help="cap on images per run (POMONA_MAX_IMAGES)"
     )
     parser.add_argument("--weights", default=None, help="imagenet | random | PATH | s3://… (POMONA_WEIGHTS)")
-    parser.add_argument("--backend", choices=sorted(BACKENDS), default=None, help="POMONA_BACKEND")
-    parser.add_argument("--precision", choices=PRECISIONS, default=None, help="POMONA_PRECISION")
+    parser.add_argument("--backend", choices=[*sorted(BACKENDS), AUTO], default=None, help="POMONA_BACKEND")
+    parser.add_argument("--precision", choices=[*PRECISIONS, AUTO], default=None, help="POMONA_PRECISION")
     parser.add_argument("--master", default=None, help="Spark master when not launched by spark-submit")
     parser.add_argument(
         "--visibility-timeout",

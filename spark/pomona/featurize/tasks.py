@@ -144,6 +144,7 @@ def featurize_partitions(
             precision=settings.precision,
             cache_dir=settings.model_cache_dir,
             batch_size=get_backend(settings.backend).best_batch,
+            num_threads=task_cores(),
         )
         # Untrusted bytes: only the allowed formats' decoders, and no more pixels than ingestion accepts.
         limits = DecodeLimits(formats=tuple(sorted(settings.allowed_formats)), max_pixels=settings.max_pixels)
@@ -168,6 +169,15 @@ def featurize_partitions(
             yield outcome
 
     return run
+
+
+def task_cores() -> int:
+    """The cores Spark gave this task (`spark.task.cpus`, 1 by default): the model's threads. An executor of N cores
+    runs N / spark.task.cpus tasks at once, one per Python worker, so its cores are used and never oversubscribed."""
+    from pyspark import TaskContext
+
+    context = TaskContext.get()
+    return context.cpus() if context is not None else 1
 
 
 def _featurize_group(

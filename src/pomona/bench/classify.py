@@ -95,12 +95,16 @@ def write_model(
     fruit of `labels`) and metadata, and LATEST moved to it. `weights_id` overrides the lineage's recorded id."""
     from pomona.core.aws import json_bytes
     from pomona.core.outputs import CLASSIFIER_FILE, METADATA_FILE, pca_latest_key, pca_prefix
+    from pomona.ml.backends import choose_model
     from pomona.ml.classifier import LabelStats, classifier_to_npz, fit_classifier
     from pomona.ml.featurizer import get_featurizer
     from pomona.ml.pca import fit_pca
     from pomona.ml.preprocess import preprocess_batch
 
-    featurizer = get_featurizer(settings.weights, settings.backend, cache_dir=settings.model_cache_dir)
+    backend, precision = choose_model(settings.backend, settings.precision)  # a new lineage
+    featurizer = get_featurizer(
+        settings.weights, backend, precision=precision, cache_dir=settings.model_cache_dir
+    )
     rows = [label for label in labels for _ in range(TRAINING_PER_LABEL)]
     pixels, _ = preprocess_batch([fruit_image(label, i) for i, label in enumerate(rows)])
     stats = LabelStats.from_rows(featurizer(pixels), rows)
@@ -109,7 +113,8 @@ def write_model(
     folder.mkdir(parents=True)
     (folder / CLASSIFIER_FILE).write_bytes(classifier_to_npz(classifier))
     metadata = {
-        "backend": settings.backend,
+        "backend": backend,
+        "precision": precision,
         "weights": settings.weights,
         "weights_id": weights_id or featurizer.weights_id,
     }

@@ -1,10 +1,11 @@
 """`pomona bench featurize`: the featurizer in a plain loop against the whole job on the embedded stack.
 
-For each backend, in one run on the same images:
+For each model (a backend and a precision; LiteRT float32 and OpenVINO bf16 in every run), on the same images:
 - bare: decode + preprocess + model in a plain loop (no Spark, no S3), in a fresh process for a clean peak RSS;
-- job: upload, ingest through the Lambda handler, then the Spark job on `local[2]` (S3 → features + PCA → S3).
-  Spark start-up (the JVM, and the Python workers with the job's imports) is timed apart, and so is the drain
-  of the queue: it measures the embedded SQS (moto), not Pomona.
+  its features' cosine to LiteRT float32's, image by image, is the model's `agreement` (min and median);
+- job: upload, ingest through the Lambda handler, then the Spark job on `local[2]` (S3 → features + PCA → S3),
+  whose holdout evaluation gives `holdout_accuracy`. Spark start-up (the JVM, and the Python workers with the
+  job's imports) is timed apart, and so is the drain of the queue: it measures the embedded SQS (moto), not Pomona.
 The embedded stack runs in a process of its own (`pomona.local.stack_process`), so `cpu_ms_per_image` can say
 where the CPU went during the run, per process: the emulator, the driver (its Python and its JVM) and the Spark
 Python workers; `job` is all but the emulator, and `bare` the plain loop's own.
@@ -19,49 +20,133 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from PIL import Image
+
+from pomona.core.settings import AUTO
 from pomona.local.upload import labelled_files, upload_files, upload_key
+
+# Measured in every run: the float32 reference every agreement figure compares with, and the bf16 candidate.
+REFERENCE = ("litert", "f32")
+ALWAYS = (REFERENCE, ("openvino", "bf16"))
 
 
 def run(
-    *, images: Path, weights: str, backends: tuple[str, ...] = ("litert", "tensorflow")
+    *,
+    images: Path,
+    weights: str,
+    models: Sequence[tuple[str, str]] = (),
+    repeat: int = 1,
 ) -> dict[str, Any]:
+    """Each model (backend, precision) of `models`, then those of ALWAYS not among them: the first is the headline,
+    its figures at the top level (`auto` first by default: the model a new deployment gets here). Each model's entry
+    is also under "models", keyed "<backend>-<precision>". `repeat` > 1 adds re-encoded flips and rotations of
+    every image, so the sample stands for a larger batch of distinct photos (the job drops exact duplicates)."""
     from pomona.bench.refit import bench_refit
+    from pomona.ml.backends import choose_model
 
-    files = [path for path, _ in labelled_files(images)]
-    results = {backend: _measure(images, files, weights=weights, backend=backend) for backend in backends}
-    first = results[backends[0]]
-    return {**first, **{b: results[b] for b in backends[1:]}, "pca_refit": bench_refit()}
+    wanted = [choose_model(b, p) for b, p in (models or [(AUTO, AUTO)])]
+    chosen = list(dict.fromkeys([*wanted, *ALWAYS]))
+    with tempfile.TemporaryDirectory(prefix="pomona-bench-") as scratch:
+        folder = images if repeat <= 1 else repeated(images, repeat, into=Path(scratch) / "images")
+        files = [path for path, _ in labelled_files(folder)]
+        results = {
+            model: _measure(
+                folder, files, weights=weights, model=model, features=Path(scratch) / _name(model)
+            )
+            for model in chosen
+        }
+        reference = np.load(Path(scratch) / f"{_name(REFERENCE)}.npy", mmap_mode="r")
+        for model, entry in results.items():
+            if "skipped" not in entry:
+                entry["agreement"] = agreement(np.load(Path(scratch) / f"{_name(model)}.npy"), reference)
+    entries = {_name(model): entry for model, entry in results.items()}
+    return {**results[chosen[0]], "models": entries, "pca_refit": bench_refit()}
 
 
-def _measure(images: Path, files: list[Path], *, weights: str, backend: str) -> dict[str, Any]:
-    bare = _bare(files, weights=weights, backend=backend)
-    job = _job(images, weights=weights, backend=backend)
-    cpu = job.pop("cpu_ms_per_image")
+def _name(model: tuple[str, str]) -> str:
+    return "-".join(model)
+
+
+def agreement(features: np.ndarray, reference: np.ndarray) -> dict[str, Any]:
+    """Row-wise cosine of `features` to `reference` (the same images, LiteRT float32): its min and median."""
+    dot = np.einsum("ij,ij->i", features, reference, dtype=np.float64)
+    norms = np.linalg.norm(features, axis=1) * np.linalg.norm(reference, axis=1)
+    cosine = dot / np.maximum(norms, 1e-30)
+    return {
+        "reference": _name(REFERENCE),
+        "min_cosine": round(float(cosine.min()), 6),
+        "median_cosine": round(float(np.median(cosine)), 6),
+    }
+
+
+def repeated(images: Path, times: int, *, into: Path) -> Path:
+    """`into`, holding each image of `images` (by label folder) and `times - 1` distinct variants of it: mirrored,
+    flipped, rotated, and re-encoded as JPEG (quality 95), as one fruit photographed again would be."""
+    transforms = [
+        Image.Transpose.FLIP_LEFT_RIGHT,
+        Image.Transpose.FLIP_TOP_BOTTOM,
+        Image.Transpose.ROTATE_90,
+        Image.Transpose.ROTATE_180,
+        Image.Transpose.ROTATE_270,
+        Image.Transpose.TRANSPOSE,
+        Image.Transpose.TRANSVERSE,
+    ]
+    if times - 1 > len(transforms):
+        raise ValueError(f"expected --repeat at most {len(transforms) + 1}, got {times}")
+    for path, label in labelled_files(images):
+        folder = into / label
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / path.name).write_bytes(path.read_bytes())
+        with Image.open(path) as img:
+            rgb = img.convert("RGB")
+        for number, transform in enumerate(transforms[: times - 1], start=1):
+            rgb.transpose(transform).save(folder / f"{path.stem}-v{number}.jpg", quality=95)
+    return into
+
+
+def _measure(
+    images: Path, files: list[Path], *, weights: str, model: tuple[str, str], features: Path
+) -> dict[str, Any]:
+    from pomona.ml.backends import runs
+
+    backend, precision = model
+    if not runs(backend, precision):
+        return {"backend": backend, "precision": precision, "skipped": f"this CPU does not run {precision}"}
+    bare = _bare(files, weights=weights, model=model, features=features)
+    job = _job(images, weights=weights, model=model)
+    cpu = {"bare": bare["cpu_ms_per_image"], **job.pop("cpu_ms_per_image")}
     return {
         "backend": backend,
+        "precision": precision,
         "images": len(files),
         "bare_img_s": bare["bare_img_s"],
         "bare_peak_rss_mb": bare["peak_rss_mb"],
         **job,
         "ratio": round(job["job_img_s"] / bare["bare_img_s"], 3),
-        "cpu_ms_per_image": {"bare": bare["cpu_ms_per_image"], **cpu},
+        "cpu_ms_per_image": cpu,
+        # The job's CPU per image over the bare loop's (target 1.25): what Spark, S3 and the commit add.
+        "cpu_ratio": round(cpu["job"] / cpu["bare"], 2),
     }
 
 
-def _bare(files: list[Path], *, weights: str, backend: str) -> dict[str, Any]:
-    """The plain loop, in its own process: nothing else's memory counts, and TensorFlow leaves with it."""
+def _bare(files: list[Path], *, weights: str, model: tuple[str, str], features: Path) -> dict[str, Any]:
+    """The plain loop, in its own process: nothing else's memory counts, and TensorFlow leaves with it. Its
+    features go to `features`.npy."""
     code = (
         "import json, sys; from pathlib import Path; from pomona.bench.bare import run; "
-        "files = [Path(p) for p in sys.argv[3:]]; "
-        "print(json.dumps(run(files, weights=sys.argv[1], backend=sys.argv[2], num_threads=2)))"
+        "files = [Path(p) for p in sys.argv[5:]]; "
+        "print(json.dumps(run(files, weights=sys.argv[1], backend=sys.argv[2], precision=sys.argv[3], "
+        "num_threads=2, features_out=Path(sys.argv[4]))))"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code, weights, backend, *map(str, files)],
+        [sys.executable, "-c", code, weights, *model, f"{features}.npy", *map(str, files)],
         capture_output=True,
         text=True,
         check=True,
@@ -71,7 +156,7 @@ def _bare(files: list[Path], *, weights: str, backend: str) -> dict[str, Any]:
     return result
 
 
-def _job(images: Path, *, weights: str, backend: str) -> dict[str, Any]:
+def _job(images: Path, *, weights: str, model: tuple[str, str]) -> dict[str, Any]:
     from pomona.bench.cpu import job_cpu
     from pomona.featurize.driver import prepare_model, run_job
     from pomona.featurize.entry import spark_session
@@ -79,7 +164,8 @@ def _job(images: Path, *, weights: str, backend: str) -> dict[str, Any]:
     from pomona.local.stack_process import stack_process
 
     with stack_process() as stack, contextlib.redirect_stdout(io.StringIO()):
-        settings = stack.settings.replace(weights=weights, backend=backend)
+        backend, precision = model
+        settings = stack.settings.replace(weights=weights, backend=backend, precision=precision)
         upload_files(
             [
                 (upload_key(settings, label, path.name), path.read_bytes())
@@ -93,7 +179,7 @@ def _job(images: Path, *, weights: str, backend: str) -> dict[str, Any]:
         EventSourcePoller(settings.events_queue_url, handler.lambda_handler).drain()
         prepare_model(settings)
         clock = time.monotonic()
-        spark = spark_session("local[2]", app_name=f"pomona-bench-{backend}")
+        spark = spark_session("local[2]", app_name=f"pomona-bench-{backend}-{precision}")
         _start_python_workers(spark)
         startup_s = time.monotonic() - clock
         try:
@@ -115,6 +201,9 @@ def _job(images: Path, *, weights: str, backend: str) -> dict[str, Any]:
         "worker_peak_rss_mb": max(worker_rss, default=None),
         "workers": len(worker_rss),
         "cpu_ms_per_image": cpu.ms_per_image(manifest["counts"]["featurized"]),
+        # The job's own evaluation of its classifier on the held-out images (`quality.json`).
+        "holdout_accuracy": manifest["quality"].get("accuracy"),
+        "holdout_n": manifest["quality"].get("n"),
     }
 
 

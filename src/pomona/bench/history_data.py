@@ -20,6 +20,7 @@ from pomona.core.outputs import new_batch_id
 from pomona.core.settings import Settings
 from pomona.featurize.commit import Committer
 from pomona.featurize.index import SeenIndex
+from pomona.ml.backends import choose_model
 from pomona.ml.mobilenet import FEATURE_DIM
 from pomona.ml.pca import PcaState, fit_pca_or_point
 from pomona.ml.weights import resolve_weights
@@ -57,6 +58,7 @@ def build_history(settings: Settings, *, seen: int, batch_images: int = BATCH_IM
         n_components=settings.n_components,
     )
     weights_id = resolve_weights(settings.weights, cache_dir=settings.model_cache_dir).weights_id
+    backend, precision = choose_model(settings.backend, settings.precision)  # a new lineage's, as the job's
     for start in range(0, seen, batch_images):
         count = min(batch_images, seen - start)
         latest = committer.read_latest()
@@ -69,7 +71,8 @@ def build_history(settings: Settings, *, seen: int, batch_images: int = BATCH_IM
             "n_seen": start + count,
             "k": model.n_components,
             "weights_id": weights_id,
-            "backend": settings.backend,
+            "backend": backend,
+            "precision": precision,
             "counts": {"received": count, "featurized": count, "synthetic": True},
             "files": {"features": [], "projections": []},
         }

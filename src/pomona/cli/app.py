@@ -188,19 +188,27 @@ def bench_featurize(
     ],
     weights: Annotated[str, typer.Option(help="A POMONA_WEIGHTS value (a local .h5 offline).")] = "imagenet",
     backend: Annotated[
-        list[str] | None, typer.Option(help="Backends to measure, first is the headline.")
+        list[str] | None,
+        typer.Option(
+            help="BACKEND[:PRECISION] to measure, repeatable; the first is the headline (default: auto, the model "
+            "a new deployment gets here). LiteRT f32 and OpenVINO bf16 are measured in every run."
+        ),
     ] = None,
+    repeat: Annotated[
+        int,
+        typer.Option(help="Each image and N-1 re-encoded flips/rotations of it (at most 8).", min=1, max=8),
+    ] = 1,
     as_json: Annotated[
         bool, typer.Option("--json/--pretty", help="One line of JSON (default), or indented for reading.")
     ] = True,
 ) -> None:
-    """Plain-loop vs whole-job images/s per backend, peak RSS per Python worker, Spark start-up, PCA refit time."""
+    """Plain-loop vs whole-job images/s and CPU per image by process, per model; agreement with float32 and holdout
+    accuracy; peak RSS per Python worker, Spark start-up, PCA refit time."""
     from pomona.bench import featurize as bench
 
+    models = [(name, precision or "auto") for name, _, precision in (b.partition(":") for b in backend or [])]
     with _one_line_errors():
-        result = bench.run(
-            images=images, weights=weights, backends=tuple(backend or ("litert", "tensorflow"))
-        )
+        result = bench.run(images=images, weights=weights, models=models, repeat=repeat)
     sys.stdout.write(json.dumps(result, indent=None if as_json else 2) + "\n")
 
 
@@ -290,7 +298,10 @@ def job_run(
     weights: Annotated[
         str | None, typer.Option(help="imagenet | random | PATH | s3://… (POMONA_WEIGHTS).")
     ] = None,
-    backend: Annotated[str | None, typer.Option(help="litert | tensorflow (POMONA_BACKEND).")] = None,
+    backend: Annotated[
+        str | None, typer.Option(help="auto | litert | openvino | tensorflow (POMONA_BACKEND).")
+    ] = None,
+    precision: Annotated[str | None, typer.Option(help="auto | f32 | bf16 (POMONA_PRECISION).")] = None,
 ) -> None:
     """Run one batch now against the configured endpoints (AWS, or `pomona local up`'s stack)."""
     from pomona.core.settings import Settings
@@ -298,7 +309,9 @@ def job_run(
     from pomona.featurize.entry import spark_session
 
     with _one_line_errors():
-        settings = Settings.from_env().override(max_images=max_images, weights=weights, backend=backend)
+        settings = Settings.from_env().override(
+            max_images=max_images, weights=weights, backend=backend, precision=precision
+        )
         spark = spark_session(f"local[{workers}]")
         try:
             with console.status("featurizing the queued images…"):
@@ -321,7 +334,15 @@ def demo(
         "pomona-out"
     ),
     weights: Annotated[str, typer.Option(help="auto | imagenet | random | PATH.")] = "auto",
-    backend: Annotated[str, typer.Option(help="litert | tensorflow.")] = "litert",
+    backend: Annotated[
+        str,
+        typer.Option(
+            help="auto (OpenVINO where the CPU has bf16, else LiteRT) | litert | openvino | tensorflow."
+        ),
+    ] = "auto",
+    precision: Annotated[
+        str, typer.Option(help="auto (bf16 where the backend and CPU have it) | f32 | bf16.")
+    ] = "auto",
     workers: Annotated[int, typer.Option(help="Spark local[N] workers.")] = 2,
     batches: Annotated[int, typer.Option(help="Upload in N waves, one job run each (PCA v1…vN).")] = 1,
 ) -> None:
@@ -338,6 +359,7 @@ def demo(
             out=out,
             weights=weights,
             backend=backend,
+            precision=precision,
             workers=workers,
             batches=batches,
             console=console,
@@ -352,7 +374,7 @@ def _print_summary(summary: dict[str, object]) -> None:
 
     table = Table("", "", title="Pomona demo", show_header=False)
     for key in ("uploaded", "accepted", "quarantined", "featurized", "failed", "duplicates", "missing", "pca_versions", "k",
-                "explained_variance", "throughput", "weights_id", "backend", "weights_note"):  # fmt: skip
+                "explained_variance", "throughput", "weights_id", "backend", "precision", "weights_note"):  # fmt: skip
         value = summary.get(key)
         table.add_row(key, json.dumps(value) if isinstance(value, dict | list) else str(value))
     holdout = summary.get("holdout")

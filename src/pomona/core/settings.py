@@ -53,6 +53,9 @@ FAULT_ENV = "POMONA_FAULT"
 # The arithmetic a backend runs the model in (POMONA_PRECISION). Features of two precisions differ (bf16's keep ~8
 # significant bits), so a lineage never mixes them; which backends run which precision is `pomona.ml.backends`'.
 PRECISIONS = ("f32", "bf16")
+# POMONA_BACKEND and POMONA_PRECISION's default: the committed lineage's model, or for a new lineage the fastest one
+# whose quality is shown equal on this CPU (`pomona.ml.backends.choose_model`).
+AUTO = "auto"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -86,8 +89,8 @@ class Settings:
     max_components: int = 256
     n_components: int | None = None
     weights: str = "imagenet"
-    backend: str = "litert"
-    precision: str = "f32"
+    backend: str = AUTO
+    precision: str = AUTO
     # -- the business metric: what a right answer earns and a wrong one costs
     gain: float = 1.0
     loss: float = 5.0
@@ -103,9 +106,9 @@ class Settings:
                 f"POMONA_KEEP_FULL_VERSIONS: expected at least 1 (the latest state is the next run's start), "
                 f"got {self.keep_full_versions}"
             )
-        if self.precision not in PRECISIONS:
+        if self.precision not in (*PRECISIONS, AUTO):
             raise SettingsError(
-                f"POMONA_PRECISION: expected one of {list(PRECISIONS)}, got {self.precision!r}"
+                f"POMONA_PRECISION: expected one of {[*PRECISIONS, AUTO]}, got {self.precision!r}"
             )
 
     @property

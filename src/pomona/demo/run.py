@@ -24,7 +24,7 @@ from rich.console import Console
 from pomona.core.aws import RETRIES
 from pomona.core.errors import PomonaError
 from pomona.core.outputs import CommittedOutputs
-from pomona.core.settings import Settings, configured
+from pomona.core.settings import AUTO, Settings, configured
 from pomona.local.poller import EventSourcePoller
 from pomona.local.stack import embedded_stack
 from pomona.local.upload import labelled_files, upload_files, upload_key
@@ -116,7 +116,8 @@ def run_demo(
     images: Path | None,
     out: Path,
     weights: str = "auto",
-    backend: str = "litert",
+    backend: str = AUTO,
+    precision: str = AUTO,
     workers: int = 2,
     batches: int = 1,
     console: Console,
@@ -125,14 +126,16 @@ def run_demo(
 
     from pomona.featurize.driver import prepare_model, run_job
     from pomona.featurize.entry import spark_session
+    from pomona.ml.backends import choose_model
 
     choice = choose_weights(weights, synthetic=images is None, environ=dict(os.environ))
+    backend, precision = choose_model(backend, precision)  # the embedded stack starts a new lineage
     if choice.note:
         console.print(f"[bold yellow]note:[/] {choice.note}")
     timings: dict[str, float] = dict.fromkeys(("upload", "ingest", "featurize"), 0.0)
     manifests: list[dict[str, Any]] = []
     with contextlib.ExitStack() as stack_exit, embedded_stack() as stack:
-        settings = stack.settings.replace(weights=choice.spec, backend=backend)
+        settings = stack.settings.replace(weights=choice.spec, backend=backend, precision=precision)
         console.print(f"embedded stack at {stack.endpoint_url}, bucket {settings.bucket}")
         files = demo_files(images, settings)
         with console.status("preparing the model (converting for LiteRT once)…"):
@@ -176,7 +179,7 @@ def run_demo(
             download_outputs(settings, out)
         summary = summarize(settings, files=files, manifests=manifests, timings=timings)
     summary |= {"weights_id": weights_id, "weights_note": choice.note, "backend": backend,
-                "variance_target": settings.variance_target}  # fmt: skip
+                "precision": precision, "variance_target": settings.variance_target}  # fmt: skip
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 

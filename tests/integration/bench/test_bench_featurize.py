@@ -1,4 +1,5 @@
-"""`pomona bench featurize` says, per process, where the CPU of an image went: the emulator runs apart."""
+"""`pomona bench featurize` says, per model and per process, where the CPU of an image went (the emulator runs
+apart), and how close each model's features are to LiteRT float32's."""
 
 from __future__ import annotations
 
@@ -21,11 +22,20 @@ def test_the_job_cpu_is_split_by_process_and_excludes_the_emulator(
         for i in range(8):
             (tmp_path / label / f"{i}.jpg").write_bytes(fruit_image(label, i))
 
-    result = run(images=tmp_path, weights="random", backends=("litert",))
+    result = run(images=tmp_path, weights="random", models=[("litert", "f32")], repeat=2)
 
     cpu = result["cpu_ms_per_image"]
-    assert result["images"] == 24
+    assert result["images"] == 48  # each image and its mirror image
+    assert (result["backend"], result["precision"]) == ("litert", "f32")
     assert {"bare", "job", "emulator", "driver", "workers"} <= set(cpu)
     assert all(cpu[name] > 0 for name in ("bare", "job", "emulator", "driver", "workers"))
     # the workers do the model's work: more CPU per image than the plain loop's decode and model can't be less
     assert cpu["workers"] > 0.5 * cpu["bare"]
+
+    # LiteRT float32 and OpenVINO bf16 are in every run, each with the same figures as the headline's
+    litert, openvino = result["models"]["litert-f32"], result["models"]["openvino-bf16"]
+    assert litert["agreement"]["min_cosine"] == pytest.approx(1.0)
+    if "skipped" not in openvino:  # a CPU without bf16 says so instead
+        keys = {"bare_img_s", "job_img_s", "worker_peak_rss_mb", "cpu_ms_per_image", "holdout_accuracy"}
+        assert keys <= set(openvino) & set(litert)
+        assert 0.9 < openvino["agreement"]["min_cosine"] <= openvino["agreement"]["median_cosine"] < 1.0

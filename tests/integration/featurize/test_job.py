@@ -282,6 +282,7 @@ def test_a_run_in_another_precision_refuses_before_receiving_anything(
     spark: object, ingest: Settings, job_options: JobOptions
 ) -> None:
     # GIVEN a PCA committed from bf16 features (the same weights and backend), and more uploads queued
+    ingest = ingest.replace(backend="litert", precision="f32")
     _upload(ingest, _synthetic(6))
     assert run_job(spark, ingest, job_options).manifest is not None  # type: ignore[arg-type]
     _edit_committed_metadata(ingest, lambda metadata: metadata.update(precision="bf16"))

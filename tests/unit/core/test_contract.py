@@ -206,11 +206,12 @@ def test_settings_keep_the_latest_merge_state_at_least() -> None:
         Settings.from_env({"POMONA_KEEP_FULL_VERSIONS": "0"})
 
 
-def test_settings_precision_is_f32_unless_bf16_is_asked_for() -> None:
-    assert Settings.from_env({}).precision == "f32"
+def test_settings_precision_is_auto_unless_one_is_asked_for() -> None:
+    # auto: the committed lineage's, or a new lineage's choice (`pomona.ml.backends.choose_model`)
+    assert (Settings.from_env({}).backend, Settings.from_env({}).precision) == ("auto", "auto")
     assert Settings.from_env({"POMONA_PRECISION": "bf16"}).precision == "bf16"
     with pytest.raises(
-        SettingsError, match=r"POMONA_PRECISION: expected one of \['f32', 'bf16'\], got 'fp16'"
+        SettingsError, match=r"POMONA_PRECISION: expected one of \['f32', 'bf16', 'auto'\], got 'fp16'"
     ):
         Settings.from_env({"POMONA_PRECISION": "fp16"})
 

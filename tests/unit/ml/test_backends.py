@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from pomona.core.errors import SettingsError
-from pomona.ml.backends import BACKENDS, get_backend
+from pomona.ml.backends import BACKENDS, choose_model, get_backend
 from pomona.ml.backends import openvino as openvino_backend
 from pomona.ml.featurizer import make_featurizer
 
@@ -50,3 +50,32 @@ def test_openvino_refuses_bf16_on_a_cpu_without_it(monkeypatch: pytest.MonkeyPat
         r"POMONA_PRECISION=f32",
     ):
         get_backend("openvino").check("bf16")
+
+
+def _without_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(openvino_backend, "cpu_capabilities", lambda: ["FP32", "INT8"])
+    monkeypatch.setattr(openvino_backend, "cpu_name", lambda: "Intel(R) Xeon(R) Platinum 8175M")
+
+
+def test_auto_gives_a_new_lineage_litert_f32_and_bf16_only_when_asked_for() -> None:
+    assert choose_model("auto", "auto") == ("litert", "f32")
+    assert choose_model("openvino", "auto") == ("openvino", "f32")
+    # bf16 asked for explicitly stays asked for: the backend's check then refuses it where it cannot run, saying why
+    assert choose_model("openvino", "bf16") == ("openvino", "bf16")
+
+
+@pytest.mark.parametrize(
+    ("lineage", "expected"),
+    [
+        ({"backend": "litert"}, ("litert", "f32")),  # written before precision joined the lineage
+        ({"backend": "openvino", "precision": "bf16"}, ("openvino", "bf16")),
+        ({"backend": "tensorflow", "precision": "f32"}, ("tensorflow", "f32")),
+    ],
+)
+def test_auto_keeps_the_committed_lineage_whatever_the_cpu(
+    lineage: dict[str, str], expected: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _without_bf16(monkeypatch)
+    assert choose_model("auto", "auto", lineage=lineage) == expected
+    # an explicit value is kept as given: the job's lineage check refuses a mismatch before receiving anything
+    assert choose_model("litert", "auto", lineage=lineage) == ("litert", expected[1])
