@@ -22,6 +22,7 @@ from pomona.core.aws import error_code
 from pomona.core.errors import PomonaError, SettingsError
 from pomona.core.outputs import CLASSIFIER_FILE, METADATA_FILE, Files, pca_latest_key, pca_prefix
 from pomona.core.settings import Settings, configured
+from pomona.ml.backends import choose_model
 from pomona.ml.classifier import Classifier, ClassifierError, load_classifier
 from pomona.ml.featurizer import Featurizer, get_featurizer
 
@@ -92,7 +93,8 @@ def load_served_model(
     except ClassifierError as err:
         raise ModelUnavailableError(f"expected a classifier in {files.location}{folder}: {err}") from err
     spec = weights or configured("weights") or metadata.get("weights") or settings.weights
-    backend = str(metadata.get("backend") or settings.backend)
+    # Versions record their backend; the settings' (`auto`: a new lineage's) stand in where one does not.
+    backend = str(metadata.get("backend") or choose_model(settings.backend, "f32")[0])
     precision = str(metadata.get("precision") or "f32")  # versions written before precision was recorded: f32
     try:
         featurizer = get_featurizer(

@@ -134,6 +134,9 @@ class Job:
                 recovered, committed = self.committer.recover()
                 self._choose_model(committed)
                 self._check_lineage(committed)
+                prepare_model(
+                    self.settings
+                )  # the chosen model, checked against the lineage, before any receive
                 return self._run_batch(heartbeat, recovered, started)
         finally:
             lock.release(settled=not self._unsettled)
@@ -343,10 +346,9 @@ class Job:
 
     def _choose_model(self, committed: dict[str, Any] | None) -> None:
         """Make POMONA_BACKEND/PRECISION=auto concrete: the committed lineage's model (`committed`: its version's
-        metadata), or a new lineage's; then prepare it, before a message is received."""
+        metadata), or a new lineage's."""
         backend, precision = choose_model(self.settings.backend, self.settings.precision, lineage=committed)
         self.settings = self.settings.replace(backend=backend, precision=precision)
-        prepare_model(self.settings)
 
     def _check_lineage(self, committed: dict[str, Any] | None) -> None:
         """Refuse, before a message is received, to merge features of another model into the committed PCA

@@ -336,12 +336,10 @@ def demo(
     weights: Annotated[str, typer.Option(help="auto | imagenet | random | PATH.")] = "auto",
     backend: Annotated[
         str,
-        typer.Option(
-            help="auto (OpenVINO where the CPU has bf16, else LiteRT) | litert | openvino | tensorflow."
-        ),
+        typer.Option(help="auto (a new lineage: litert) | litert | openvino | tensorflow."),
     ] = "auto",
     precision: Annotated[
-        str, typer.Option(help="auto (bf16 where the backend and CPU have it) | f32 | bf16.")
+        str, typer.Option(help="auto (a new lineage: f32) | f32 | bf16 (openvino).")
     ] = "auto",
     workers: Annotated[int, typer.Option(help="Spark local[N] workers.")] = 2,
     batches: Annotated[int, typer.Option(help="Upload in N waves, one job run each (PCA v1…vN).")] = 1,

@@ -361,6 +361,34 @@ def test_a_bf16_run_on_openvino_records_its_precision(
         assert schema.metadata[b"pomona.precision"] == b"bf16"
 
 
+def test_auto_keeps_the_committed_lineages_model(
+    spark: object, ingest: Settings, job_options: JobOptions
+) -> None:
+    # GIVEN a lineage committed by OpenVINO in float32 (not what `auto` gives a new lineage), and more uploads
+    explicit = ingest.replace(backend="openvino", precision="f32")
+    _upload(explicit, _synthetic(6))
+    assert run_job(spark, explicit, job_options).manifest is not None  # type: ignore[arg-type]
+    _upload(explicit, _synthetic(6, offset=6))
+
+    # WHEN a run comes with the defaults, POMONA_BACKEND=auto and POMONA_PRECISION=auto
+    manifest = run_job(spark, ingest.replace(backend="auto", precision="auto"), job_options).manifest  # type: ignore[arg-type]
+
+    # THEN it builds on the lineage with the lineage's model, and every record of the batch names that model
+    assert manifest is not None
+    assert (manifest["pca_version"], manifest["n_seen"]) == (2, 12)
+    assert (manifest["backend"], manifest["precision"]) == ("openvino", "f32")
+    s3 = boto3.client("s3")
+    key = pca_prefix("", 2, manifest["batch_id"]) + "metadata.json"
+    metadata = json.loads(s3.get_object(Bucket=ingest.bucket, Key=key)["Body"].read())
+    assert (metadata["backend"], metadata["precision"]) == ("openvino", "f32")
+    for part in manifest["files"]["features"]:
+        schema = pq.read_schema(io.BytesIO(s3.get_object(Bucket=ingest.bucket, Key=part)["Body"].read()))
+        assert (schema.metadata[b"pomona.backend"], schema.metadata[b"pomona.precision"]) == (
+            b"openvino",
+            b"f32",
+        )
+
+
 def _queued(settings: Settings) -> list[ImageMessage]:
     """Take every message off the images queue (deleting it), to be sent back as the test needs."""
     sqs = boto3.client("sqs")

@@ -51,7 +51,8 @@ class OpenVinoBackend:
                 raise SettingsError(
                     f"POMONA_PRECISION: expected a CPU with bf16 arithmetic (AVX-512 BF16 or AMX) for bf16, got "
                     f"{cpu_name()!r} whose OpenVINO capabilities are {sorted(capabilities)}: run with "
-                    "POMONA_PRECISION=f32, or on such CPUs"
+                    "POMONA_PRECISION=f32 (a new lineage: a new POMONA_OUTPUT_PREFIX where the committed one is "
+                    "bf16), or on such CPUs"
                 )
 
     def prepare(self, weights: WeightsRef, *, cache_dir: Path) -> None:
