@@ -349,16 +349,20 @@ def test_a_bf16_run_on_openvino_records_its_precision(
         "openvino",
         "bf16",
     )
+    assert _recorded_models(bf16, manifest, version=1) == {("openvino", "bf16")}
+
+
+def _recorded_models(settings: Settings, manifest: dict[str, Any], *, version: int) -> set[tuple[str, str]]:
+    """The (backend, precision) pairs the committed version's metadata and every part file of its batch name."""
     s3 = boto3.client("s3")
-    metadata = json.loads(
-        s3.get_object(Bucket=bf16.bucket, Key=pca_prefix("", 1, manifest["batch_id"]) + "metadata.json")[
-            "Body"
-        ].read()
-    )
-    assert (metadata["backend"], metadata["precision"]) == ("openvino", "bf16")
-    for key in manifest["files"]["features"] + manifest["files"]["projections"]:
-        schema = pq.read_schema(io.BytesIO(s3.get_object(Bucket=bf16.bucket, Key=key)["Body"].read()))
-        assert schema.metadata[b"pomona.precision"] == b"bf16"
+    key = pca_prefix("", version, manifest["batch_id"]) + "metadata.json"
+    metadata = json.loads(s3.get_object(Bucket=settings.bucket, Key=key)["Body"].read())
+    found = {(metadata["backend"], metadata["precision"])}
+    for part in manifest["files"]["features"] + manifest["files"]["projections"]:
+        body = s3.get_object(Bucket=settings.bucket, Key=part)["Body"].read()
+        provenance = pq.read_schema(io.BytesIO(body)).metadata
+        found.add((provenance[b"pomona.backend"].decode(), provenance[b"pomona.precision"].decode()))
+    return found
 
 
 def test_auto_keeps_the_committed_lineages_model(
@@ -377,16 +381,7 @@ def test_auto_keeps_the_committed_lineages_model(
     assert manifest is not None
     assert (manifest["pca_version"], manifest["n_seen"]) == (2, 12)
     assert (manifest["backend"], manifest["precision"]) == ("openvino", "f32")
-    s3 = boto3.client("s3")
-    key = pca_prefix("", 2, manifest["batch_id"]) + "metadata.json"
-    metadata = json.loads(s3.get_object(Bucket=ingest.bucket, Key=key)["Body"].read())
-    assert (metadata["backend"], metadata["precision"]) == ("openvino", "f32")
-    for part in manifest["files"]["features"]:
-        schema = pq.read_schema(io.BytesIO(s3.get_object(Bucket=ingest.bucket, Key=part)["Body"].read()))
-        assert (schema.metadata[b"pomona.backend"], schema.metadata[b"pomona.precision"]) == (
-            b"openvino",
-            b"f32",
-        )
+    assert _recorded_models(ingest, manifest, version=2) == {("openvino", "f32")}
 
 
 def _queued(settings: Settings) -> list[ImageMessage]:

@@ -2,7 +2,7 @@
 
 OpenVINO reads the `.tflite` file directly, so both backends run one converted model and `prepare` is LiteRT's.
 In `bf16` (POMONA_PRECISION) the CPU plugin computes on the CPU's bf16 units (AVX-512 BF16, or AMX tiles on Intel
-Sapphire Rapids and later): about 2.1× LiteRT float32's bare-loop throughput here (`best_batch`), at features whose
+Sapphire Rapids and later): 1.4-2.1× LiteRT float32's bare-loop throughput here (`best_batch`), at features whose
 cosine to float32's is ≥ 0.97 (tested; 0.975 at worst, 0.992 at the median on the sample photos); `f32` agrees
 with LiteRT within 1e-4 relative (7.7e-6 at worst). Like LiteRT's, the worker never imports TensorFlow.
 """
