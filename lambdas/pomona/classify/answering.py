@@ -14,7 +14,7 @@ import numpy as np
 from pomona.classify.model import ServedModel
 from pomona.core.contract import Reason
 from pomona.ml.classifier import answer
-from pomona.ml.preprocess import DecodeError, DecodeLimits, preprocess_image
+from pomona.ml.preprocess import DecodeError, preprocess_image
 from pomona.validation.checks import Limits, validate_image
 
 Catalog = Callable[[str], dict[str, Any] | None]
@@ -33,9 +33,8 @@ def classify_photo(
     if not verdict.accepted:
         assert verdict.reason is not None
         return rejected(file, verdict.reason.value, verdict.detail, model_version=model.model_version)
-    decode = DecodeLimits(formats=tuple(sorted(limits.allowed_formats)), max_pixels=limits.max_pixels)
     try:
-        pixels = preprocess_image(data, decode)
+        pixels = preprocess_image(data, limits.decode)
     except DecodeError as err:  # validated, yet undecodable by the job's decoder: the job would say the same
         return rejected(file, Reason.CORRUPT.value, str(err), model_version=model.model_version)
     features = model.featurizer(pixels[np.newaxis])[0]

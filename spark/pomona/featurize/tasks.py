@@ -147,7 +147,7 @@ def featurize_partitions(
             num_threads=task_cores(),
         )
         # Untrusted bytes: only the allowed formats' decoders, and no more pixels than ingestion accepts.
-        limits = DecodeLimits(formats=tuple(sorted(settings.allowed_formats)), max_pixels=settings.max_pixels)
+        limits = DecodeLimits.for_uploads(settings)
         for part in parts:
             started = time.monotonic()
             outcome = _featurize_group(
@@ -253,8 +253,8 @@ def _featurize_chunk(
         error = None if f.body is None else next(decode_iter)
         if f.body is None:
             outcomes.append((None, f.reason, f.detail, f.error_code))
-        elif error is not None:
-            outcomes.append((None, Reason.DECODE_FAILED, error, None))
+        elif error is not None:  # whatever raised in the decoder: its type is in the detail and the sidecar
+            outcomes.append((None, Reason.DECODE_FAILED, str(error), error.error_type))
         else:
             outcomes.append((next(features), None, None, None))
     vectors, reasons, details, codes = zip(*outcomes, strict=True) if outcomes else ((), (), (), ())

@@ -33,6 +33,7 @@ ENV_VARS: dict[str, str] = {
     "POMONA_MAX_BYTES": "max_bytes",
     "POMONA_MAX_PIXELS": "max_pixels",
     "POMONA_MIN_SIDE": "min_side",
+    "POMONA_MAX_DECODE_MB": "max_decode_mb",
     "POMONA_ALLOWED_FORMATS": "allowed_formats",
     "POMONA_MAX_IMAGES": "max_images",
     "POMONA_KEEP_FULL_VERSIONS": "keep_full_versions",
@@ -46,6 +47,9 @@ ENV_VARS: dict[str, str] = {
     "POMONA_LOSS": "loss",
     "POMONA_CACHE_DIR": "cache_dir",
     "POMONA_MODEL_CHECK_SECONDS": "model_check_seconds",
+    "POMONA_RUN_DEADLINE_SECONDS": "run_deadline_s",
+    "POMONA_STALL_SECONDS": "stall_s",
+    "POMONA_METRICS_NAMESPACE": "metrics_namespace",
 }
 # Tests only, never a deployment's setting: the job phase at which the job's process kills itself, as a killed pod
 # would (`pomona.featurize.driver`).
@@ -79,6 +83,9 @@ class Settings:
     max_bytes: int = 20 * MIB
     max_pixels: int = 40_000_000
     min_side: int = 32
+    # The memory one image's decode may take at its peak, priced from its header (`pomona.imaging.decode`): every
+    # format at 20 MP, baseline JPEG and PNG at the pixel cap. What executors and the classify Lambda budget per photo.
+    max_decode_mb: int = 320
     allowed_formats: frozenset[str] = field(default_factory=lambda: frozenset({"JPEG", "PNG", "WEBP"}))
     # -- featurization
     max_images: int = 50_000
@@ -88,6 +95,13 @@ class Settings:
     variance_target: float = 0.95
     max_components: int = 256
     n_components: int | None = None
+    # Liveness: a run past its deadline, or without progress (a message received, a task finished, a phase
+    # done) for `stall_s`, cancels its Spark jobs, gives its messages back and exits non-zero; a stalled run no
+    # longer renews the lock, so the next scheduled run can take over.
+    run_deadline_s: float = 3600.0
+    stall_s: float = 900.0
+    # CloudWatch namespace of the job's metrics (RunsSucceeded, RunsFailed, ImagesCommitted); "" sends none.
+    metrics_namespace: str = "Pomona"
     weights: str = "imagenet"
     backend: str = AUTO
     precision: str = AUTO

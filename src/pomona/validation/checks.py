@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any, Self
 
-from PIL import ExifTags, Image, ImageFile
+from PIL import Image, ImageFile
 
 from pomona.core.contract import Reason
-from pomona.core.settings import Settings
+from pomona.core.settings import MIB, Settings
+from pomona.imaging.decode import DecodeError, DecodeLimits, decode_cost, decode_image, too_costly
 
 # Register every plugin once at import (~20 ms of cold start) so the format, MIME and extension registries
 # below are complete; Image.open would otherwise load them lazily on the first unusual file.
@@ -49,6 +50,7 @@ class Limits:
     max_pixels: int = _DEFAULTS.max_pixels
     min_side: int = _DEFAULTS.min_side
     allowed_formats: frozenset[str] = _DEFAULTS.allowed_formats
+    max_decode_mb: int = _DEFAULTS.max_decode_mb
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Self:
@@ -57,6 +59,16 @@ class Limits:
             max_pixels=settings.max_pixels,
             min_side=settings.min_side,
             allowed_formats=frozenset(settings.allowed_formats),
+            max_decode_mb=settings.max_decode_mb,
+        )
+
+    @property
+    def decode(self) -> DecodeLimits:
+        """The limits of the one decode (`pomona.imaging`), which featurization and serving share."""
+        return DecodeLimits(
+            formats=tuple(sorted(self.allowed_formats)),
+            max_pixels=self.max_pixels,
+            max_decode_bytes=self.max_decode_mb * MIB,
         )
 
 
@@ -138,29 +150,51 @@ def _validate(
         return reject(Reason.FORMAT_MISMATCH, mismatch, format=fmt)
     if header.image is None:
         assert header.error is not None
-        return reject(*_classify_failure(fmt, data, header, header.error, limits), format=fmt)
+        failure = _classify_failure(fmt, data, header.error, limits, read_all=_read_all(header, data))
+        return reject(*failure, format=fmt)
 
     with header.image as image:
         width, height = image.size
         found: dict[str, Any] = {"format": fmt, "width": width, "height": height, "mode": image.mode}
-        if width * height > limits.max_pixels:
-            detail = f"expected at most {limits.max_pixels} pixels, got {width}×{height} = {width * height}"
-            return reject(Reason.TOO_MANY_PIXELS, detail, **found)
-        if min(width, height) < limits.min_side:
-            detail = f"expected both sides at least {limits.min_side} px, got {width}×{height}"
-            return reject(Reason.TOO_SMALL, detail, **found)
-        # An MPO's extra pictures are previews or depth maps, not animation frames.
-        frames = 1 if image.format == "MPO" else int(getattr(image, "n_frames", 1))
-        if frames > 1:
-            return reject(Reason.ANIMATED, f"expected a single frame, got {frames} frames", **found)
-        try:
-            mode, orientation = _decode(data, header)
-        except Exception as err:  # noqa: BLE001 - any decoder error is a verdict on the file
-            return reject(*_classify_failure(fmt, data, header, err, limits), **found)
+        if problem := _size_problem(image, limits):
+            return reject(*problem, **found)
+        if header.plugin == "PNG":
+            try:
+                _verify_png(data, header)
+            except Exception as err:  # noqa: BLE001 - any chunk error is a verdict on the file
+                return reject(
+                    *_classify_failure(fmt, data, err, limits, read_all=_read_all(header, data)), **found
+                )
+    # The job's own decode, same plugins, limits and EXIF handling: what is accepted here decodes there.
+    try:
+        decoded = decode_image(data, limits.decode)
+    except DecodeError as err:
+        cause = err.__cause__ if isinstance(err.__cause__, Exception) else err
+        return reject(*_classify_failure(fmt, data, cause, limits, read_all=err.read_all), **found)
+    mode, orientation = decoded.mode, decoded.orientation
 
     detail = f"accepted {fmt} {width}×{height} {mode}"
     found |= {"mode": mode, "orientation": orientation}
     return dataclasses.replace(base, accepted=True, detail=detail, **found)
+
+
+def _size_problem(image: ImageFile.ImageFile, limits: Limits) -> tuple[Reason, str] | None:
+    """Why the header's size, decode cost or frame count is refused, or None: judged before any pixel is decoded."""
+    width, height = image.size
+    if width * height > limits.max_pixels:
+        return (
+            Reason.TOO_MANY_PIXELS,
+            f"expected at most {limits.max_pixels} pixels, got {width}×{height} = {width * height}",
+        )
+    if (cost := decode_cost(image)) > limits.max_decode_mb * MIB:
+        return Reason.TOO_MANY_PIXELS, too_costly(image, cost, limits.max_decode_mb * MIB)
+    if min(width, height) < limits.min_side:
+        return Reason.TOO_SMALL, f"expected both sides at least {limits.min_side} px, got {width}×{height}"
+    # An MPO's extra pictures are previews or depth maps, not animation frames.
+    frames = 1 if image.format == "MPO" else int(getattr(image, "n_frames", 1))
+    if frames > 1:
+        return Reason.ANIMATED, f"expected a single frame, got {frames} frames"
+    return None
 
 
 def _open_header(data: bytes, *, allowed: list[str]) -> _Header:
@@ -192,31 +226,21 @@ def _open_header(data: bytes, *, allowed: list[str]) -> _Header:
     return claimed or _Header(None)
 
 
-def _decode(data: bytes, header: _Header) -> tuple[str, int]:
-    """Decode every pixel (and for PNG check every chunk's CRC up to IEND); return the mode and orientation."""
-    image, fp = header.image, header.fp
-    assert image is not None
-    if header.plugin == "PNG":
-        # load() stops after the last IDAT, so a PNG missing its tail decodes fine; verify() walks to IEND.
-        image.verify()
-        if _PNG_IEND not in data:  # verify() stops at IEND's name, before its CRC
-            raise OSError("truncated PNG file: no complete IEND chunk")
-        fp.seek(0)  # verify() leaves the image unloadable: reopen it, on the same stream
-        image = Image.OPEN["PNG"][0](fp, "")
-    image.load()
-    return image.mode, _orientation(image)
+def _verify_png(data: bytes, header: _Header) -> None:
+    """Check every chunk's CRC up to a complete IEND: decoding stops after the last IDAT, so a PNG missing its
+    tail would decode fine."""
+    assert header.image is not None
+    header.image.verify()
+    if _PNG_IEND not in data:  # verify() stops at IEND's name, before its CRC
+        raise OSError("truncated PNG file: no complete IEND chunk")
 
 
-def _orientation(image: Image.Image) -> int:
-    try:
-        value = image.getexif().get(ExifTags.Base.Orientation, 1)
-    except Exception:  # noqa: BLE001 - EXIF is advisory: a photo with unreadable EXIF is still a photo
-        return 1
-    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+def _read_all(header: _Header, data: bytes) -> bool:
+    return header.fp.tell() >= len(data)
 
 
 def _classify_failure(
-    fmt: str, data: bytes, header: _Header, err: Exception, limits: Limits
+    fmt: str, data: bytes, err: Exception, limits: Limits, *, read_all: bool
 ) -> tuple[Reason, str]:
     """`truncated` when the stream ends early, `corrupt` for any other decoder error."""
     if isinstance(err, Image.DecompressionBombError):  # WebP checks its canvas size before we see it
@@ -224,7 +248,6 @@ def _classify_failure(
     # Pillow says "truncated" when a read comes back short, but not always (WebP's "could not create decoder
     # object", JPEG's "cannot load this image", a short struct read as SyntaxError). So when the parser had
     # read every byte, the container's own framing decides. A parser that failed midway is corruption.
-    read_all = header.fp.tell() >= len(data)
     if "truncat" in str(err).lower() or (read_all and _ends_early(fmt, data)):
         return Reason.TRUNCATED, _found(f"a complete {fmt} stream", err, f"{len(data)} bytes ending early: ")
     return Reason.CORRUPT, _found(f"a decodable {fmt} image", err)

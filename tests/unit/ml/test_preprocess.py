@@ -172,7 +172,7 @@ def test_preprocess_batch_keeps_order_and_error_slots(sample_dir: Path) -> None:
     assert errors[0] is None
     assert errors[2] is None
     assert errors[1] is not None
-    assert "expected an image Pillow can decode, got 7 bytes" in errors[1]
+    assert "expected an image Pillow can decode, got 7 bytes" in str(errors[1])
 
 
 def test_preprocess_batch_of_only_bad_images_is_an_empty_batch() -> None:
