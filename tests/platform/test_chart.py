@@ -12,12 +12,13 @@ import pytest
 from manifests import CHART, HelmError, Render, by_kind, crd_errors, one, run_helm
 from network_policies import OUTSIDE, Pod, may_connect
 
-from pomona.core.settings import ENV_VARS
+from pomona.core.settings import ENV_VARS, Settings
 
 SPARK_KINDS = {"SparkApplication", "ScheduledSparkApplication"}
 # Kinds from other operators' CRDs that kubernetes-validate has no schema for; checked by their own tests.
 FOREIGN_KINDS = {"PodMonitor"}
 KUBERNETES_VERSIONS = ["1.33.0", kubernetes_validate.utils.latest_version()]
+ACCOUNT = "arn:aws:iam::123456789012"  # IAM ARNs of values-ci.yaml's account
 
 VALUE_SETS = [
     pytest.param((), {}, id="defaults"),
@@ -133,6 +134,28 @@ def test_crd_check_rejects_unknown_fields(render: Render) -> None:
             id="port-in-spark-conf",
         ),
         pytest.param({"spark.ports.driver": "80"}, "/spark/ports/driver", id="privileged-port"),
+        # Executors without a role of their own would fall back to the node's credentials.
+        pytest.param(
+            {"serviceAccount.annotations.eks\\.amazonaws\\.com/role-arn": f"{ACCOUNT}:role/pomona-job"},
+            "expected eks.amazonaws.com/role-arn (the stack's ExecutorRoleArn) since the driver's account has one",
+            id="executors-without-a-role",
+        ),
+        pytest.param(
+            {"executorServiceAccount.annotations.eks\\.amazonaws\\.com/role-arn": "pomona-executor"},
+            "/executorServiceAccount/annotations/eks.amazonaws.com~1role-arn",
+            id="role-arn-not-an-arn",
+        ),
+        pytest.param(
+            {"config.POMONA_RUN_DEADLINE_SECONDS": "0"},
+            "/config/POMONA_RUN_DEADLINE_SECONDS",
+            id="no-deadline",
+        ),
+        pytest.param(
+            {"config.POMONA_STALL_SECONDS": "-5"}, "/config/POMONA_STALL_SECONDS", id="negative-stall"
+        ),
+        pytest.param(
+            {"config.POMONA_STALL_SECONDS": "15m"}, "/config/POMONA_STALL_SECONDS", id="stall-with-a-unit"
+        ),
     ],
 )
 def test_bad_values_fail_the_render(helm: Path, sets: dict[str, str], message: str) -> None:
@@ -319,6 +342,18 @@ def test_pods_read_settings_from_the_config_map(render: Render, role: str) -> No
     assert set(config_map["data"]) <= set(ENV_VARS)
 
 
+def test_liveness_settings_reach_the_config_map(render: Render) -> None:
+    # GIVEN the defaults, and a release with a shorter deadline
+    defaults = one(render(), "ConfigMap")["data"]
+    shorter = one(render(set={"config.POMONA_RUN_DEADLINE_SECONDS": "1800"}), "ConfigMap")["data"]
+
+    # THEN the driver and executors read the deadline, the stall limit and the metrics namespace from it
+    assert (defaults["POMONA_RUN_DEADLINE_SECONDS"], defaults["POMONA_STALL_SECONDS"]) == ("3600", "900")
+    assert defaults["POMONA_METRICS_NAMESPACE"] == "Pomona"
+    assert shorter["POMONA_RUN_DEADLINE_SECONDS"] == "1800"
+    assert Settings.from_env(shorter).run_deadline_s == 1800
+
+
 def test_config_map_leaves_out_empty_settings(render: Render) -> None:
     data = one(render(), "ConfigMap")["data"]
 
@@ -335,16 +370,28 @@ def test_placement_is_per_role(render: Render) -> None:
     assert "tolerations" not in spec["driver"]
 
 
-def test_service_accounts_carry_the_irsa_role(render: Render) -> None:
+def test_driver_and_executors_carry_their_own_irsa_roles(render: Render) -> None:
     manifests = render("values-ci.yaml")
 
     accounts = {a["metadata"]["name"]: a for a in by_kind(manifests, "ServiceAccount")}
 
     spec = _spec(manifests)
-    irsa = {"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/pomona-job"}
-    # The executors assume the same role (the stack's JobRole trusts both), by default from the driver's values.
-    assert accounts[spec["driver"]["serviceAccount"]]["metadata"]["annotations"] == irsa
-    assert accounts[spec["executor"]["serviceAccount"]]["metadata"]["annotations"] == irsa
+    # The stack's JobRole (driver) and ExecutorRole (executors) each trust one of the two accounts.
+    assert accounts[spec["driver"]["serviceAccount"]]["metadata"]["annotations"] == {
+        "eks.amazonaws.com/role-arn": f"{ACCOUNT}:role/pomona-job"
+    }
+    assert accounts[spec["executor"]["serviceAccount"]]["metadata"]["annotations"] == {
+        "eks.amazonaws.com/role-arn": f"{ACCOUNT}:role/pomona-job-executor"
+    }
+
+
+def test_executors_never_copy_the_drivers_annotations(render: Render) -> None:
+    manifests = render(set={"serviceAccount.annotations.example\\.com/team": "fruit"})
+
+    accounts = {a["metadata"]["name"]: a for a in by_kind(manifests, "ServiceAccount")}
+
+    assert accounts["pomona"]["metadata"]["annotations"] == {"example.com/team": "fruit"}
+    assert "annotations" not in accounts["pomona-executor"]["metadata"]
 
 
 @pytest.mark.parametrize("files", [(), ("values-ci.yaml",)], ids=["defaults", "ci-backlog"])
@@ -378,9 +425,9 @@ def test_executors_have_their_own_service_account_without_api_access(
 def test_executor_service_account_can_be_named_and_annotated(render: Render) -> None:
     manifests = render(
         set={
-            "serviceAccount.annotations.eks\\.amazonaws\\.com/role-arn": "arn:aws:iam::1:role/driver",
+            "serviceAccount.annotations.eks\\.amazonaws\\.com/role-arn": f"{ACCOUNT}:role/driver",
             "executorServiceAccount.name": "featurizers",
-            "executorServiceAccount.annotations.eks\\.amazonaws\\.com/role-arn": "arn:aws:iam::1:role/exec",
+            "executorServiceAccount.annotations.eks\\.amazonaws\\.com/role-arn": f"{ACCOUNT}:role/exec",
         }
     )
 
@@ -388,7 +435,7 @@ def test_executor_service_account_can_be_named_and_annotated(render: Render) -> 
 
     assert _spec(manifests)["executor"]["serviceAccount"] == "featurizers"
     assert accounts["featurizers"]["metadata"]["annotations"] == {
-        "eks.amazonaws.com/role-arn": "arn:aws:iam::1:role/exec"
+        "eks.amazonaws.com/role-arn": f"{ACCOUNT}:role/exec"
     }
 
 

@@ -8,10 +8,20 @@ from functools import cache
 from typing import Any
 
 import pytest
+import yaml
 from dockerfiles import stage_env
 from iam_policies import Request, Statement, decide, lambda_permission_statement
-from manifests import ROOT, Render, one
+from manifests import CHART, ROOT, Render, one
 
+from pomona.core.outputs import (
+    features_key,
+    lease_key,
+    lock_key,
+    manifest_key,
+    pca_latest_key,
+    pca_prefix,
+    projections_key,
+)
 from pomona.core.resources import describe
 from pomona.core.settings import ENV_VARS, Settings
 
@@ -27,7 +37,7 @@ PARAMETERS = {
 }
 PSEUDO = {"AWS::Partition": "aws", "AWS::AccountId": "123456789012", "AWS::Region": "us-east-1"}
 # Actions AWS offers no resource-level permissions for, so `Resource: "*"` is the only way to grant them.
-RESOURCE_STAR_ONLY = {"xray:PutTraceSegments", "xray:PutTelemetryRecords"}
+RESOURCE_STAR_ONLY = {"xray:PutTraceSegments", "xray:PutTelemetryRecords", "cloudwatch:PutMetricData"}
 # The job driver's calls on the dedupe index (pomona.core.resources: seen): lookups and records of committed images.
 SEEN_TABLE_ACTIONS = ["dynamodb:BatchGetItem", "dynamodb:BatchWriteItem"]
 BUCKET_ARN = f"arn:aws:s3:::{describe().bucket}"
@@ -39,6 +49,7 @@ ADMIN_POLICY: list[Statement] = [{"Effect": "Allow", "Action": "*", "Resource": 
 APP_ROLE = "arn:aws:iam::123456789012:role/pomona-app-authenticated"
 # What a SigV4-signed request to an AWS_IAM function URL carries, for both actions Lambda checks.
 THROUGH_THE_URL = {"lambda:FunctionUrlAuthType": "AWS_IAM", "lambda:InvokedViaFunctionUrl": "true"}
+TOPIC = "arn:aws:sns:us-east-1:123456789012:pomona-alarms"
 _NO_VALUE = object()  # AWS::NoValue: the key or list item is left out
 
 
@@ -139,11 +150,12 @@ def identity_policy(template: dict[str, Any], role: str) -> list[Statement]:
 
 
 def queue_policy(template: dict[str, Any], queue: str) -> list[Statement]:
-    """The statements of the QueuePolicy attached to `queue` (a logical id)."""
-    (policy,) = [
+    """The statements of the QueuePolicy attached to `queue` (a logical id); none if it has no policy."""
+    policies = [
         p for p in resources(template, "AWS::SQS::QueuePolicy").values() if f"<{queue}>" in p["Queues"]
     ]
-    return policy["PolicyDocument"]["Statement"]  # type: ignore[no-any-return]
+    assert len(policies) <= 1, f"expected at most one QueuePolicy on {queue}, got {len(policies)}"
+    return [s for p in policies for s in p["PolicyDocument"]["Statement"]]
 
 
 def _list(value: Any) -> list[Any]:
@@ -209,6 +221,10 @@ def test_lambda_role_is_scoped_to_prefixes_queues_and_table(template: dict[str, 
 
     assert grants["s3:GetObjectVersion"] == {f"{BUCKET_ARN}/uploads/*"}
     assert grants["s3:DeleteObject"] == {f"{BUCKET_ARN}/uploads/*"}
+    # It withdraws its own delete marker (DeleteObject with the marker's VersionId) when a newer version lies
+    # beneath it. IAM cannot hold this to delete markers; the code passes only a version id S3 returned with
+    # DeleteMarker: true.
+    assert grants["s3:DeleteObjectVersion"] == {f"{BUCKET_ARN}/uploads/*"}
     assert grants["s3:PutObject"] == {f"{BUCKET_ARN}/quarantine/*"}
     # It queues images; failed events reach their DLQ by the events queue's redrive, not by the function.
     assert grants["sqs:SendMessage"] == {"<ImagesQueue.Arn>"}
@@ -241,13 +257,110 @@ def test_job_role_reads_uploads_and_writes_only_outputs_and_quarantine(output_pr
         for name in ("features", "projections", "models", "batches", "locks")
     } | {f"{BUCKET_ARN}/quarantine/*"}
     assert f"{BUCKET_ARN}/uploads/*" not in grants["s3:DeleteObject"]
-    assert {a for a in grants if a.startswith("sqs:")} == {
+    drain = {
         "sqs:ReceiveMessage",
         "sqs:DeleteMessage",
         "sqs:ChangeMessageVisibility",
         "sqs:GetQueueAttributes",
     }
-    assert all(grants[a] == {"<ImagesQueue.Arn>"} for a in grants if a.startswith("sqs:"))
+    assert {a for a in grants if a.startswith("sqs:")} == drain | {"sqs:SendMessage"}
+    assert all(grants[a] == {"<ImagesQueue.Arn>"} for a in drain)
+    # It gives held messages back to the images queue after a failed run, or dead-letters one that failed a run
+    # on its own; never the events queues.
+    assert grants["sqs:SendMessage"] == {"<ImagesQueue.Arn>", "<ImagesDeadLetterQueue.Arn>"}
+
+
+@pytest.mark.parametrize("output_prefix", ["", "runs/2025/"], ids=["bucket-root", "prefixed"])
+def test_executor_role_reads_uploads_and_features_and_writes_only_part_files(output_prefix: str) -> None:
+    grants = allowed(stack(OutputPrefix=output_prefix), "ExecutorRole")
+    features, projections = (f"{BUCKET_ARN}/{output_prefix}{name}/*" for name in ("features", "projections"))
+
+    # GET by VersionId needs GetObjectVersion; the projection pass reads its batch's features back.
+    assert grants == {
+        "s3:GetObject": {f"{BUCKET_ARN}/uploads/*", features},
+        "s3:GetObjectVersion": {f"{BUCKET_ARN}/uploads/*"},
+        "s3:PutObject": {features, projections},
+        "s3:ListBucket": {BUCKET_ARN},
+    }
+
+
+def _may(template: dict[str, Any], role: str, action: str, resource: str, **context: str) -> str:
+    """The decision on `role` calling `action` on `resource`, by its identity policy and the resource policies."""
+    resource_policy = [s for where, s in statements(template) if " trust" not in where and "/" not in where]
+    request = Request(principal=f"<{role}.Arn>", action=action, resource=resource, context=context)
+    return decide(request, resource_policy=resource_policy, identity_policy=identity_policy(template, role))
+
+
+BATCH = "20260101T000000Z-1a2b3c4d"
+# What an executor does with one message group: fetch, write features, read them back, write projections.
+EXECUTOR_CALLS = [
+    pytest.param("s3:GetObjectVersion", "uploads/Apple Red/photo.jpg", id="get-upload-version"),
+    pytest.param("s3:GetObject", "uploads/Apple Red/photo.jpg", id="get-upload"),
+    pytest.param("s3:PutObject", features_key("{prefix}", BATCH, 0), id="put-features"),
+    pytest.param("s3:GetObject", features_key("{prefix}", BATCH, 0), id="read-features-back"),
+    pytest.param("s3:PutObject", projections_key("{prefix}", BATCH, 0), id="put-projections"),
+]
+# What only the driver does: the queue, the dedupe index, the commit, the locks, quarantine.
+DRIVER_CALLS = [
+    pytest.param("sqs:ReceiveMessage", "<ImagesQueue.Arn>", id="receive"),
+    pytest.param("sqs:DeleteMessage", "<ImagesQueue.Arn>", id="delete-message"),
+    pytest.param("sqs:ChangeMessageVisibility", "<ImagesQueue.Arn>", id="extend-lease"),
+    pytest.param("dynamodb:BatchGetItem", "<SeenTable.Arn>", id="read-seen"),
+    pytest.param("dynamodb:BatchWriteItem", "<SeenTable.Arn>", id="write-seen"),
+    pytest.param("s3:PutObject", pca_latest_key("{prefix}"), id="move-latest"),
+    pytest.param("s3:GetObject", pca_latest_key("{prefix}"), id="read-latest"),
+    pytest.param("s3:PutObject", f"{pca_prefix('{prefix}', 3, BATCH)}model.npz", id="write-model"),
+    pytest.param("s3:PutObject", lock_key("{prefix}"), id="take-lock"),
+    pytest.param("s3:PutObject", lease_key("{prefix}", BATCH), id="take-lease"),
+    pytest.param("s3:PutObject", manifest_key("{prefix}", BATCH), id="write-manifest"),
+    pytest.param(
+        "s3:PutObject", "quarantine/decode_failed/uploads/Apple%20Red/photo.jpg/v1", id="quarantine"
+    ),
+    pytest.param("s3:DeleteObject", features_key("{prefix}", BATCH, 0), id="delete-stale-part"),
+]
+
+
+def _arn(resource: str, prefix: str) -> str:
+    return resource if resource.startswith("<") else f"{BUCKET_ARN}/{resource.format(prefix=prefix)}"
+
+
+@pytest.mark.parametrize("prefix", ["", "runs/2025/"], ids=["bucket-root", "prefixed"])
+@pytest.mark.parametrize(("action", "resource"), EXECUTOR_CALLS)
+def test_executor_role_may_fetch_uploads_and_write_part_files(
+    prefix: str, action: str, resource: str
+) -> None:
+    assert _may(stack(OutputPrefix=prefix), "ExecutorRole", action, _arn(resource, prefix)) == "allow"
+
+
+@pytest.mark.parametrize("prefix", ["", "runs/2025/"], ids=["bucket-root", "prefixed"])
+@pytest.mark.parametrize(("action", "resource"), DRIVER_CALLS)
+def test_only_the_driver_role_may_drain_record_commit_lock_and_quarantine(
+    prefix: str, action: str, resource: str
+) -> None:
+    # GIVEN a decoder exploit running in an executor, with the executors' credentials
+    template = stack(OutputPrefix=prefix)
+    arn = _arn(resource, prefix)
+
+    # THEN it cannot silence uploads (delete messages, plant hashes) nor touch the commit; the driver still can
+    assert _may(template, "ExecutorRole", action, arn) == "implicit deny"
+    assert _may(template, "JobRole", action, arn) == "allow"
+
+
+@pytest.mark.parametrize(
+    ("role", "namespace", "expected"),
+    [
+        ("JobRole", "Pomona", "allow"),
+        ("JobRole", "AWS/SQS", "implicit deny"),
+        ("JobRole", "Other", "implicit deny"),
+        ("ExecutorRole", "Pomona", "implicit deny"),
+    ],
+)
+def test_only_the_driver_puts_run_metrics_and_only_in_its_namespace(
+    template: dict[str, Any], role: str, namespace: str, expected: str
+) -> None:
+    context = {"cloudwatch:namespace": namespace}
+
+    assert _may(template, role, "cloudwatch:PutMetricData", "*", **context) == expected
 
 
 @pytest.mark.parametrize(
@@ -256,6 +369,7 @@ def test_job_role_reads_uploads_and_writes_only_outputs_and_quarantine(output_pr
         ("IngestRole", "s3:ListBucket"),
         ("IngestRole", "s3:ListBucketVersions"),
         ("JobRole", "s3:ListBucket"),
+        ("ExecutorRole", "s3:ListBucket"),
     ],
 )
 def test_roles_may_list_the_bucket_so_a_missing_key_is_a_404(
@@ -272,42 +386,38 @@ def test_roles_may_list_the_bucket_so_a_missing_key_is_a_404(
 
 
 @pytest.mark.parametrize(
-    ("role", "service_accounts"),
-    [("JobRole", ["pomona", "pomona-executor"]), ("TriggerRole", "pomona-trigger")],
-    ids=["job-driver-and-executors", "trigger"],
+    ("role", "service_account"),
+    [("JobRole", "pomona"), ("ExecutorRole", "pomona-executor"), ("TriggerRole", "pomona-trigger")],
+    ids=["job-driver", "job-executors", "trigger"],
 )
-def test_irsa_trust_is_limited_to_the_jobs_service_accounts(
-    template: dict[str, Any], role: str, service_accounts: str | list[str]
+def test_irsa_trust_is_limited_to_one_service_account_each(
+    template: dict[str, Any], role: str, service_account: str
 ) -> None:
     ((_, trust),) = [(w, s) for w, s in statements(template) if w == f"{role} trust"]
     issuer = "oidc.eks.us-east-1.amazonaws.com/id/ABC123"
-    subjects = [f"system:serviceaccount:pomona:{name}" for name in _list(service_accounts)]
 
     assert trust["Principal"] == {"Federated": PARAMETERS["OidcProviderArn"]}
     assert trust["Action"] == "sts:AssumeRoleWithWebIdentity"
     assert trust["Condition"] == {
         "StringEquals": {
-            f"{issuer}:sub": subjects if isinstance(service_accounts, list) else subjects[0],
+            f"{issuer}:sub": f"system:serviceaccount:pomona:{service_account}",
             f"{issuer}:aud": "sts.amazonaws.com",
         }
     }
 
 
 @pytest.mark.parametrize("account", ["", "featurize"], ids=["chart-default", "renamed"])
-def test_job_role_trusts_exactly_the_charts_driver_and_executor_accounts(
-    render: Render, account: str
-) -> None:
+def test_driver_and_executor_roles_trust_exactly_the_charts_accounts(render: Render, account: str) -> None:
     # GIVEN the chart and the stack installed with the same ServiceAccount name (the release's by default)
     manifests = render(set={"serviceAccount.name": account} if account else {})
     spec = one(manifests, "ScheduledSparkApplication")["spec"]["template"]
     template = stack(JobServiceAccount=account or "pomona")
-    ((_, trust),) = [(w, s) for w, s in statements(template) if w == "JobRole trust"]
 
-    # THEN the role trusts the driver's and the executors' accounts, and no other
-    (subjects,) = [v for k, v in trust["Condition"]["StringEquals"].items() if k.endswith(":sub")]
-    assert sorted(subjects) == sorted(
-        f"system:serviceaccount:pomona:{spec[role]['serviceAccount']}" for role in ("driver", "executor")
-    )
+    # THEN JobRole trusts the driver's account alone, and ExecutorRole the executors' alone
+    for pod, role in (("driver", "JobRole"), ("executor", "ExecutorRole")):
+        ((_, trust),) = [(w, s) for w, s in statements(template) if w == f"{role} trust"]
+        (subject,) = [v for k, v in trust["Condition"]["StringEquals"].items() if k.endswith(":sub")]
+        assert subject == f"system:serviceaccount:pomona:{spec[pod]['serviceAccount']}"
 
 
 def _on_table(template: dict[str, Any], role: str, action: str, table: str) -> str:
@@ -369,17 +479,62 @@ def _send(template: dict[str, Any], queue: str, principal: str, **context: str) 
     ("principal", "expected"),
     [
         pytest.param("<IngestRole.Arn>", "allow", id="ingest-lambda"),
-        pytest.param("<JobRole.Arn>", "deny", id="job"),
+        pytest.param("<JobRole.Arn>", "allow", id="job-driver"),
+        pytest.param("<ExecutorRole.Arn>", "deny", id="job-executors"),
+        pytest.param("<TriggerRole.Arn>", "deny", id="trigger"),
         pytest.param("<ClassifyRole.Arn>", "deny", id="classify-lambda"),
         pytest.param(ADMIN, "deny", id="administrator"),
         pytest.param(OPERATOR, "deny", id="operator-without-redrive-parameter"),
     ],
 )
-def test_images_queue_takes_messages_only_from_the_ingestion_lambda(
+def test_images_queue_takes_messages_only_from_the_ingestion_lambda_and_the_job_driver(
     template: dict[str, Any], principal: str, expected: str
 ) -> None:
-    # A message here makes the job fetch and featurize what it names: no one else may write one.
+    # A message here makes the job fetch and featurize what it names: the Lambda queues accepted images, the
+    # driver gives back the messages a failed run held. No one else may write one, the executors included.
     assert _send(template, "ImagesQueue", principal) == expected
+
+
+@pytest.mark.parametrize(
+    ("principal", "expected"),
+    [
+        pytest.param("<JobRole.Arn>", "allow", id="job-driver"),
+        pytest.param("<ExecutorRole.Arn>", "implicit deny", id="job-executors"),
+        pytest.param("<IngestRole.Arn>", "implicit deny", id="ingest-lambda"),
+        pytest.param("<TriggerRole.Arn>", "implicit deny", id="trigger"),
+        pytest.param("<ClassifyRole.Arn>", "implicit deny", id="classify-lambda"),
+    ],
+)
+def test_of_the_stacks_roles_only_the_job_driver_sends_to_the_images_dlq(
+    template: dict[str, Any], principal: str, expected: str
+) -> None:
+    # A message that failed a run on its own goes there with the failure in its attributes; the Lambda's failed
+    # events reach their own DLQ by the events queue's redrive, and an executor holds no queue at all.
+    assert _send(template, "ImagesDeadLetterQueue", principal) == expected
+
+
+@pytest.mark.parametrize(
+    ("queue", "expected"),
+    [
+        pytest.param("ImagesQueue", "allow", id="images"),
+        pytest.param("ImagesDeadLetterQueue", "allow", id="images-dlq"),
+        pytest.param("EventsQueue", "deny", id="events"),
+        pytest.param("IngestFailuresQueue", "implicit deny", id="events-dlq"),
+    ],
+)
+def test_job_driver_sends_only_to_the_images_queue_and_its_dlq(
+    template: dict[str, Any], queue: str, expected: str
+) -> None:
+    assert _send(template, queue, "<JobRole.Arn>") == expected
+
+
+def test_events_dlq_takes_no_message_from_the_stacks_roles(template: dict[str, Any]) -> None:
+    # Only its source queue dead-letters there (test_dead_letter_queues_take_only_their_source_queue).
+    roles = [f"<{name}.Arn>" for name in resources(template, "AWS::IAM::Role")]
+
+    assert {role: _send(template, "IngestFailuresQueue", role) for role in roles} == dict.fromkeys(
+        roles, "implicit deny"
+    )
 
 
 def test_redrive_role_may_also_send_to_the_images_queue() -> None:
@@ -389,6 +544,8 @@ def test_redrive_role_may_also_send_to_the_images_queue() -> None:
     # THEN that role may send (a message move task sends with its caller's permissions); others still may not
     assert _send(template, "ImagesQueue", OPERATOR) == "allow"
     assert _send(template, "ImagesQueue", "<IngestRole.Arn>") == "allow"
+    assert _send(template, "ImagesQueue", "<JobRole.Arn>") == "allow"
+    assert _send(template, "ImagesQueue", "<ExecutorRole.Arn>") == "deny"
     assert _send(template, "ImagesQueue", ADMIN) == "deny"
 
 
@@ -460,13 +617,28 @@ def test_bucket_matches_resources(template: dict[str, Any]) -> None:
     assert bucket["BucketName"] == spec.bucket
     assert bucket["VersioningConfiguration"] == {"Status": "Enabled"}
     assert set(bucket["PublicAccessBlockConfiguration"].values()) == {True}
-    assert (rules["expire-quarantine"]["Prefix"], rules["expire-quarantine"]["ExpirationInDays"]) == (
-        spec.quarantine_prefix,
-        spec.quarantine_expiry_days,
-    )
+    assert rules["expire-quarantine"]["Prefix"] == spec.quarantine_prefix
+    # Both follow RetentionDays by default: test_quarantine_outlives_the_upload_bytes_it_explains.
+    assert rules["expire-quarantine"]["ExpirationInDays"] == str(spec.quarantine_expiry_days)
     assert rules["expire-noncurrent-versions"]["NoncurrentVersionExpiration"] == {
-        "NoncurrentDays": spec.noncurrent_expiry_days
+        "NoncurrentDays": str(spec.noncurrent_expiry_days)
     }
+
+
+@pytest.mark.parametrize("days", ["1", "90", "3650"])
+def test_quarantine_outlives_the_upload_bytes_it_explains(days: str) -> None:
+    # GIVEN the bucket with this retention
+    (bucket,) = resources(stack(RetentionDays=days), "AWS::S3::Bucket").values()
+    rules = {r["Id"]: r for r in bucket["LifecycleConfiguration"]["Rules"]}
+
+    # WHEN a rejected upload's bytes become a noncurrent version and its quarantined copy and sidecar are written
+    noncurrent = int(rules["expire-noncurrent-versions"]["NoncurrentVersionExpiration"]["NoncurrentDays"])
+    quarantine = int(rules["expire-quarantine"]["ExpirationInDays"])
+
+    # THEN the copy and the reason stay at least as long as those bytes
+    assert quarantine >= noncurrent == int(days)
+    # AND the noncurrent rule covers the whole bucket, so an expired quarantined copy goes RetentionDays later
+    assert not {"Prefix", "Filter"} & set(rules["expire-noncurrent-versions"])
 
 
 @pytest.mark.parametrize(
@@ -814,6 +986,219 @@ def test_nothing_but_its_url_invokes_the_classify_function(template: dict[str, A
     mappings = resources(template, "AWS::Lambda::EventSourceMapping").values()
 
     assert [m for m in mappings if m["FunctionName"].startswith("<ClassifyFunction")] == []
+
+
+# -- alarms ----------------------------------------------------------------------------------------------------
+
+# The two halves of "no healthy run while images wait": only their composite, JobStalledAlarm, notifies.
+SILENT_ALARMS = {"JobRunsMissingAlarm", "ImagesWaitingAlarm"}
+NOTIFYING_ALARMS = {
+    "ImagesAgeAlarm",
+    "ImagesDlqAlarm",
+    "EventsDlqAlarm",
+    "IngestErrorsAlarm",
+    "IngestThrottlesAlarm",
+    "Classify5xxAlarm",
+    "ClassifyLatencyAlarm",
+    "JobStalledAlarm",
+    "JobRunFailedAlarm",
+}
+
+
+def _alarms(template: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return resources(template, "AWS::CloudWatch::Alarm") | resources(
+        template, "AWS::CloudWatch::CompositeAlarm"
+    )
+
+
+def _watched(metric: dict[str, Any]) -> tuple[str, str, dict[str, str]]:
+    """(namespace, metric name, dimensions) of an alarm or of a MetricStat's Metric."""
+    dimensions = {d["Name"]: d["Value"] for d in metric["Dimensions"]}
+    return metric["Namespace"], metric["MetricName"], dimensions
+
+
+IMAGES_QUEUE = {"QueueName": "<ImagesQueue.QueueName>"}
+JOB = {"Bucket": describe().bucket}  # the one dimension of the job's run metrics: POMONA_BUCKET
+
+
+@pytest.mark.parametrize(
+    ("name", "metric", "dimensions", "comparison", "threshold"),
+    [
+        pytest.param(
+            "ImagesAgeAlarm",
+            "AWS/SQS ApproximateAgeOfOldestMessage",
+            IMAGES_QUEUE,
+            "GreaterThanThreshold",
+            "21600",
+            id="images-oldest-message",
+        ),
+        pytest.param(
+            "ImagesDlqAlarm",
+            "AWS/SQS ApproximateNumberOfMessagesVisible",
+            {"QueueName": "<ImagesDeadLetterQueue.QueueName>"},
+            "GreaterThanThreshold",
+            0,
+            id="images-dlq",
+        ),
+        pytest.param(
+            "EventsDlqAlarm",
+            "AWS/SQS ApproximateNumberOfMessagesVisible",
+            {"QueueName": "<IngestFailuresQueue.QueueName>"},
+            "GreaterThanThreshold",
+            0,
+            id="events-dlq",
+        ),
+        pytest.param(
+            "IngestErrorsAlarm",
+            "AWS/Lambda Errors",
+            {"FunctionName": "<IngestFunction>"},
+            "GreaterThanThreshold",
+            0,
+            id="ingest-errors",
+        ),
+        pytest.param(
+            "IngestThrottlesAlarm",
+            "AWS/Lambda Throttles",
+            {"FunctionName": "<IngestFunction>"},
+            "GreaterThanThreshold",
+            0,
+            id="ingest-throttles",
+        ),
+        pytest.param(
+            "Classify5xxAlarm",
+            "AWS/Lambda Url5xxCount",
+            {"FunctionName": "<ClassifyFunction>"},
+            "GreaterThanThreshold",
+            0,
+            id="classify-5xx",
+        ),
+        pytest.param(
+            "ClassifyLatencyAlarm",
+            "AWS/Lambda Duration",
+            {"FunctionName": "<ClassifyFunction>"},
+            "GreaterThanThreshold",
+            "3000",
+            id="classify-p99",
+        ),
+        pytest.param(
+            "JobRunsMissingAlarm",
+            "Pomona RunsSucceeded",
+            JOB,
+            "LessThanThreshold",
+            1,
+            id="job-no-healthy-run",
+        ),
+        pytest.param(
+            "JobRunFailedAlarm",
+            "Pomona RunsFailed",
+            JOB,
+            "GreaterThanOrEqualToThreshold",
+            1,
+            id="job-run-failed",
+        ),
+    ],
+)
+def test_each_alarm_watches_its_resource_and_metric(
+    template: dict[str, Any],
+    name: str,
+    metric: str,
+    dimensions: dict[str, str],
+    comparison: str,
+    threshold: str | int,
+) -> None:
+    alarm = _alarms(template)[name]
+
+    assert _watched(alarm) == (*metric.split(), dimensions)
+    assert (alarm["ComparisonOperator"], alarm["Threshold"]) == (comparison, threshold)
+
+
+def test_classify_latency_alarm_is_a_sustained_p99() -> None:
+    alarm = _alarms(stack(ClassifyP99AlarmMs="1500"))["ClassifyLatencyAlarm"]
+
+    assert (alarm["ExtendedStatistic"], alarm["Threshold"]) == ("p99", "1500")
+    assert "Statistic" not in alarm
+    # One slow request in a quiet 5 minutes is that period's p99: three periods in a row page, one does not.
+    assert alarm["EvaluationPeriods"] == alarm["DatapointsToAlarm"] == 3
+
+
+def test_images_age_alarm_leaves_most_of_the_retention_to_act_in(template: dict[str, Any]) -> None:
+    alarm = _alarms(template)["ImagesAgeAlarm"]
+    queue = resources(template, "AWS::SQS::Queue")["ImagesQueue"]
+    parameter = _decoded()["Parameters"]["ImagesQueueAgeAlarmSeconds"]
+
+    # Six hours by default: several runs late, 13 days and more before SQS drops the message.
+    assert int(alarm["Threshold"]) == 6 * 3600
+    assert alarm["Statistic"] == "Maximum"
+    assert parameter["MaxValue"] <= queue["MessageRetentionPeriod"] // 2
+
+
+@pytest.mark.parametrize(
+    ("period", "missed"), [("3600", "3"), ("900", "8")], ids=["default", "quarter-hours"]
+)
+def test_job_stalled_alarm_is_missing_healthy_runs_while_images_wait(period: str, missed: str) -> None:
+    # GIVEN the stack deployed for this run period and number of missed periods
+    alarms = _alarms(stack(JobRunPeriodSeconds=period, JobMissedRunPeriods=missed))
+    missing, waiting = alarms["JobRunsMissingAlarm"], alarms["ImagesWaitingAlarm"]
+
+    # THEN no healthy run in `missed` whole periods in a row breaches, a period without any run included
+    assert (missing["Statistic"], missing["Period"]) == ("Sum", period)
+    assert missing["EvaluationPeriods"] == missing["DatapointsToAlarm"] == missed
+    assert missing["TreatMissingData"] == "breaching"
+    # AND images wait when visible or in flight (a hung run holds its messages in flight)
+    (result,) = [m for m in waiting["Metrics"] if m["ReturnData"]]
+    inputs = {m["Id"]: _watched(m["MetricStat"]["Metric"]) for m in waiting["Metrics"] if "MetricStat" in m}
+    assert inputs == {
+        "visible": ("AWS/SQS", "ApproximateNumberOfMessagesVisible", IMAGES_QUEUE),
+        "inflight": ("AWS/SQS", "ApproximateNumberOfMessagesNotVisible", IMAGES_QUEUE),
+    }
+    assert result["Expression"] == "visible + inflight"
+    assert (waiting["ComparisonOperator"], waiting["Threshold"]) == ("GreaterThanThreshold", 0)
+    # AND only both together raise the alarm that notifies: a quiet queue in backlog mode starts no run
+    assert (
+        alarms["JobStalledAlarm"]["AlarmRule"]
+        == "ALARM(<JobRunsMissingAlarm>) AND ALARM(<ImagesWaitingAlarm>)"
+    )
+
+
+def test_job_alarm_window_fits_cloudwatch_for_every_allowed_period() -> None:
+    parameters = _decoded()["Parameters"]
+    most = parameters["JobMissedRunPeriods"]["MaxValue"]
+
+    # CloudWatch: a period is a multiple of 60 s; an alarm looks back 1 day at most (periods under 1 h), else 7.
+    for period in parameters["JobRunPeriodSeconds"]["AllowedValues"]:
+        assert period % 60 == 0
+        assert period * most <= (86400 if period < 3600 else 7 * 86400)
+
+
+def test_job_metrics_namespace_agrees_across_job_chart_grant_and_alarms(template: dict[str, Any]) -> None:
+    watched = {
+        a["Namespace"] for a in _alarms(template).values() if a.get("MetricName", "").startswith("Runs")
+    }
+    (grant,) = [s for s in identity_policy(template, "JobRole") if s["Action"] == "cloudwatch:PutMetricData"]
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+
+    assert watched == {grant["Condition"]["StringEquals"]["cloudwatch:namespace"]}
+    assert watched == {Settings.from_env({}).metrics_namespace, values["config"]["POMONA_METRICS_NAMESPACE"]}
+
+
+def test_alarms_notify_the_topic_when_one_is_given() -> None:
+    alarms = _alarms(stack(AlarmTopicArn=TOPIC))
+
+    actions = {name: (a.get("AlarmActions"), a.get("OKActions")) for name, a in alarms.items()}
+
+    assert actions == {name: ([TOPIC], [TOPIC]) for name in NOTIFYING_ALARMS} | dict.fromkeys(
+        SILENT_ALARMS, (None, None)
+    )
+
+
+def test_alarms_exist_but_notify_no_one_without_a_topic(template: dict[str, Any]) -> None:
+    alarms = _alarms(template)
+
+    assert set(alarms) == NOTIFYING_ALARMS | SILENT_ALARMS
+    notifying = [
+        n for n, a in alarms.items() if {"AlarmActions", "OKActions", "InsufficientDataActions"} & set(a)
+    ]
+    assert notifying == []
 
 
 # -- the evaluator itself ------------------------------------------------------------------------------------

@@ -96,6 +96,11 @@ app.kubernetes.io/component: spark-job
 {{- fail (printf "spark.conf: expected %s to be set through spark.ports (the NetworkPolicy opens those), got it in spark.conf" $key) }}
 {{- end }}
 {{- end }}
+{{- /* Executors without a role of their own would fall back to the node's credentials. */}}
+{{- $irsa := "eks.amazonaws.com/role-arn" }}
+{{- if and .Values.executorServiceAccount.create (hasKey .Values.serviceAccount.annotations $irsa) (not (hasKey .Values.executorServiceAccount.annotations $irsa)) }}
+{{- fail (printf "executorServiceAccount.annotations: expected %s (the stack's ExecutorRoleArn) since the driver's account has one, got none" $irsa) }}
+{{- end }}
 {{- end }}
 
 {{/* Spark properties: the chart's, then `spark.conf` over them. Values are strings, as the CRD requires. */}}

@@ -3,8 +3,9 @@
 Every event ends one of four ways, each counted by a metric:
 
 - `accepted` (`ImagesAccepted`): queued on the images queue.
-- `quarantined` (`ImagesRejected` by `Reason`): copied under `quarantine/<reason>/` with a JSON sidecar beside
-  it, the original deleted (the bucket is versioned, so the bytes stay).
+- `quarantined` (`ImagesRejected` by `Reason`): copied to `quarantine/<reason>/<key>/<version id>` with a JSON
+  sidecar beside it, and hidden from `uploads/` by a delete marker (the bucket is versioned, so the bytes stay)
+  unless a newer upload of the key came meanwhile: ingestion never hides a version it did not check.
 - `gone` (`ImagesGone`): the key has no current object when we get to it: its owner deleted it (a delete marker
   is current) or it never was there. Nothing to do.
 - `superseded` (`ImagesSuperseded`): the key's current version is a newer one than the event names. The newer
@@ -249,7 +250,12 @@ class Ingestor:
     def _quarantine(
         self, source: dict[str, Any], reason: Reason, detail: str, *, sha256: str | None
     ) -> dict[str, Any]:
-        target = quarantine_key(reason, source["key"], quarantine_prefix=self.settings.quarantine_prefix)
+        target = quarantine_key(
+            reason,
+            source["key"],
+            version_id=source["version_id"],
+            quarantine_prefix=self.settings.quarantine_prefix,
+        )
         sidecar = QuarantineSidecar(
             reason=reason,
             detail=detail,
@@ -260,7 +266,7 @@ class Ingestor:
             sha256=sha256,
             stage="ingest",
         )
-        # Copy, sidecar, then delete: a crash in between leaves the original, and the retry redoes it all. An
+        # Copy, sidecar, then retire: a crash in between leaves the original, and the retry redoes it all. An
         # upload over max_bytes is not copied (gigabytes inside a 30 s Lambda): the sidecar names its version,
         # which the bucket keeps as a noncurrent version once the delete marker below hides it.
         if reason is not Reason.TOO_LARGE_BYTES:
@@ -276,10 +282,7 @@ class Ingestor:
             Body=sidecar.to_json(),
             ContentType="application/json",
         )
-        # A delete marker takes the upload out of `uploads/` while its bytes stay versioned; only when it is still
-        # the current version, so a newer upload of the same key stays visible.
-        if self._current_version(source["bucket"], source["key"]) == source["version_id"]:
-            self.s3.delete_object(Bucket=source["bucket"], Key=source["key"])
+        self._retire(source)
         self.log.warning(
             "Image quarantined", extra={"key": source["key"], "reason": reason.value, "detail": detail}
         )
@@ -299,13 +302,38 @@ class Ingestor:
         self._count("ImagesGone", MetricUnit.Count, 1)
         return {"outcome": "gone", "key": key}
 
-    def _current_version(self, bucket: str, key: str) -> str | None:
+    def _retire(self, source: Mapping[str, Any]) -> None:
+        """Take a quarantined upload out of `uploads/` with a delete marker (its bytes stay a noncurrent version),
+        never hiding a version this ingestion did not check.
+
+        The delete is conditional on the current object's ETag (`If-Match`), so S3 puts no marker over a newer
+        upload with other bytes: one that lands after our HEAD makes it fail (412), and one the owner deleted
+        (404) needs no marker. An ETag names bytes, not a version: a newer upload of the same bytes (or a store
+        that ignores `If-Match`) still gets the marker. So the key's versions are listed after it, and when the
+        newest object version is not the checked one, our marker (by its own version id: nothing else is ever
+        deleted by version) is removed, and the newer upload is current again for its own event to ingest.
+        """
+        bucket, key, version_id = source["bucket"], source["key"], source["version_id"]
         try:
-            return self.s3.head_object(Bucket=bucket, Key=key).get("VersionId")
+            deleted = self.s3.delete_object(Bucket=bucket, Key=key, IfMatch=source["etag"])
         except ClientError as err:
-            if _status(err) == 404:
-                return None
-            raise
+            if _status(err) not in {404, 412}:
+                raise
+            self.log.info(
+                "Quarantined upload no longer current; left as it is",
+                extra={"key": key, "version_id": version_id, "error_code": failure_code(err)},
+            )
+            return
+        marker = deleted.get("VersionId") if deleted.get("DeleteMarker") else None
+        if marker is None:
+            return  # an unversioned bucket (never the deployment's): S3 deleted the object itself, no marker
+        newest = newest_version(self.s3, bucket, key)
+        if newest is not None and newest != version_id:
+            self.s3.delete_object(Bucket=bucket, Key=key, VersionId=marker)
+            self.log.warning(
+                "Delete marker withdrawn from a newer upload",
+                extra={"key": key, "version_id": version_id, "newer_version_id": newest, "marker": marker},
+            )
 
     def _count(self, name: str, unit: MetricUnit, value: float) -> None:
         if self.metrics is not None:
@@ -329,6 +357,21 @@ def is_current_version(version_id: str | None, etag: str | None, head: Mapping[s
     if version_id not in {None, "null"}:
         return bool(head.get("VersionId") == version_id)
     return etag is None or str(head.get("ETag", "")).strip('"') == etag.strip('"')
+
+
+def newest_version(s3: S3Client, bucket: str, key: str) -> str | None:
+    """The id of `key`'s newest object version (delete markers aside), or None when it has none.
+
+    S3 lists a key's versions newest first, and `key` before every longer key it prefixes: a page that names another
+    key ends the search."""
+    for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=key):
+        versions = [v["VersionId"] for v in page.get("Versions", []) if v["Key"] == key]
+        if versions:
+            return versions[0]
+        listed = [*page.get("Versions", []), *page.get("DeleteMarkers", [])]
+        if any(item["Key"] != key for item in listed):
+            return None
+    return None
 
 
 def failure_code(err: BaseException | None) -> str:

@@ -239,10 +239,21 @@ class Committer:
 
     # -- the steps
 
-    def quarantine(self, message: ImageMessage, reason: Reason, detail: str, *, copy: bool = True) -> None:
+    def quarantine(
+        self,
+        message: ImageMessage,
+        reason: Reason,
+        detail: str,
+        *,
+        copy: bool = True,
+        error_type: str | None = None,
+    ) -> None:
         """Step 1, for an image the executors could not featurize: a copy of its version (unless `copy` is False:
-        a message that names what it should not is never read from) and a sidecar."""
-        target = quarantine_key(reason, message.key, quarantine_prefix=self.quarantine_prefix)
+        a message that names what it should not is never read from) and a sidecar, both under the key of that
+        version; `error_type` is the exception's type name when a decoder raised."""
+        target = quarantine_key(
+            reason, message.key, version_id=message.version_id, quarantine_prefix=self.quarantine_prefix
+        )
         try:
             if copy:
                 self.s3.copy_object(
@@ -266,6 +277,7 @@ class Committer:
             size=message.size,
             sha256=message.sha256,
             stage="featurize",
+            error_type=error_type,
         )
         self.s3.put_object(
             Bucket=self.bucket,

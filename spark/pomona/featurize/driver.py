@@ -15,7 +15,7 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -30,17 +30,21 @@ from pomona.core.outputs import (
     CLASSIFIER_FILE,
     HOLDOUT_FILE,
     TRAINING_FILE,
+    features_key,
     lease_key,
     lock_key,
     new_batch_id,
 )
+from pomona.core.queues import MAX_FAILURE_CHARS, Suspicion
 from pomona.core.settings import Settings, injected_fault
 from pomona.featurize.commit import Committer, Latest
 from pomona.featurize.dedupe import split_duplicates
 from pomona.featurize.index import SeenIndex
-from pomona.featurize.lock import RunLock
+from pomona.featurize.liveness import RunStoppedError, Watchdog
+from pomona.featurize.lock import ConcurrentRunError, RunLock
+from pomona.featurize.metrics import RunMetrics
 from pomona.featurize.partitions import partition_count, split_evenly, tree_depth
-from pomona.featurize.queue import Heartbeat, Received, delete_messages, drain_queue
+from pomona.featurize.queue import Heartbeat, Received, delete_messages, drain_queue, move_messages
 from pomona.featurize.tasks import (
     DEFERRED,
     FAILURE_COLUMNS,
@@ -78,6 +82,8 @@ class JobOptions:
 
     visibility_timeout_s: int = 300
     heartbeat_s: float = 60.0
+    # How long a stopped run's driver may take to give its messages back before its process exits.
+    grace_s: float = 300.0
     wait_s: int = 1  # long-poll seconds per receive; the queue is empty after one empty receive
     # Each partition costs ~0.4 s here beyond its images (a task, a 13 MB PCA state to the driver): measured on
     # the 540 sample photos, 2 partitions of 270 took 6.9 s to featurize where 8 of ~67 took 10.0 s (first
@@ -115,6 +121,13 @@ class Job:
         self.batch_id = new_batch_id(entropy=os.urandom(8))
         # Whether files of this batch may exist uncommitted: its lease then stays, for recovery to find them.
         self._unsettled = False
+        cloudwatch = boto3.client("cloudwatch", endpoint_url=settings.endpoint_url, config=RETRIES)
+        self.metrics = RunMetrics(cloudwatch, namespace=settings.metrics_namespace, bucket=settings.bucket)
+        # The valid messages this run holds and has not settled (deleted or moved), and what failed runs said of
+        # them: a failure gives these back.
+        self._held: list[tuple[ImageMessage, str]] = []
+        self._suspicion: dict[str, Suspicion] = {}
+        self._groups = 0  # message groups (tasks) of the featurize pass
 
     def run(self) -> BatchResult:
         started = time.monotonic()
@@ -124,34 +137,51 @@ class Job:
         )
         lock.acquire()
         try:
-            with Heartbeat(
-                self.sqs,
-                self.settings.images_queue_url,
-                lock,
-                every_s=self.options.heartbeat_s,
-                visibility_timeout_s=self.options.visibility_timeout_s,
-            ) as heartbeat:
+            with (
+                Watchdog(
+                    self.spark.sparkContext,
+                    deadline_s=self.settings.run_deadline_s,
+                    stall_s=self.settings.stall_s,
+                    grace_s=self.options.grace_s,
+                ) as self.watchdog,
+                Heartbeat(
+                    self.sqs,
+                    self.settings.images_queue_url,
+                    lock,
+                    every_s=self.options.heartbeat_s,
+                    visibility_timeout_s=self.options.visibility_timeout_s,
+                    progressing=self.watchdog.progressing,
+                ) as heartbeat,
+            ):
                 recovered, committed = self.committer.recover()
                 self._choose_model(committed)
                 self._check_lineage(committed)
-                prepare_model(
-                    self.settings
-                )  # the chosen model, checked against the lineage, before any receive
-                return self._run_batch(heartbeat, recovered, started)
+                # The chosen model, checked against the lineage, before any receive.
+                prepare_model(self.settings)
+                self.watchdog.progress()
+                try:
+                    result = self._run_batch(heartbeat, recovered, started)
+                except Exception as err:
+                    self._give_back(err)
+                    if self.watchdog.stopped is not None:
+                        raise RunStoppedError(self.watchdog.stopped) from err
+                    raise
+        except ConcurrentRunError:
+            raise  # another run is working: not a failure
+        except Exception:
+            self.metrics.run_failed()
+            raise
         finally:
             lock.release(settled=not self._unsettled)
+        manifest = result.manifest
+        self.metrics.run_succeeded(committed=0 if manifest is None else manifest["counts"]["featurized"])
+        return result
 
     def _run_batch(self, heartbeat: Heartbeat, recovered: Latest, started: float) -> BatchResult:
         timings: dict[str, float] = {}
         with timed(timings, "drain_s"):
-            received = drain_queue(
-                self.sqs,
-                self.settings,
-                visibility_timeout_s=self.options.visibility_timeout_s,
-                wait_s=self.options.wait_s,
-                on_receive=heartbeat.hold,
-            )
-        self._fault("after_receive")
+            received = self._drain(heartbeat)
+        self._phase_done("after_receive")
         refused = self._refuse(received)
         if not received.messages:
             return BatchResult(
@@ -173,11 +203,12 @@ class Job:
         failed = pd.DataFrame(outcome.failures, columns=list(FAILURE_COLUMNS))
         deferred, failures = failed[failed["reason"] == DEFERRED], failed[failed["reason"] != DEFERRED]
         heartbeat.receipts = _receipts_except(received, set(deferred["sha256"]))
-        self._fault("after_features")
+        self._drop_stale_parts(outcome.parts, batch_id=batch_id)
+        self._phase_done("after_features")
         if outcome.state is None:
             self._unsettled = False  # no part file was written
             left, by_code = self._settle(failures, deferred, fresh)
-            self._delete(_receipts_except(received, set(deferred["sha256"]) | left.keys()))
+            self._settle_messages(received, duplicates, failures, deferred, left)
             return BatchResult(
                 manifest=None,
                 skipped=f"no image featurized: {len(failures) - len(left)} quarantined, "
@@ -196,6 +227,7 @@ class Job:
             projected = self._project(
                 sorted(outcome.parts), model_to_npz(model), batch_id=batch_id, version=version
             )
+        self.watchdog.step()
 
         committing = time.monotonic()
         left, by_code = self._settle(failures, deferred, fresh)
@@ -215,13 +247,28 @@ class Job:
         self._commit(
             heartbeat.lock, latest, model, state, manifest, evaluation, files, images=projected["sha256"]
         )
-        self._delete(_receipts_except(received, set(deferred["sha256"]) | left.keys()))
+        self._settle_messages(received, duplicates, failures, deferred, left)
         self._retire(version, batch_id)
         manifest["timings"]["commit_s"] = round(time.monotonic() - committing, 3)
         log.info("Batch committed", extra={"batch_id": batch_id, "pca_version": version, **counts})
         return BatchResult(manifest=manifest)
 
     # -- the phases
+
+    def _drain(self, heartbeat: Heartbeat) -> Received:
+        """Take the batch off the queue; what its batch cap leaves out goes back at once, untouched."""
+        received = drain_queue(
+            self.sqs,
+            self.settings,
+            visibility_timeout_s=self.options.visibility_timeout_s,
+            wait_s=self.options.wait_s,
+            on_receive=self._holding(heartbeat),
+        )
+        self._held, self._suspicion = list(received.messages), received.suspicion
+        if received.excess:  # past a suspect message's batch cap: back to the queue, uncharged
+            self._move(received.excess)
+            heartbeat.receipts = [*received.receipts, *(r for _, r, _ in received.refused)]
+        return received
 
     def _dedupe(
         self, received: Received, recovered: Latest
@@ -274,6 +321,7 @@ class Job:
             parallelism=self.spark.sparkContext.defaultParallelism,
         )
         # Task i featurizes group i. The groups are broadcast, and the tasks run over a range of task ids.
+        self._groups = parts
         context = self.spark.sparkContext
         groups = context.broadcast(split_evenly(rows, parts))
         featurize = featurize_partitions(
@@ -396,7 +444,12 @@ class Job:
         left: dict[str, str] = {}
         for failure in failures.itertuples(index=False):
             try:
-                self.committer.quarantine(by_sha[failure.sha256], Reason(failure.reason), failure.detail)
+                self.committer.quarantine(
+                    by_sha[failure.sha256],
+                    Reason(failure.reason),
+                    failure.detail,
+                    error_type=failure.error_code,
+                )
             except ClientError as err:
                 left[failure.sha256] = error_code(err) or "ClientError"
                 log.warning(
@@ -408,6 +461,55 @@ class Job:
             log.warning("Images deferred", extra={"by_error_code": dict(by_code)})
         return left, by_code
 
+    def _settle_messages(
+        self,
+        received: Received,
+        duplicates: Sequence[tuple[ImageMessage, str]],
+        failures: pd.DataFrame,
+        deferred: pd.DataFrame,
+        left: Mapping[str, str],
+    ) -> None:
+        """Delete the message of every image now committed or quarantined, and of every duplicate of a committed
+        image. A duplicate within the batch whose representative was quarantined (its own version gone or changed,
+        its bytes undecodable) is given back instead: it names another upload, which is retried on its own. Deferred
+        images' messages stay held, to come back."""
+        waiting = set(deferred["sha256"]) | left.keys()
+        quarantined = set(failures["sha256"]) - left.keys()
+        retried = [(m, r) for m, r in duplicates if m.sha256 in quarantined]
+        again = {r for _, r in retried}
+        self._delete([r for m, r in received.messages if m.sha256 not in waiting and r not in again])
+        self._move(retried)
+
+    def _give_back(self, err: Exception) -> None:
+        """After a failure: give back every message this run still holds, each carrying the failure and a batch cap
+        of half this batch, so the next runs bisect towards what failed; a message that failed a run on its own goes
+        to the DLQ with the failure recorded (`pomona dlq list` shows it). Nothing is charged a receive."""
+        held, failure = self._held, _one_line(err)
+        if not held:
+            return
+        log.error("Run failed; giving its messages back", extra={"messages": len(held), "error": failure})
+        try:
+            suspicion = [
+                (m, r, self._suspicion.get(r, Suspicion()).after_failure(len(held), failure)) for m, r in held
+            ]
+            target = self.settings.images_dlq_url if len(held) == 1 else self.settings.images_queue_url
+            if target:
+                self._move(
+                    [(m, r) for m, r, _ in suspicion], suspicion={r: s for _, r, s in suspicion}, to=target
+                )
+        except (ClientError, BotoCoreError):  # they come back after their visibility timeout, charged
+            log.exception("Messages not given back")
+
+    def _drop_stale_parts(self, parts: Sequence[int], *, batch_id: str) -> None:
+        """Delete the features part file of each group that featurized no image: an earlier attempt of its task may
+        have written one before its images went away, and the manifest lists the folder. (The executors may not
+        delete: their role only reads uploads and writes part files.)"""
+        written, groups = set(parts), self._groups
+        for part in (p for p in range(groups) if p not in written):
+            self.s3.delete_object(
+                Bucket=self.settings.bucket, Key=features_key(self.settings.output_prefix, batch_id, part)
+            )
+
     def _retire(self, version: int, batch_id: str) -> None:
         """Retention, best-effort: the batch is committed; a sweep that fails is done by the next run's."""
         try:
@@ -416,9 +518,42 @@ class Job:
             log.warning("Retention failed; the next run retries", extra={"error": str(err)})
 
     def _delete(self, receipts: Sequence[str]) -> None:
-        delete_messages(
+        left = delete_messages(
             self.sqs, self.settings.images_queue_url, receipts, between=lambda: self._fault("mid_delete")
         )
+        self._let_go(set(receipts) - set(left))
+
+    def _move(
+        self,
+        messages: Sequence[tuple[ImageMessage, str]],
+        *,
+        suspicion: Mapping[str, Suspicion] | None = None,
+        to: str | None = None,
+    ) -> None:
+        """Move these messages to the images queue (or `to`) as copies with their suspicion (unchanged unless
+        given): back on the queue, their receive count started again."""
+        said = self._suspicion if suspicion is None else suspicion
+        queue = self.settings.images_queue_url
+        entries = [(m, r, said.get(r, Suspicion())) for m, r in messages]
+        left = move_messages(self.sqs, queue, to or queue, entries)
+        self._let_go({r for _, r in messages} - set(left))
+
+    def _let_go(self, receipts: set[str]) -> None:
+        self._held = [(m, r) for m, r in self._held if r not in receipts]
+
+    def _holding(self, heartbeat: Heartbeat) -> Callable[[list[str]], None]:
+        """The drain's `on_receive`: the heartbeat holds what it took, and the watchdog sees progress."""
+
+        def hold(receipts: list[str]) -> None:
+            heartbeat.hold(receipts)
+            self.watchdog.progress()
+
+        return hold
+
+    def _phase_done(self, phase: str) -> None:
+        """Between two phases: the fault-injection point, then `RunStoppedError` if the watchdog stopped the run."""
+        self._fault(phase)
+        self.watchdog.step()
 
     def _fault(self, phase: str) -> None:
         """The fault-injection point: with POMONA_FAULT=<phase>, the process dies here as a killed pod would."""
@@ -432,6 +567,17 @@ class Job:
         return file_provenance(
             weights_id=weights.weights_id, backend=self.settings.backend, precision=self.settings.precision
         )
+
+
+def _one_line(err: BaseException) -> str:
+    """The failure as the DLQ records it: its type and the first line of its message; for a Spark job's failure, the
+    JVM's exception, which says why (a Py4J error's own first line only names the call)."""
+    text = str(err)
+    if (java := getattr(err, "java_exception", None)) is not None:
+        with contextlib.suppress(Exception):  # the JVM may be gone: the Python side's text then stands
+            text = str(java.toString())
+    first = next(iter(text.strip().splitlines()), "")
+    return f"{type(err).__name__}: {first}"[:MAX_FAILURE_CHARS]
 
 
 def _receipts_except(received: Received, shas: set[str]) -> list[str]:

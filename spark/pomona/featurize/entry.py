@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from pomona.core.settings import AUTO, PRECISIONS, Settings
 from pomona.featurize.driver import JobOptions, run_job
+from pomona.featurize.liveness import EXIT_STOPPED, RunStoppedError
 from pomona.featurize.lock import ConcurrentRunError
 from pomona.ml.backends import BACKENDS
 
@@ -85,6 +86,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Expected when runs overlap: nothing was committed, the other run carries on; no traceback needed.
         log.error("Run stopped: another run holds the lock or committed first", extra={"error": str(err)})
         return EXIT_CONCURRENT_RUN
+    except RunStoppedError as err:
+        log.error("Run stopped by its watchdog; its messages were given back", extra={"reason": str(err)})
+        return EXIT_STOPPED
     finally:
         spark.stop()
     log.info("Run finished", extra={"committed": result.manifest is not None, "skipped": result.skipped})

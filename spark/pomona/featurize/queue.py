@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 from pomona.core.contract import ImageMessage, check_queued
 from pomona.core.errors import ContractError
-from pomona.core.queues import SQS_BATCH, in_batches
+from pomona.core.queues import BATCH_CAP, FAILED_RUNS, FAILURE, SQS_BATCH, Suspicion, in_batches
 from pomona.core.settings import Settings
 from pomona.featurize.lock import RunLock
 
@@ -34,6 +34,13 @@ class Received:
     messages: list[tuple[ImageMessage, str]] = field(default_factory=list)
     refused: list[tuple[ImageMessage, str, str]] = field(default_factory=list)
     malformed: int = 0
+    # What failed runs said of the valid messages that carry a suspicion, by receipt.
+    suspicion: dict[str, Suspicion] = field(default_factory=dict)
+    # Valid messages past the batch cap a suspect message set: the driver gives them back untouched.
+    excess: list[tuple[ImageMessage, str]] = field(default_factory=list)
+
+    def suspicion_of(self, receipt: str) -> Suspicion:
+        return self.suspicion.get(receipt, Suspicion())
 
     @property
     def receipts(self) -> list[str]:
@@ -59,15 +66,20 @@ def drain_queue(
     sidecar, and nothing it names is fetched. One that is no `ImageMessage` at all names nothing to quarantine: it
     is counted and left alone, comes back after its visibility timeout, and the redrive policy moves it to the DLQ
     after the queue's receive limit.
+
+    A message given back by a failed run carries its batch cap (`Suspicion`): the run holds no more messages than
+    the smallest cap among them, the most suspect first, so a failing batch halves run after run until the message
+    that fails a run on its own is alone. The rest go to `excess`, for the driver to give back.
     """
-    queue_url, max_images = settings.images_queue_url, settings.max_images
+    queue_url, limit = settings.images_queue_url, settings.max_images
     received = Received()
-    while len(received.messages) < max_images:
+    while len(received.messages) < limit:
         batch = sqs.receive_message(
             QueueUrl=queue_url,
-            MaxNumberOfMessages=min(SQS_BATCH, max_images - len(received.messages)),
+            MaxNumberOfMessages=min(SQS_BATCH, limit - len(received.messages)),
             VisibilityTimeout=visibility_timeout_s,
             WaitTimeSeconds=wait_s,
+            MessageAttributeNames=[FAILED_RUNS, BATCH_CAP, FAILURE],
         ).get("Messages", [])
         if not batch:
             break
@@ -86,12 +98,62 @@ def drain_queue(
             try:
                 check_queued(image, settings)
                 received.messages.append((image, message["ReceiptHandle"]))
+                suspicion = Suspicion.of(message)
+                if suspicion.failed_runs:
+                    received.suspicion[message["ReceiptHandle"]] = suspicion
+                    limit = min(limit, suspicion.batch_cap or limit)
             except ContractError as err:
                 received.refused.append((image, message["ReceiptHandle"], str(err)))
                 log.warning("Message refused", extra={"message_id": message["MessageId"], "error": str(err)})
         if held and on_receive is not None:
             on_receive(held)
+    received.messages, received.excess = _within_cap(received, limit)
     return received
+
+
+def _within_cap(
+    received: Received, limit: int
+) -> tuple[list[tuple[ImageMessage, str]], list[tuple[ImageMessage, str]]]:
+    """(the `limit` most suspect messages, the rest), each in the order received."""
+    if len(received.messages) <= limit:
+        return received.messages, []
+    cap = {r: s.batch_cap or limit for r, s in received.suspicion.items()}
+    order = sorted(range(len(received.messages)), key=lambda i: (cap.get(received.messages[i][1], limit), i))
+    kept = set(order[:limit])
+    return (
+        [m for i, m in enumerate(received.messages) if i in kept],
+        [m for i, m in enumerate(received.messages) if i not in kept],
+    )
+
+
+def move_messages(
+    sqs: SQSClient,
+    source_url: str,
+    target_url: str,
+    messages: Sequence[tuple[ImageMessage, str, Suspicion]],
+) -> list[str]:
+    """Send a copy of each message to `target_url` (the images queue itself, or its DLQ) carrying its suspicion,
+    then delete each original whose copy was sent: SQS's receive count starts again with the copy, so a run that
+    fails never charges the messages it held. The receipts not moved (logged): those come back after their
+    visibility timeout, charged one receive, and dedupe finds any copy's image committed."""
+    left: list[str] = []
+    for batch in in_batches(messages):
+        entries: list[dict[str, Any]] = []
+        for n, (image, _, suspicion) in enumerate(batch):
+            entry: dict[str, Any] = {"Id": str(n), "MessageBody": image.to_json()}
+            if attributes := suspicion.attributes():
+                entry["MessageAttributes"] = attributes
+            entries.append(entry)
+        answer = sqs.send_message_batch(QueueUrl=target_url, Entries=entries)  # type: ignore[arg-type]
+        failed = {f["Id"] for f in answer.get("Failed", [])}
+        sent = [receipt for n, (_, receipt, _) in enumerate(batch) if str(n) not in failed]
+        left += [receipt for n, (_, receipt, _) in enumerate(batch) if str(n) in failed]
+        left += delete_messages(sqs, source_url, sent)
+    if left:
+        log.warning(
+            "Messages not moved; they come back after their visibility timeout", extra={"count": len(left)}
+        )
+    return left
 
 
 def delete_messages(
@@ -132,10 +194,19 @@ class Heartbeat:
     """Keeps held messages invisible and the run lock alive while the job works."""
 
     def __init__(
-        self, sqs: SQSClient, queue_url: str, lock: RunLock, *, every_s: float, visibility_timeout_s: int
+        self,
+        sqs: SQSClient,
+        queue_url: str,
+        lock: RunLock,
+        *,
+        every_s: float,
+        visibility_timeout_s: int,
+        progressing: Callable[[], bool] = lambda: True,
     ) -> None:
         self.sqs, self.queue_url, self.lock = sqs, queue_url, lock
         self.every_s, self.visibility_timeout_s = every_s, visibility_timeout_s
+        # Whether the run still makes progress: one that does not lets its lock lapse (`pomona.featurize.liveness`).
+        self.progressing = progressing
         # The drain adds receipts (`hold`) and the driver replaces them while the beat's thread reads them.
         self._receipts: list[str] = []
         self._receipts_lock = threading.Lock()
@@ -176,8 +247,12 @@ class Heartbeat:
     def beat(self) -> None:
         """Renew the lock, then extend every held message's visibility, `BEAT_THREADS` batch calls at a time.
 
-        A batch call that raises fails the beat, but only once every other batch has been tried."""
-        self.lock.renew()
+        A batch call that raises fails the beat, but only once every other batch has been tried. A run that makes no
+        progress keeps its messages hidden (it is giving them back) but no longer renews the lock."""
+        if self.progressing():
+            self.lock.renew()
+        else:
+            log.warning("Run lock not renewed: the run makes no progress")
         with ThreadPoolExecutor(BEAT_THREADS, thread_name_prefix="pomona-heartbeat") as pool:
             lapsed = [r for left in pool.map(self._extend, in_batches(self.receipts)) for r in left]
         if lapsed:

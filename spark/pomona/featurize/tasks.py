@@ -13,6 +13,7 @@ import hashlib
 import io
 import itertools
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -28,7 +29,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pomona.core.aws import RETRIES, error_code, is_missing
 from pomona.core.contract import Reason
 from pomona.core.outputs import features_key, projections_key
-from pomona.core.settings import Settings
+from pomona.core.settings import Settings, injected_fault
 from pomona.ml.backends import get_backend
 from pomona.ml.classifier import LabelStats, merge_label_stats
 from pomona.ml.featurizer import get_featurizer
@@ -45,7 +46,8 @@ log = logging.getLogger(__name__)
 CHUNK = 64  # images decoded and featurized together in an executor
 FETCH_THREADS = 8  # concurrent GETs per Python worker: S3 latency hides behind the model
 META_COLUMNS = ("sha256", "key", "label", "version_id", "etag", "bucket")
-# One row per image that failed: its sha256, reason, detail, and the S3 error code of a deferred one.
+# One row per image that failed: its sha256, reason, detail, and the S3 error code of a deferred one (the exception's
+# type of a decode failure).
 FAILURE_COLUMNS = ("sha256", "reason", "detail", "error_code")
 # Not a `Reason`: the image's message is left on the queue, so it comes back (and reaches the DLQ after the queue's
 # receive limit); one image's access or throttling error never fails its task, nor its batch.
@@ -149,6 +151,7 @@ def featurize_partitions(
         # Untrusted bytes: only the allowed formats' decoders, and no more pixels than ingestion accepts.
         limits = DecodeLimits.for_uploads(settings)
         for part in parts:
+            _inject_fault(groups.value[part])
             started = time.monotonic()
             outcome = _featurize_group(
                 s3,
@@ -169,6 +172,17 @@ def featurize_partitions(
             yield outcome
 
     return run
+
+
+def _inject_fault(rows: Sequence[tuple[str, ...]]) -> None:
+    """Tests only (POMONA_FAULT): `hang_in_task`, a stage that never ends; `crash_on:<sha256>`, the Python worker
+    dies on that image, as an out-of-memory kill would."""
+    fault = injected_fault()
+    if fault == "hang_in_task":
+        time.sleep(24 * 3600)
+    if fault.startswith("crash_on:") and any(row[0] == fault.removeprefix("crash_on:") for row in rows):
+        log.error("Injected fault", extra={"fault": fault})
+        os._exit(137)
 
 
 def task_cores() -> int:

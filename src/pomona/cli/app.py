@@ -418,6 +418,8 @@ def status(
         sys.stdout.write(json.dumps(report, indent=2) + "\n")
         return
     out = Console()
+    colour = "green" if report["health"].startswith("ok") else "bold red"
+    out.print(f"[{colour}]{report['health']}[/]")
     out.print(f"bucket [bold]{report['bucket']}[/], PCA version [bold]{report['pca_version']}[/]")
     queues = Table("queue", "visible", "in flight", title="queues")
     for name, depth in report["queues"].items():

@@ -24,6 +24,12 @@ from pomona.core.settings import Settings
 SCHEMA_VERSION = 1
 MAX_LABEL_CHARS = 64
 MAX_KEY_BYTES = 1024  # S3's own limit
+SIDECAR_SUFFIX = ".reason.json"
+# S3's version id of an object written while its bucket was unversioned (a quarantine key's version segment then).
+NULL_VERSION = "null"
+# S3's version ids are 32 characters; a longer one (only a hostile message carries one) is cut and ends in a digest.
+_MAX_VERSION_CHARS = 64
+_DIGEST_CHARS = 16
 IMAGE_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "GIF", "TIFF", "BMP"})
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # Bidi controls reorder the text a label is shown in; these invisible characters make a label look like another.
@@ -109,18 +115,29 @@ def check_upload_key(key: str, *, uploads_prefix: str) -> None:
         raise BadKeyError(f"expected no '.' or '..' path segment, got {key!r}")
 
 
-def quarantine_key(reason: Reason, key: str, *, quarantine_prefix: str) -> str:
-    """`quarantine/<reason>/<original key>`, with every unsafe segment percent-encoded so it stays inside."""
-    safe = "/".join(_safe_segment(s) for s in key.split("/"))
-    if len(safe.encode()) > MAX_KEY_BYTES - 100:
-        digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:16]
-        safe = f"{safe[:400]}…{digest}"
-    return f"{quarantine_prefix}{reason.value}/{safe}"
+def quarantine_key(reason: Reason, key: str, *, version_id: str | None, quarantine_prefix: str) -> str:
+    """`<quarantine prefix><reason>/<original key>/<version id>`: one place per object version, so two bad versions
+    of one key keep their own copy and sidecar; an unversioned object's version is S3's `null`.
+
+    Every segment of the key is percent-encoded where unsafe, so the result never leaves its prefix; the version id
+    is one more segment, its `/` and `.` encoded too, so it never splits and no quarantined object's key ends in
+    `SIDECAR_SUFFIX`. Different (key, version) pairs give different keys: a key (or a version id over 64 characters)
+    too long for S3's 1024 bytes, sidecar suffix included, is cut and ended with `…` and a digest of the original.
+    """
+    folder = f"{quarantine_prefix}{reason.value}/"
+    version = _safe_segment(version_id or NULL_VERSION).replace(".", "%2E")
+    if len(version) > _MAX_VERSION_CHARS:
+        version = _shortened(version, version_id or NULL_VERSION, _MAX_VERSION_CHARS)
+    original = "/".join(_safe_segment(s) for s in key.split("/"))
+    room = MAX_KEY_BYTES - len(f"{folder}/{version}{SIDECAR_SUFFIX}".encode())
+    if len(original) > room:
+        original = _shortened(original, key, room)
+    return f"{folder}{original}/{version}"
 
 
 def sidecar_key(quarantined_key: str) -> str:
     """The JSON sidecar beside a quarantined object."""
-    return f"{quarantined_key}.reason.json"
+    return f"{quarantined_key}{SIDECAR_SUFFIX}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -135,6 +152,7 @@ class QuarantineSidecar:
     size: int | None
     sha256: str | None
     stage: Literal["ingest", "featurize"]  # which unit quarantined it
+    error_type: str | None = None  # the exception's type name, when a decoder raised (`decode_failed`)
     time: str = dataclasses.field(default_factory=utc_now)
 
     def to_json(self) -> bytes:
@@ -143,9 +161,17 @@ class QuarantineSidecar:
 
 
 def _safe_segment(segment: str) -> str:
+    """ASCII, one path segment (`/` encoded), never empty, `.` or `..`; text that is no valid Unicode (a lone
+    surrogate) is encoded as its surrogatepass bytes rather than raising."""
     if segment in {"", ".", ".."}:
         return quote(segment, safe="").replace(".", "%2E") or "%00"
-    return quote(segment, safe=" !$&'()*+,;=:@-._~")
+    return quote(segment.encode("utf-8", "surrogatepass"), safe=" !$&'()*+,;=:@-._~")
+
+
+def _shortened(safe: str, raw: str, limit: int) -> str:
+    """`safe` (ASCII) cut to fit `limit` bytes with `…` and a digest of `raw`, which keeps it one name per `raw`."""
+    digest = hashlib.sha256(raw.encode("utf-8", "surrogatepass")).hexdigest()[:_DIGEST_CHARS]
+    return f"{safe[: max(0, limit - len('…'.encode()) - _DIGEST_CHARS)]}…{digest}"
 
 
 # -- the queue message -----------------------------------------------------------------------------------------
@@ -179,10 +205,15 @@ class ImageMessage:
 
     @classmethod
     def from_json(cls, body: str | bytes) -> Self:
-        """Parse and validate a message body; `ContractError` says what was expected and what was found."""
+        """Parse and validate a message body; `ContractError` says what was expected and what was found.
+
+        Text that is no valid Unicode (a lone surrogate, which JSON's `\\ud800` escape can carry) in any field is a
+        `ContractError` too, so every message there is can be written out: its key to S3, its fields to JSON and
+        logs. Such a message is malformed, not refused: it cannot be quarantined under its key, which S3 cannot
+        store, and ingestion, whose keys come from S3, never sends one."""
         try:
             data = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as err:
+        except (ValueError, UnicodeDecodeError, RecursionError) as err:  # RecursionError: nested too deep
             raise ContractError(f"expected a JSON object, got {_preview(body)}") from err
         if not isinstance(data, dict):
             raise ContractError(f"expected a JSON object, got {type(data).__name__}")
@@ -206,6 +237,8 @@ def _check_message(message: ImageMessage) -> None:
         expected = int if f.name in _INT_FIELDS else str
         if not isinstance(value, expected) or isinstance(value, bool):
             raise ContractError(f"{f.name}: expected {expected.__name__}, got {value!r}")
+        if isinstance(value, str):
+            _check_text(f.name, value)
     if not _SHA256.fullmatch(message.sha256):
         raise ContractError(f"sha256: expected 64 lowercase hex digits, got {message.sha256!r}")
     if message.size <= 0 or message.width <= 0 or message.height <= 0:
@@ -218,11 +251,25 @@ def _check_message(message: ImageMessage) -> None:
         raise ContractError("expected non-empty bucket, key and version_id")
 
 
+def _check_text(name: str, value: str) -> None:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        found = value[err.start]
+        raise ContractError(
+            f"{name}: expected text that encodes as UTF-8, got {value!r} (lone surrogate U+{ord(found):04X} at "
+            f"{err.start})"
+        ) from err
+
+
 def check_queued(message: ImageMessage, settings: Settings) -> None:
     """Raise `ContractError` unless `message` names what this deployment's ingestion would have queued: an object
-    of its bucket under its uploads prefix, a sanitised label, an allowed format within the pixel limit.
+    of its bucket under its uploads prefix, a sanitised label, an allowed format within the pixel limit, at most
+    `max_bytes` bytes (so no executor reads an oversized version that ingestion quarantined from its HEAD).
 
-    The queue is a boundary: the job checks what it is told before it fetches or decodes anything."""
+    The queue is a boundary: the job checks what it is told before it fetches or decodes anything. Every string of
+    an `ImageMessage` encodes as UTF-8 already (`from_json`), so a refused message can be quarantined by a sidecar
+    under its key."""
     if message.bucket != settings.bucket:
         raise ContractError(f"bucket: expected {settings.bucket!r}, got {message.bucket!r}")
     check_upload_key(message.key, uploads_prefix=settings.uploads_prefix)
@@ -236,6 +283,8 @@ def check_queued(message: ImageMessage, settings: Settings) -> None:
         raise ContractError(
             f"expected at most {settings.max_pixels} pixels, got {message.width}×{message.height}"
         )
+    if message.size > settings.max_bytes:
+        raise ContractError(f"size: expected at most {settings.max_bytes} bytes, got {message.size}")
 
 
 def _required(f: dataclasses.Field[Any]) -> bool:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, TypeVar
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
@@ -31,3 +32,56 @@ def queue_depth(sqs: SQSClient, url: str) -> dict[str, int]:
         "visible": int(attributes["ApproximateNumberOfMessages"]),
         "in_flight": int(attributes["ApproximateNumberOfMessagesNotVisible"]),
     }
+
+
+# -- a failed run's messages ------------------------------------------------------------------------------------
+# A run that fails gives its messages back as copies (their receive count starts again: a failed run never charges
+# them) carrying these attributes; a message that failed a run alone goes to the DLQ with the failure recorded.
+FAILED_RUNS = "pomona-failed-runs"
+BATCH_CAP = "pomona-batch-cap"
+FAILURE = "pomona-failure"
+MAX_FAILURE_CHARS = 1000
+
+
+@dataclass(frozen=True)
+class Suspicion:
+    """What failed runs said of a message: how many it was in, the most messages its next run may hold with it
+    (half the last failed batch: `None` when it was in none), and the last failure."""
+
+    failed_runs: int = 0
+    batch_cap: int | None = None
+    failure: str = ""
+
+    @classmethod
+    def of(cls, message: Mapping[str, Any]) -> Suspicion:
+        """From a received message's MessageAttributes; a missing or unreadable attribute says nothing."""
+        attributes = message.get("MessageAttributes", {})
+
+        def number(name: str) -> int | None:
+            try:
+                return max(int(attributes[name]["StringValue"]), 0)
+            except (KeyError, TypeError, ValueError):
+                return None
+
+        cap = number(BATCH_CAP)
+        return cls(
+            failed_runs=number(FAILED_RUNS) or 0,
+            batch_cap=None if cap is None else max(cap, 1),
+            failure=str(attributes.get(FAILURE, {}).get("StringValue", "")),
+        )
+
+    def after_failure(self, batch: int, failure: str) -> Suspicion:
+        """This message once more in a run of `batch` messages that failed with `failure`."""
+        return Suspicion(self.failed_runs + 1, max(batch // 2, 1), failure[:MAX_FAILURE_CHARS])
+
+    def attributes(self) -> dict[str, Any]:
+        """The MessageAttributes that carry it (none for a message no run failed with)."""
+        if not self.failed_runs:
+            return {}
+        found: dict[str, Any] = {
+            FAILED_RUNS: {"DataType": "Number", "StringValue": str(self.failed_runs)},
+            FAILURE: {"DataType": "String", "StringValue": self.failure or "unknown"},
+        }
+        if self.batch_cap is not None:
+            found[BATCH_CAP] = {"DataType": "Number", "StringValue": str(self.batch_cap)}
+        return found

@@ -44,9 +44,13 @@ class Resources:
     # The dedupe index: the sha256 of every committed image, with its batch (`pomona.featurize.index`). Kept for
     # good: an image's entry is what makes a redelivery of it, years later, a duplicate.
     seen: TableSpec
-    # Quarantined objects expire after this many days (their versions are kept by the bucket until then).
-    quarantine_expiry_days: int = 30
-    # Old object versions (replaced or deleted uploads) expire after this many days.
+    # Quarantined objects become noncurrent this many days after they were written, then are kept
+    # `noncurrent_expiry_days` more. Never shorter than `noncurrent_expiry_days`: a quarantined copy's sidecar says
+    # why an upload was refused and which version it was, so it outlives those bytes. On AWS both are the stack's
+    # `RetentionDays` (default 90); the embedded stack sets no lifecycle rules.
+    quarantine_expiry_days: int = 90
+    # Old object versions (replaced, deleted or rejected uploads) expire this many days after they stopped being
+    # current.
     noncurrent_expiry_days: int = 90
 
 

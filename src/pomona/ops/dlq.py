@@ -22,7 +22,7 @@ from botocore.exceptions import ClientError
 from pomona.core.aws import error_code
 from pomona.core.contract import ImageMessage, check_queued
 from pomona.core.errors import ContractError, PomonaError
-from pomona.core.queues import SQS_BATCH, in_batches, queue_depth
+from pomona.core.queues import FAILED_RUNS, FAILURE, SQS_BATCH, Suspicion, in_batches, queue_depth
 from pomona.core.settings import Settings
 
 if TYPE_CHECKING:
@@ -144,8 +144,16 @@ def describe_message(
         sent_at=_iso(attributes.get("SentTimestamp")),
         payload=payload,
         keys=keys,
-        reason=problem or receive_reason(receives, max_receive_count),
+        reason=problem or failure_reason(message) or receive_reason(receives, max_receive_count),
     )
+
+
+def failure_reason(message: Mapping[str, Any]) -> str | None:
+    """Why the job dead-lettered a message itself: it failed a run on its own (`pomona.core.queues.Suspicion`)."""
+    suspicion = Suspicion.of(message)
+    if not suspicion.failed_runs:
+        return None
+    return f"failed a run on its own (after {suspicion.failed_runs} failed runs): {suspicion.failure}"
 
 
 def receive_reason(receives: int, max_receive_count: int) -> str:
@@ -167,6 +175,8 @@ def describe_image_body(body: str, settings: Settings) -> tuple[str, tuple[str, 
         data = _json_object(body)
         key = data.get("key") if data else None
         if isinstance(key, str):
+            # A key that is not Unicode text (a lone surrogate) is shown escaped: a terminal cannot print it.
+            key = key.encode("utf-8", "backslashreplace").decode()
             return key, (key,), f"not an ImageMessage: {err}"
         return _preview(body), (), f"not an ImageMessage: {err}"
     payload = f"{image.key} (version {image.version_id}, label {image.label!r})"
@@ -281,6 +291,7 @@ def peek(sqs: SQSClient, dlq: DeadLetterQueue, settings: Settings, *, limit: int
                     VisibilityTimeout=PEEK_VISIBILITY_S,
                     WaitTimeSeconds=wait_s,
                     MessageSystemAttributeNames=["ApproximateReceiveCount", "SentTimestamp"],
+                    MessageAttributeNames=[FAILURE, FAILED_RUNS],
                 ).get("Messages", [])
                 for message in batch:
                     held.setdefault(message["MessageId"], message)

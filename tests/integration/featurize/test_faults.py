@@ -8,123 +8,51 @@ the queue, and no file of an uncommitted run is left beside the committed ones.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
 import itertools
-import os
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 from unittest.mock import ANY
 
 import boto3
 import pyarrow.parquet as pq
 import pytest
+from job_process import (
+    JOB_TIMEOUT_S,
+    KILLED,
+    SHORT_VISIBILITY_S,
+    Uploaded,
+    finish,
+    list_keys,
+    queue_depth,
+    start_job,
+    wait_until_visible,
+)
 
 from fault_proxy import TRANSIENT, Call, Fault, FlakyProxy, Plan
 from pomona.core.aws import get_json, put_json
 from pomona.core.outputs import CommittedOutputs, leases_prefix, lock_key, pca_latest_key, pca_prefix
 from pomona.core.settings import Settings
-from pomona.featurize.commit import Committer
+from pomona.featurize.commit import Committer, Latest
 from pomona.featurize.driver import BatchResult, Job, JobOptions, run_job
 from pomona.featurize.entry import EXIT_CONCURRENT_RUN
 from pomona.featurize.index import SeenIndex
 from pomona.featurize.lock import ConcurrentRunError, RunLock
-from pomona.ingest import handler
-from pomona.local.poller import EventSourcePoller
-from pomona.local.stack import LOCAL_ENV
 from pomona.ml.pca import load_state
-from pomona.testing.samples import SYNTHETIC_LABELS, fruit_image
+from pomona.testing.samples import SYNTHETIC_LABELS
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[3]
-KILLED = 137  # the injected fault's exit code, as a SIGKILLed pod reports it
-JOB_TIMEOUT_S = 300
-# A killed run's messages come back after this, instead of the production 300 s.
-SHORT_VISIBILITY_S = 5
 # Phases after LATEST moved: the killed run's batch is committed and the next run only finishes it.
 ROLLED_FORWARD = ("after_latest", "after_index", "after_manifest", "mid_delete")
 PHASES = ("after_receive", "after_features", "after_pca_version", *ROLLED_FORWARD)
 
 
-@dataclasses.dataclass(frozen=True)
-class Uploaded:
-    settings: Settings
-    shas: frozenset[str]  # the distinct valid images
-    queued: int  # messages on the images queue
-
-
-# -- fixtures ----------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def uploaded(deployment: Settings, random_model: Callable[[Settings], Settings]) -> Iterator[Uploaded]:
-    """12 distinct images and one more copy of the first under another key, ingested onto the images queue."""
-    handler._ingestor.cache_clear()
-    s3 = boto3.client("s3")
-    images = {
-        f"uploads/{SYNTHETIC_LABELS[i % 3]}/img_{i}.jpg": fruit_image(SYNTHETIC_LABELS[i % 3], i)
-        for i in range(12)
-    }
-    images["uploads/Banana/copy_of_img_0.jpg"] = images[f"uploads/{SYNTHETIC_LABELS[0]}/img_0.jpg"]
-    for key, body in images.items():
-        s3.put_object(Bucket=deployment.bucket, Key=key, Body=body)
-    EventSourcePoller(deployment.events_queue_url, handler.lambda_handler).drain()
-    shas = frozenset(hashlib.sha256(body).hexdigest() for body in images.values())
-    assert _queue_depth(deployment) == (len(images), 0)
-    yield Uploaded(settings=random_model(deployment), shas=shas, queued=len(images))
-    handler._ingestor.cache_clear()
-
-
 # -- running the job ---------------------------------------------------------------------------------------------
-
-
-def _start_job(
-    settings: Settings, *, fault: str | None = None, short_visibility: bool = False
-) -> subprocess.Popen[str]:
-    """The job as its pod runs it: spark/main.py in its own process, against `settings`.
-
-    A run that is killed or stopped holds its messages for SHORT_VISIBILITY_S only: once it is gone they come
-    back sooner than the production 300 s, as if that much time had passed.
-    """
-    env = {
-        **os.environ,
-        **LOCAL_ENV,
-        **settings.to_env(),
-        "SPARK_LOCAL_IP": "127.0.0.1",
-    }
-    env.pop("POMONA_FAULT", None)
-    args = ["--master", "local[1]", "--weights", "random"]
-    if fault:
-        env["POMONA_FAULT"] = fault
-    if fault or short_visibility:
-        args += ["--visibility-timeout", str(SHORT_VISIBILITY_S)]
-    return subprocess.Popen(
-        [sys.executable, "spark/main.py", *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
-def _finish(process: subprocess.Popen[str]) -> tuple[int, str]:
-    try:
-        output, _ = process.communicate(timeout=JOB_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        output, _ = process.communicate()
-        pytest.fail(f"expected the job to end within {JOB_TIMEOUT_S} s, it did not: {output[-2000:]}")
-    return process.returncode, output
 
 
 def _run_until_drained(
@@ -133,41 +61,14 @@ def _run_until_drained(
     """Clean runs, as the schedule would start them, until no message is left: returns what each did."""
     results: list[BatchResult] = []
     for _ in range(max_runs):
-        _wait_until_visible(settings)
+        wait_until_visible(settings)
         results.append(run_job(spark, settings, job_options))
-        if _queue_depth(settings) == (0, 0):
+        if queue_depth(settings) == (0, 0):
             return results
-    pytest.fail(f"expected the queue to drain within {max_runs} runs, found {_queue_depth(settings)} left")
+    pytest.fail(f"expected the queue to drain within {max_runs} runs, found {queue_depth(settings)} left")
 
 
 # -- the state of a deployment -----------------------------------------------------------------------------------
-
-
-def _queue_depth(settings: Settings) -> tuple[int, int]:
-    """(visible, in flight) on the images queue."""
-    attributes = boto3.client("sqs").get_queue_attributes(
-        QueueUrl=settings.images_queue_url,
-        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-    )["Attributes"]
-    return int(attributes["ApproximateNumberOfMessages"]), int(
-        attributes["ApproximateNumberOfMessagesNotVisible"]
-    )
-
-
-def _wait_until_visible(settings: Settings, *, timeout_s: float = 60) -> None:
-    """Messages a dead run held come back after their visibility timeout; wait for that, boundedly."""
-    deadline = time.monotonic() + timeout_s
-    while _queue_depth(settings)[1]:
-        if time.monotonic() > deadline:
-            pytest.fail(f"expected held messages back within {timeout_s} s, found {_queue_depth(settings)}")
-        time.sleep(0.5)
-
-
-def _keys(settings: Settings, prefix: str) -> list[str]:
-    pages = (
-        boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=settings.bucket, Prefix=prefix)
-    )
-    return [item["Key"] for page in pages for item in page.get("Contents", [])]
 
 
 def _batch_ids(settings: Settings) -> set[str]:
@@ -175,7 +76,7 @@ def _batch_ids(settings: Settings) -> set[str]:
     return {
         key.split("batch_id=", 1)[1].split("/", 1)[0]
         for folder in ("features/", "projections/")
-        for key in _keys(settings, folder)
+        for key in list_keys(settings, folder)
     }
 
 
@@ -207,11 +108,21 @@ def _expire_lock(settings: Settings, *, leases: bool = True) -> dict[str, Any]:
         {**holder, "expires_at": expired},
         if_match=etag,
     )
-    for key in _keys(settings, leases_prefix(settings.output_prefix)) if leases else []:
+    if leases:
+        _expire_leases(settings)
+    return holder
+
+
+def _expire_leases(settings: Settings) -> list[str]:
+    """Move every run lease past its TTL, as an hour of waiting would; the batch ids of the leases."""
+    s3 = boto3.client("s3")
+    expired = (datetime.now(UTC) - timedelta(seconds=1)).isoformat()
+    found = list_keys(settings, leases_prefix(settings.output_prefix))
+    for key in found:
         lease = get_json(s3, settings.bucket, key)
         assert lease is not None
         put_json(s3, settings.bucket, key, {**lease[0], "expires_at": expired})
-    return holder
+    return [key.rsplit("/", 1)[-1].removesuffix(".json") for key in found]
 
 
 def _assert_committed_exactly_once(settings: Settings, shas: frozenset[str]) -> list[dict[str, Any]]:
@@ -234,15 +145,15 @@ def _assert_committed_exactly_once(settings: Settings, shas: frozenset[str]) -> 
     assert state.n == len(shas)
     assert max(m["pca_version"] for m in manifests) == version
     # Nothing stuck: no message visible or in flight, none dead-lettered.
-    assert _queue_depth(settings) == (0, 0)
+    assert queue_depth(settings) == (0, 0)
     dead = boto3.client("sqs").receive_message(QueueUrl=settings.images_dlq_url, MaxNumberOfMessages=10)
     assert dead.get("Messages", []) == []
     # No part file, PCA version or lock of an uncommitted run is left.
-    assert sorted(_keys(settings, "features/")) == sorted(features)
-    assert sorted(_keys(settings, "projections/")) == sorted(projections)
-    versions = {k.split("/")[2] for k in _keys(settings, "models/pca/v")}
+    assert sorted(list_keys(settings, "features/")) == sorted(features)
+    assert sorted(list_keys(settings, "projections/")) == sorted(projections)
+    versions = {k.split("/")[2] for k in list_keys(settings, "models/pca/v")}
     assert versions == {f"v{m['pca_version']}-{m['batch_id']}" for m in manifests}
-    assert _keys(settings, "locks/") == []  # the run lock and every run's lease released
+    assert list_keys(settings, "locks/") == []  # the run lock and every run's lease released
     return manifests
 
 
@@ -256,7 +167,7 @@ def test_a_run_killed_at_any_phase_loses_and_doubles_nothing(
     settings = uploaded.settings
 
     # GIVEN 13 queued uploads (12 distinct images, one of them twice), and a run killed at `phase`
-    code, output = _finish(_start_job(settings, fault=phase))
+    code, output = finish(start_job(settings, fault=phase))
     assert code == KILLED, output[-3000:]
     assert "Injected fault" in output
     killed_batches = _batch_ids(settings)
@@ -278,6 +189,76 @@ def test_a_run_killed_at_any_phase_loses_and_doubles_nothing(
         assert results[0].manifest["batch_id"] == manifest["batch_id"]
 
 
+@pytest.mark.parametrize("phase", ["after_features", "after_pca_version", "after_latest"])
+def test_a_killed_runs_files_are_spared_while_its_lease_lives_and_deleted_once_it_lapses(
+    phase: str, spark: Any, uploaded: Uploaded, job_options: JobOptions
+) -> None:
+    settings = uploaded.settings
+
+    # GIVEN a run killed at `phase`
+    code, output = finish(start_job(settings, fault=phase))
+    assert code == KILLED, output[-3000:]
+    killed = _batch_ids(settings)
+
+    # WHEN, as in production, its lock lapses first (30 min) while its lease still lives (60 min), and the next
+    # runs work the queue
+    _expire_lock(settings, leases=False)
+    results = _run_until_drained(spark, settings, job_options)
+
+    # THEN the images are committed (by the killed run's own batch if it had moved LATEST), and the killed run's
+    # files are spared while its lease lives: a run whose lock was taken over may still be alive
+    manifests = CommittedOutputs.in_bucket(boto3.client("s3"), settings).manifests()
+    committed = {m["batch_id"] for m in manifests}
+    assert len(committed) == 1
+    if phase == "after_latest":
+        assert committed == killed  # rolled forward whatever its lease says: LATEST names it
+        assert [r.manifest for r in results] == [None] * len(results)
+    else:
+        assert killed <= _batch_ids(settings) - committed  # still there, uncommitted
+    (live,) = _expire_leases(settings) if phase != "after_latest" else [next(iter(killed))]
+
+    # AND once its lease lapses too, the next run's recovery deletes them: nothing lost, nothing twice, no orphan
+    run_job(spark, settings, job_options)
+    _assert_committed_exactly_once(settings, uploaded.shas)
+    assert live in killed
+
+
+def test_recovery_never_deletes_files_once_another_run_moved_latest(
+    spark: Any, uploaded: Uploaded, job_options: JobOptions
+) -> None:
+    settings = uploaded.settings
+    s3 = boto3.client("s3")
+
+    # GIVEN a run killed after writing its part files, its lock and lease lapsed
+    code, output = finish(start_job(settings, fault="after_features"))
+    assert code == KILLED, output[-3000:]
+    (orphaned,) = _batch_ids(settings)
+    _expire_lock(settings)
+
+    # WHEN a recovery reads LATEST, and another run moves LATEST before the recovery fences it
+    class Overtaken(Committer):
+        def _fence(self, latest: Latest) -> bool:
+            put_json(
+                s3,
+                settings.bucket,
+                pca_latest_key(settings.output_prefix),
+                {"version": 1, "batch_id": "other"},
+            )
+            return super()._fence(latest)
+
+    committer = Overtaken(s3, settings, SeenIndex(boto3.client("dynamodb"), settings.seen_table))
+    committer.recover()
+
+    # THEN the fence fails and recovery deletes nothing: the orphan's files wait for a later recovery
+    assert orphaned in _batch_ids(settings)
+    s3.delete_object(Bucket=settings.bucket, Key=pca_latest_key(settings.output_prefix))
+
+    # AND a later recovery, unhindered, deletes them, and a clean run commits every image once
+    _run_until_drained(spark, settings, job_options)
+    assert orphaned not in _batch_ids(settings)
+    _assert_committed_exactly_once(settings, uploaded.shas)
+
+
 # -- 2. two runs at once -----------------------------------------------------------------------------------------
 
 
@@ -288,8 +269,8 @@ def test_two_runs_started_at_once_commit_once(
 
     # GIVEN queued uploads
     # WHEN two runs start at the same moment
-    processes = [_start_job(settings) for _ in range(2)]
-    outcomes = sorted(_finish(p) for p in processes)
+    processes = [start_job(settings) for _ in range(2)]
+    outcomes = sorted(finish(p) for p in processes)
 
     # THEN one commits; the other stops at the lock with one error line, no traceback, and writes nothing
     (won, won_log), (lost, lost_log) = outcomes
@@ -300,7 +281,7 @@ def test_two_runs_started_at_once_commit_once(
     assert "Traceback" not in lost_log
     (manifest,) = CommittedOutputs.in_bucket(boto3.client("s3"), settings).manifests()
     assert _batch_ids(settings) == {manifest["batch_id"]}
-    assert {k.split("/")[2] for k in _keys(settings, "models/pca/v")} == {f"v1-{manifest['batch_id']}"}
+    assert {k.split("/")[2] for k in list_keys(settings, "models/pca/v")} == {f"v1-{manifest['batch_id']}"}
 
     # AND a later run finds nothing left to do: every image is committed exactly once
     (later,) = _run_until_drained(spark, settings, job_options)
@@ -315,7 +296,7 @@ def test_a_run_whose_lock_was_taken_over_commits_nothing(
     s3 = boto3.client("s3")
 
     # GIVEN a run that has taken the lock and is working
-    process = _start_job(settings, short_visibility=True)
+    process = start_job(settings, short_visibility=True)
     deadline = time.monotonic() + JOB_TIMEOUT_S
     while get_json(s3, settings.bucket, lock_key(settings.output_prefix)) is None and process.poll() is None:
         assert time.monotonic() < deadline, "expected the run to take the lock"
@@ -325,12 +306,12 @@ def test_a_run_whose_lock_was_taken_over_commits_nothing(
     _expire_lock(settings)
     other = RunLock(s3, settings.bucket, lock_key(settings.output_prefix))
     other.acquire()
-    code, output = _finish(process)
+    code, output = finish(process)
 
     # THEN the first run stops before it writes a PCA version or moves LATEST, and leaves the other's lock be
     assert code == EXIT_CONCURRENT_RUN, output[-3000:]
     assert CommittedOutputs.in_bucket(s3, settings).manifests() == []
-    assert _keys(settings, "models/") == []
+    assert list_keys(settings, "models/") == []
     assert get_json(s3, settings.bucket, lock_key(settings.output_prefix)) == (ANY, other.etag)
 
     # AND once the other run is done, clean runs commit every image exactly once
@@ -391,7 +372,7 @@ def test_two_runs_past_the_lock_commit_once_and_recovery_spares_the_live_ones_fi
     latest = get_json(s3, settings.bucket, pca_latest_key(settings.output_prefix))
     assert latest is not None
     assert latest[0] == {"version": 1, "batch_id": b.manifest["batch_id"]}
-    versions = {k.split("/")[2] for k in _keys(settings, "models/pca/v")}
+    versions = {k.split("/")[2] for k in list_keys(settings, "models/pca/v")}
     assert versions == {f"v1-{b.manifest['batch_id']}", f"v1-{a.batch_id}"}
     state_npz = s3.get_object(
         Bucket=settings.bucket,
@@ -504,8 +485,8 @@ def test_an_image_denied_access_is_deferred_while_the_rest_of_its_batch_commits(
         assert first.manifest["counts"]["featurized"] == len(uploaded.shas) - 1
         assert first.manifest["counts"]["deferred"] == {"AccessDenied": 1}
         assert first.manifest["counts"]["failed"] == {}
-        assert sum(_queue_depth(settings)) == 1
-        assert _keys(settings, settings.quarantine_prefix) == []
+        assert sum(queue_depth(settings)) == 1
+        assert list_keys(settings, settings.quarantine_prefix) == []
 
         # AND once access is fixed, the next run commits it, and every image is committed exactly once
         fixed.set()

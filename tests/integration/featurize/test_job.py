@@ -188,7 +188,12 @@ def test_duplicates_poison_and_malformed(spark: object, ingest: Settings, job_op
         "deferred": {},
         "labels": {"Plum": 1, "Apple Red": 2, "Banana": 2, "Lime": 2},
     }
-    target = quarantine_key(Reason.DECODE_FAILED, poison.key, quarantine_prefix=ingest.quarantine_prefix)
+    target = quarantine_key(
+        Reason.DECODE_FAILED,
+        poison.key,
+        version_id=poison.version_id,
+        quarantine_prefix=ingest.quarantine_prefix,
+    )
     sidecar = json.loads(s3.get_object(Bucket=ingest.bucket, Key=sidecar_key(target))["Body"].read())
     assert sidecar["reason"] == "decode_failed"
     assert sidecar["sha256"] == poison.sha256
@@ -438,7 +443,11 @@ def test_messages_naming_gone_or_changed_objects_are_reported_not_featurized(
         (forged[1], Reason.OBJECT_CHANGED),
         (forged[2], Reason.OBJECT_CHANGED),
     ]:
-        target = sidecar_key(quarantine_key(reason, message.key, quarantine_prefix=ingest.quarantine_prefix))
+        target = sidecar_key(
+            quarantine_key(
+                reason, message.key, version_id=message.version_id, quarantine_prefix=ingest.quarantine_prefix
+            )
+        )
         sidecar = json.loads(s3.get_object(Bucket=ingest.bucket, Key=target)["Body"].read())
         assert (sidecar["reason"], sidecar["version_id"]) == (reason.value, message.version_id)
         details[message.key] = sidecar["detail"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from typing import Any
@@ -102,6 +103,7 @@ def _message(settings: Settings, **changes: object) -> str:
         pytest.param({"label": "Apple\u202eRed"}, id="bidi-override-label"),
         pytest.param({"format": "TIFF"}, id="format-not-allowed"),
         pytest.param({"width": 100_000, "height": 100_000}, id="too-many-pixels"),
+        pytest.param({"size": Settings().max_bytes + 1}, id="size-over-the-limit"),
     ],
 )
 def test_hostile_messages_are_never_taken(deployment: Settings, changes: dict[str, object]) -> None:
@@ -122,16 +124,47 @@ def test_hostile_messages_are_never_taken(deployment: Settings, changes: dict[st
 
 
 def test_a_message_that_is_no_image_message_is_counted_and_left_for_the_dlq(deployment: Settings) -> None:
-    # GIVEN a message that is not JSON, and one that is JSON but no ImageMessage
+    # GIVEN a message that is not JSON, one that is JSON but no ImageMessage, and one nested deeper than any parser
     sqs = boto3.client("sqs")
-    for body in ["not json {", '{"bucket": "b"}']:
+    for body in ["not json {", '{"bucket": "b"}', "[" * 100_000 + "]" * 100_000]:
         sqs.send_message(QueueUrl=deployment.images_queue_url, MessageBody=body)
 
     # WHEN the job drains the queue
     received = drain_queue(sqs, deployment, visibility_timeout_s=60, wait_s=0)
 
-    # THEN both are counted as malformed, and stay on the queue (in flight) for the DLQ
-    assert (received.messages, received.refused, received.malformed) == ([], [], 2)
+    # THEN all are counted as malformed, and stay on the queue (in flight) for the DLQ
+    assert (received.messages, received.refused, received.malformed) == ([], [], 3)
+    assert queue_depth(sqs, deployment.images_queue_url) == {"visible": 0, "in_flight": 3}
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        pytest.param("key", "uploads/Apple Red/\ud800.jpg", id="key"),
+        pytest.param("label", "Apple \udfff", id="label"),
+        pytest.param("bucket", "\ud800", id="bucket"),
+        pytest.param("etag", '"\ud800"', id="etag"),
+        pytest.param("version_id", "v\ud800", id="version-id"),
+        pytest.param("mode", "RGB\ud800", id="mode"),
+    ],
+)
+def test_a_message_whose_text_is_no_unicode_is_malformed_not_refused(
+    deployment: Settings, field: str, value: str
+) -> None:
+    # GIVEN a valid message, and one with a lone surrogate in a field (JSON's escape carries it; it would raise
+    # UnicodeEncodeError wherever the driver or an executor wrote it, an S3 key or a sidecar included)
+    sqs = boto3.client("sqs")
+    body = json.dumps(json.loads(_message(deployment)) | {field: value})
+    for message in [_message(deployment), body]:
+        sqs.send_message(QueueUrl=deployment.images_queue_url, MessageBody=message)
+
+    # WHEN the job drains the queue
+    received = drain_queue(sqs, deployment, visibility_timeout_s=60, wait_s=0)
+
+    # THEN the valid one is taken; the other is malformed, not refused (a sidecar under its key could not be
+    # written), and stays on the queue (in flight) for the DLQ, where `pomona dlq list` shows why
+    assert [m.key for m, _ in received.messages] == ["uploads/Apple Red/a.jpg"]
+    assert (received.refused, received.malformed) == ([], 1)
     assert queue_depth(sqs, deployment.images_queue_url) == {"visible": 0, "in_flight": 2}
 
 

@@ -82,7 +82,7 @@ def test_bad_upload_is_quarantined_with_a_sidecar_and_kept_in_versions(
 
     # THEN it sits in quarantine with a sidecar, left uploads/, and its bytes are still a version of the key
     s3 = boto3.client("s3")
-    target = quarantine_key(reason, key, quarantine_prefix=ingest.quarantine_prefix)
+    target = quarantine_key(reason, key, version_id=version, quarantine_prefix=ingest.quarantine_prefix)
     assert s3.get_object(Bucket=ingest.bucket, Key=target)["Body"].read() == body
     sidecar = json.loads(s3.get_object(Bucket=ingest.bucket, Key=sidecar_key(target))["Body"].read())
     assert sidecar["reason"] == reason.value
@@ -95,12 +95,123 @@ def test_bad_upload_is_quarantined_with_a_sidecar_and_kept_in_versions(
     assert _images(ingest) == []
 
 
+def test_two_bad_versions_of_one_key_keep_both_copies_and_sidecars(ingest: Settings) -> None:
+    # GIVEN a bad upload, ingested, and then another bad upload of the same key
+    key = "uploads/Bad/photo.jpg"
+    bodies = [b"not an image, the first", b"not an image, the second"]
+    first = _upload(ingest, key, bodies[0])
+    _poller(ingest).drain()
+    second = _upload(ingest, key, bodies[1])
+
+    # WHEN the second is ingested too
+    stats = _poller(ingest).drain()
+
+    # THEN each version has its own copy and its own sidecar naming it: neither overwrote the other
+    s3 = boto3.client("s3")
+    assert stats.failed == 0
+    for version, body in zip([first, second], bodies, strict=True):
+        target = quarantine_key(
+            Reason.NOT_AN_IMAGE, key, version_id=version, quarantine_prefix=ingest.quarantine_prefix
+        )
+        assert s3.get_object(Bucket=ingest.bucket, Key=target)["Body"].read() == body
+        sidecar = json.loads(s3.get_object(Bucket=ingest.bucket, Key=sidecar_key(target))["Body"].read())
+        assert (sidecar["original_key"], sidecar["version_id"]) == (key, version)
+    assert len(_quarantined(ingest)) == 4
+    # ... and both stay versions of the key, out of uploads/
+    versions = s3.list_object_versions(Bucket=ingest.bucket, Prefix=key)["Versions"]
+    assert [v["VersionId"] for v in versions] == [second, first]
+    assert s3.list_objects_v2(Bucket=ingest.bucket, Prefix=key).get("KeyCount") == 0
+    assert _images(ingest) == []
+
+
+_JPEG = fruit_image("Apple Red", 13)
+
+
+@pytest.mark.parametrize(
+    ("first", "newer", "reason", "if_match"),
+    [
+        pytest.param(
+            (b"not an image at all", None),
+            (_JPEG, "image/jpeg"),
+            Reason.NOT_AN_IMAGE,
+            True,
+            id="other-bytes",  # S3 refuses the conditional delete: no marker at all
+        ),
+        pytest.param(
+            (_JPEG, "image/png"),
+            (_JPEG, "image/jpeg"),
+            Reason.FORMAT_MISMATCH,
+            True,
+            id="same-bytes",  # the same ETag passes If-Match: the marker is withdrawn
+        ),
+        pytest.param(
+            (b"not an image at all", None),
+            (_JPEG, "image/jpeg"),
+            Reason.NOT_AN_IMAGE,
+            False,
+            id="if-match-ignored",  # a store without conditional deletes: the marker is withdrawn
+        ),
+    ],
+)
+def test_a_newer_upload_landing_before_the_delete_stays_current_and_is_ingested_by_its_own_event(
+    ingest: Settings,
+    emitted: Emitted,
+    first: tuple[bytes, str | None],
+    newer: tuple[bytes, str | None],
+    reason: Reason,
+    if_match: bool,
+) -> None:
+    # GIVEN a bad upload, and a good upload of the same key landing while ingestion quarantines the first: after
+    # its HEAD, GET and validation, right before its DeleteObject
+    key = "uploads/Apple Red/race.jpg"
+    checked = _upload(ingest, key, first[0], **({"ContentType": first[1]} if first[1] else {}))
+    landed: list[str] = []
+
+    def upload_the_newer_one(params: dict[str, Any], **_: Any) -> None:
+        if "VersionId" in params:  # the withdrawal of a marker, by its version id
+            return
+        if not landed:
+            landed.append(_upload(ingest, key, newer[0], ContentType=newer[1]))
+        if not if_match:
+            params.pop("IfMatch", None)
+
+    handler._ingestor().s3.meta.events.register("provide-client-params.s3.DeleteObject", upload_the_newer_one)
+
+    # WHEN the notifications are handled: the first upload's, then the newer one's
+    stats = _poller(ingest).drain()
+
+    # THEN the first is quarantined with its sidecar, but the newer upload was never hidden by a delete marker:
+    # it is the key's current version, and its own event queued it
+    (newer_version,) = landed
+    s3 = boto3.client("s3")
+    assert stats.failed == 0
+    target = quarantine_key(reason, key, version_id=checked, quarantine_prefix=ingest.quarantine_prefix)
+    sidecar = json.loads(s3.get_object(Bucket=ingest.bucket, Key=sidecar_key(target))["Body"].read())
+    assert (sidecar["reason"], sidecar["version_id"]) == (reason.value, checked)
+    assert s3.head_object(Bucket=ingest.bucket, Key=key)["VersionId"] == newer_version
+    versions = s3.list_object_versions(Bucket=ingest.bucket, Prefix=key)
+    assert [v["VersionId"] for v in versions["Versions"]] == [newer_version, checked]
+    assert versions.get("DeleteMarkers", []) == []
+    assert [(m.key, m.version_id) for m in _images(ingest)] == [(key, newer_version)]
+    assert (emitted.count("ImagesRejected"), emitted.count("ImagesAccepted")) == (1, 1)
+    assert emitted.count("ImagesGone") == 0
+    # ... by the way the test means: S3 refused the marker, or ingestion withdrew it
+    withdrawn = emitted.logs("Delete marker withdrawn from a newer upload")
+    refused = emitted.logs("Quarantined upload no longer current; left as it is")
+    if first[0] == newer[0] or not if_match:
+        ((log,), []) = (withdrawn, refused)
+        assert (log.version_id, log.newer_version_id) == (checked, newer_version)  # type: ignore[attr-defined]
+    else:
+        ([], (log,)) = (withdrawn, refused)
+        assert (log.version_id, log.error_code) == (checked, "PreconditionFailed")  # type: ignore[attr-defined]
+
+
 def test_unsafe_key_is_quarantined_as_bad_key(ingest: Settings) -> None:
-    _upload(ingest, "uploads/no-label.jpg", fruit_image("Plum", 3))
+    version = _upload(ingest, "uploads/no-label.jpg", fruit_image("Plum", 3))
     _poller(ingest).drain()
     s3 = boto3.client("s3")
     target = quarantine_key(
-        Reason.BAD_KEY, "uploads/no-label.jpg", quarantine_prefix=ingest.quarantine_prefix
+        Reason.BAD_KEY, "uploads/no-label.jpg", version_id=version, quarantine_prefix=ingest.quarantine_prefix
     )
     assert s3.head_object(Bucket=ingest.bucket, Key=target)["ContentLength"] > 0
     assert _images(ingest) == []
@@ -112,14 +223,16 @@ def test_oversized_upload_is_rejected_from_head_alone(
     # GIVEN a byte limit below the upload's size
     monkeypatch.setenv("POMONA_MAX_BYTES", "100")
     key = "uploads/Orange/big.jpg"
-    _upload(ingest, key, fruit_image("Orange", 4))
+    version = _upload(ingest, key, fruit_image("Orange", 4))
 
     # WHEN it is ingested
     _poller(ingest).drain()
 
     # THEN it is quarantined as too large, with no sha256 since it was never downloaded
     s3 = boto3.client("s3")
-    target = quarantine_key(Reason.TOO_LARGE_BYTES, key, quarantine_prefix=ingest.quarantine_prefix)
+    target = quarantine_key(
+        Reason.TOO_LARGE_BYTES, key, version_id=version, quarantine_prefix=ingest.quarantine_prefix
+    )
     sidecar = json.loads(s3.get_object(Bucket=ingest.bucket, Key=sidecar_key(target))["Body"].read())
     assert sidecar["sha256"] is None
     assert sidecar["detail"].startswith("expected at most 100 bytes, got ")

@@ -79,7 +79,9 @@ def _evaluation(model: PcaModel, x: npt.NDArray[np.float32], labels: list[str]) 
 
 
 def _write_sidecar(out: Path, reason: Reason, key: str, **extra: Any) -> None:
-    path = out / sidecar_key(quarantine_key(reason, key, quarantine_prefix="quarantine/"))
+    path = out / sidecar_key(
+        quarantine_key(reason, key, version_id=extra.get("version_id"), quarantine_prefix="quarantine/")
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
         json.dumps({"reason": reason.value, "detail": "expected …, got …", "original_key": key} | extra)

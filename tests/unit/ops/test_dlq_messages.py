@@ -13,6 +13,7 @@ from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 
 from pomona.core.contract import ImageMessage
+from pomona.core.queues import Suspicion
 from pomona.core.settings import Settings
 from pomona.ops.dlq import (
     DeadLetterQueue,
@@ -188,6 +189,37 @@ def test_a_well_formed_message_is_there_for_its_receives_and_the_look_is_not_cou
 
     assert (peeked.message_id, peeked.receives, peeked.sent_at) == ("m-1", 5, "2025-12-01T00:00:00.123Z")
     assert peeked.reason == "exceeded maxReceiveCount (5 receives, limit 5)"
+
+
+def test_a_message_the_job_dead_lettered_shows_the_failure_it_caused() -> None:
+    # GIVEN a message the job sent to the DLQ itself: it failed a run on its own, the third run it failed
+    suspicion = Suspicion(2, 1, "Py4JJavaError: earlier").after_failure(
+        1, "Py4JJavaError: Python worker exited"
+    )
+    message = {
+        "MessageId": "m-2",
+        "Body": _image(),
+        "Attributes": {"ApproximateReceiveCount": "1", "SentTimestamp": "1764547200123"},
+        "MessageAttributes": suspicion.attributes(),
+    }
+
+    # WHEN `dlq list` describes it, THEN it says why, not "no stored reason"
+    peeked = describe_message("images", message, settings=SETTINGS, max_receive_count=5)
+    assert (
+        peeked.reason == "failed a run on its own (after 3 failed runs): Py4JJavaError: Python worker exited"
+    )
+
+
+def test_a_key_that_is_not_unicode_text_is_shown_escaped() -> None:
+    # GIVEN a malformed message whose key holds a lone surrogate (JSON's "\\ud800")
+    body = '{"schema_version": 1, "key": "uploads/Fig/\\ud800.jpg"}'
+
+    # WHEN `dlq list` describes it, THEN the key is shown escaped, so a terminal can print it
+    payload, keys, problem = describe_image_body(body, SETTINGS)
+    assert payload == "uploads/Fig/\\ud800.jpg"
+    assert keys == (payload,)
+    assert problem is not None
+    assert problem.startswith("not an ImageMessage: ")
 
 
 def test_receive_reason_under_the_limit_has_no_stored_reason() -> None:
