@@ -6,11 +6,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import queue
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -23,6 +25,7 @@ from typing import Any
 
 import boto3
 import pytest
+from PIL import Image
 
 from pomona.core.contract import ImageMessage, utc_now
 from pomona.core.outputs import CommittedOutputs, pca_latest_key
@@ -252,3 +255,81 @@ def test_local_up_commits_every_real_photo_contains_hostile_messages_and_survive
     code, output = stack.stop()
     assert code == 0, output[-3000:]
     assert "Traceback" not in output
+
+
+def test_local_up_commits_real_photos_beside_poison_uploads_and_quarantines_each_poison_with_its_reason(
+    stack: LocalUp, sample_dir: Path
+) -> None:
+    photos = sorted(sample_dir.glob("*/*.jpg"))[::60][:6]
+    real = {f"uploads/{p.parent.name}/{p.name}": p.read_bytes() for p in photos}
+    label = photos[0].parent.name
+    picture = Image.open(io.BytesIO(real[next(iter(real))])).convert("RGB")
+
+    # GIVEN real photos, uploads a decoder might choke on but the door accepts (EXIF that broke Pillow's
+    # exif_transpose, a large half-transparent PNG), and uploads the door must refuse
+    accepted_poison = {
+        f"uploads/{label}/broken-exif.jpg": _save(picture, "JPEG", exif=_MALFORMED_EXIF),
+        f"uploads/{label}/large-rgba.png": _save(
+            _half_transparent(picture, (3000, 2600)), "PNG", compress_level=1
+        ),
+    }
+    refused_poison = {
+        f"uploads/{label}/cut.jpg": (real[next(iter(real))][:-500], "truncated"),
+        f"uploads/{label}/bad-crc.png": (_with_bad_chunk(_save(picture, "PNG")), "corrupt"),
+        f"uploads/{label}/huge.webp": (
+            _save(Image.new("RGB", (6000, 6000)), "WEBP", lossless=True),
+            "too_many_pixels",
+        ),
+        f"uploads/{label}/notes.jpg": (b"just some text, not a photo\n" * 10, "not_an_image"),
+    }
+    for key, body in {**real, **accepted_poison, **{k: b for k, (b, _) in refused_poison.items()}}.items():
+        stack.upload(key, body)
+
+    # THEN every photo the door accepted is committed once, each refused upload is quarantined with its reason
+    expected = {hashlib.sha256(body).hexdigest(): key for key, body in {**real, **accepted_poison}.items()}
+    stack.wait_until(lambda: stack.committed() == expected, "every accepted photo committed")
+    stack.wait_until(
+        lambda: len(CommittedOutputs.in_bucket(stack.s3, stack.settings).sidecars()) == len(refused_poison),
+        "every refused upload quarantined",
+    )
+    sidecars = CommittedOutputs.in_bucket(stack.s3, stack.settings).sidecars()
+    assert sorted((s["original_key"], s["reason"]) for s in sidecars) == sorted(
+        (key, reason) for key, (_, reason) in refused_poison.items()
+    )
+
+    # AND no message is left behind or dead-lettered, and the stack stops cleanly
+    assert queue_depth(stack.sqs, stack.settings.images_queue_url) == {"visible": 0, "in_flight": 0}
+    dead = stack.sqs.receive_message(QueueUrl=stack.settings.images_dlq_url, MaxNumberOfMessages=10)
+    assert dead.get("Messages", []) == []
+    code, output = stack.stop()
+    assert code == 0, output[-3000:]
+
+
+# EXIF saying "rotate 90°" whose XResolution (a rational) is stored as text: Pillow's exif_transpose raised TypeError.
+_MALFORMED_EXIF = (
+    b"Exif\x00\x00II*\x00"
+    + struct.pack("<IH", 8, 2)
+    + struct.pack("<HHIHH", 0x0112, 3, 1, 6, 0)
+    + struct.pack("<HHI", 0x011A, 2, 4)
+    + b"72x\x00"
+    + struct.pack("<I", 0)
+)
+
+
+def _save(image: Image.Image, fmt: str, **params: Any) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **params)
+    return buffer.getvalue()
+
+
+def _half_transparent(picture: Image.Image, size: tuple[int, int]) -> Image.Image:
+    large = picture.resize(size).convert("RGBA")
+    large.paste((0, 0, 0, 0), (0, 0, size[0] // 2, size[1]))
+    return large
+
+
+def _with_bad_chunk(png: bytes) -> bytes:
+    """`png` with a text chunk whose CRC is wrong, right after IHDR."""
+    chunk = struct.pack(">I", 4) + b"tEXt" + b"a\x00bc" + b"\x00\x00\x00\x00"
+    ihdr_end = 8 + 8 + 13 + 4
+    return png[:ihdr_end] + chunk + png[ihdr_end:]

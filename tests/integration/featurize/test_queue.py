@@ -11,6 +11,7 @@ from unittest.mock import ANY
 import boto3
 import pytest
 
+from pomona.core.aws import get_json
 from pomona.core.contract import ImageMessage
 from pomona.core.outputs import lock_key
 from pomona.core.queues import queue_depth
@@ -73,6 +74,44 @@ def test_a_heartbeat_logs_the_messages_it_could_not_keep_hidden(
     # THEN the real message stays hidden, and the lapse is logged
     assert queue_depth(sqs, deployment.images_queue_url) == {"visible": 0, "in_flight": 1}
     assert "visibility was not extended" in caplog.text
+
+
+def test_a_heartbeat_without_progress_keeps_messages_hidden_but_lets_the_lock_lapse(
+    deployment: Settings,
+) -> None:
+    # GIVEN a run holding a message and the lock, whose watchdog sees no progress
+    sqs, s3 = boto3.client("sqs"), boto3.client("s3")
+    lock = RunLock(s3, deployment.bucket, lock_key(deployment.output_prefix))
+    lock.acquire()
+    progressing = False
+    heartbeat = Heartbeat(
+        sqs,
+        deployment.images_queue_url,
+        lock,
+        every_s=3600,
+        visibility_timeout_s=60,
+        progressing=lambda: progressing,
+    )
+    heartbeat.receipts = _received(deployment, 1)
+
+    def expires_at() -> str:
+        found = get_json(s3, deployment.bucket, lock_key(deployment.output_prefix))
+        assert found is not None
+        return str(found[0]["expires_at"])
+
+    before = expires_at()
+
+    # WHEN it beats, THEN the message stays hidden (the run is giving it back) but the lock is not renewed
+    time.sleep(0.01)
+    heartbeat.beat()
+    assert expires_at() == before
+    assert queue_depth(sqs, deployment.images_queue_url) == {"visible": 0, "in_flight": 1}
+
+    # AND once progress is made again, the next beat renews it
+    progressing = True
+    heartbeat.beat()
+    assert expires_at() > before
+    lock.release()
 
 
 def _message(settings: Settings, **changes: object) -> str:
