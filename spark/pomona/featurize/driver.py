@@ -161,6 +161,8 @@ class Job:
                 self.watchdog.progress()
                 try:
                     result = self._run_batch(heartbeat, recovered, started)
+                except ConcurrentRunError:
+                    raise  # another run took over, and may hold these messages by now: they are its to settle
                 except Exception as err:
                     self._give_back(err)
                     if self.watchdog.stopped is not None:

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import boto3
 import pytest
+from job_process import queue_depth
 
 from pomona.core.contract import ImageMessage, Reason, utc_now
 from pomona.core.outputs import CommittedOutputs
@@ -31,16 +32,6 @@ def _upload(settings: Settings, images: dict[str, bytes]) -> None:
     for key, body in images.items():
         s3.put_object(Bucket=settings.bucket, Key=key, Body=body)
         EventSourcePoller(settings.events_queue_url, handler.lambda_handler).drain()
-
-
-def _depth(settings: Settings) -> tuple[int, int]:
-    attributes = boto3.client("sqs").get_queue_attributes(
-        QueueUrl=settings.images_queue_url,
-        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-    )["Attributes"]
-    return int(attributes["ApproximateNumberOfMessages"]), int(
-        attributes["ApproximateNumberOfMessagesNotVisible"]
-    )
 
 
 def test_an_image_the_decoder_fails_on_is_quarantined_with_the_errors_type_and_its_batch_commits(
@@ -87,7 +78,7 @@ def test_an_image_the_decoder_fails_on_is_quarantined_with_the_errors_type_and_i
     assert sidecar["detail"].startswith(
         f"expected an image Pillow can decode, got {len(cut)} bytes: OSError: "
     )
-    assert _depth(ingest) == (0, 0)
+    assert queue_depth(ingest) == (0, 0)
 
     # AND the run said so to CloudWatch, for the "no healthy run" alarm
     cloudwatch = boto3.client("cloudwatch")
@@ -113,7 +104,7 @@ def test_a_duplicate_whose_representative_is_gone_is_retried_and_committed(
     # THEN it is quarantined as gone, and the duplicate's message is back on the queue, not deleted with it
     assert result.manifest is None
     assert result.skipped == "no image featurized: 1 quarantined, 0 deferred"
-    assert _depth(ingest) == (1, 0)
+    assert queue_depth(ingest) == (1, 0)
 
     # AND the next run commits the photo from the second upload
     manifest = run_job(spark, ingest, job_options).manifest  # type: ignore[arg-type]
@@ -123,4 +114,4 @@ def test_a_duplicate_whose_representative_is_gone_is_retried_and_committed(
     assert committed is not None
     assert missing == []
     assert committed.column("key").to_pylist() == [second]
-    assert _depth(ingest) == (0, 0)
+    assert queue_depth(ingest) == (0, 0)
