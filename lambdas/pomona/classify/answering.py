@@ -18,6 +18,8 @@ from pomona.ml.preprocess import DecodeError, preprocess_image
 from pomona.validation.checks import Limits, validate_image
 
 Catalog = Callable[[str], dict[str, Any] | None]
+# The answer's `reason` for a photo far from every fruit learnt: an answer ("not something I know"), not a rejection.
+UNFAMILIAR = "unfamiliar"
 
 
 def classify_photo(
@@ -25,9 +27,11 @@ def classify_photo(
 ) -> dict[str, Any]:
     """The answer for the photo `data` named `file`, as a JSON-ready dict.
 
-    Keys: `file`, `answered`, `label` (None unless answered), `confidence`, `top` (up to 3 `[label, p]`),
-    `model_version`, `reason` (None, or why the photo was rejected, with `detail`) and, when the team wrote
-    one for the answered label, `catalog`.
+    Three kinds of answer: a fruit (`answered` true, `label`), "not sure which" (`answered` false, `reason` None:
+    familiar, but no label confident enough), and "not something I know" (`reason` "unfamiliar", with `detail`: far
+    from every fruit learnt). Keys: `file`, `answered`, `label` (None unless answered), `confidence`, `top` (up to 3
+    `[label, p]`), `distance` (to the nearest fruit learnt), `model_version`, `reason` (None, "unfamiliar", or why
+    the photo was rejected, with `detail`) and, when the team wrote one for the answered label, `catalog`.
     """
     verdict = validate_image(data, limits=limits, filename=file)
     if not verdict.accepted:
@@ -47,7 +51,15 @@ def classify_photo(
         "top": [[label, round(p, 6)] for label, p in found.top],
         "model_version": model.model_version,
         "reason": None,
+        "distance": round(found.distance, 4),
     }
+    if found.unfamiliar:
+        limit = model.classifier.familiar_distance
+        result["reason"] = UNFAMILIAR
+        result["detail"] = (
+            f"expected a photo like the fruits learnt (distance at most {limit:.4g} to the nearest), got one at "
+            f"{found.distance:.4g}: not something this classifier knows"
+        )
     if found.label is not None and catalog is not None and (entry := catalog(found.label)) is not None:
         result["catalog"] = entry
     return result

@@ -21,7 +21,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.data_classes import LambdaFunctionUrlEvent, event_source
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from pomona.classify.answering import classify_photo
+from pomona.classify.answering import UNFAMILIAR, classify_photo
 from pomona.classify.model import LatestModel, ModelUnavailableError
 from pomona.core.aws import RETRIES
 from pomona.core.outputs import S3Files
@@ -57,7 +57,7 @@ def respond(
     except ModelUnavailableError as err:
         return 503, {"error": str(err)}
     result = classify_photo(served, body, file=file, limits=limits, catalog=model.catalog)
-    return (200 if result["reason"] is None else 400), result
+    return (200 if result["reason"] in {None, UNFAMILIAR} else 400), result
 
 
 def _body(event: LambdaFunctionUrlEvent) -> bytes:
@@ -83,6 +83,8 @@ def lambda_handler(event: LambdaFunctionUrlEvent, context: LambdaContext) -> dic
     outcome = {200: "NotSure", 400: "Rejected", 503: "Unanswerable"}.get(status)
     if answer.get("answered"):
         outcome = "Answered"
+    elif answer.get("reason") == UNFAMILIAR:
+        outcome = "Unfamiliar"
     if outcome is not None:  # a 405 is not a photo
         metrics.add_metric(name=f"Photos{outcome}", unit=MetricUnit.Count, value=1)
     logger.info("classified", extra={"status": status, "file": file, "label": answer.get("label")})

@@ -224,7 +224,14 @@ class Job:
             training = training or LabelStats.empty(FEATURE_DIM)
             holdout = merge_optional(stored_holdout, outcome.holdout, merge_reservoir)
             holdout = holdout or Reservoir.empty(FEATURE_DIM)
-            retrained = retrain(training, holdout, model, gain=self.settings.gain, loss=self.settings.loss)
+            retrained = retrain(
+                training,
+                holdout,
+                model,
+                gain=self.settings.gain,
+                loss=self.settings.loss,
+                familiar_keep=self.settings.familiar_keep,
+            )
         with timed(timings, "project_s"):
             projected = self._project(
                 sorted(outcome.parts), model_to_npz(model), batch_id=batch_id, version=version

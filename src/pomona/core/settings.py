@@ -45,6 +45,7 @@ ENV_VARS: dict[str, str] = {
     "POMONA_PRECISION": "precision",
     "POMONA_GAIN": "gain",
     "POMONA_LOSS": "loss",
+    "POMONA_FAMILIAR_KEEP": "familiar_keep",
     "POMONA_CACHE_DIR": "cache_dir",
     "POMONA_MODEL_CHECK_SECONDS": "model_check_seconds",
     "POMONA_RUN_DEADLINE_SECONDS": "run_deadline_s",
@@ -108,6 +109,9 @@ class Settings:
     # -- the business metric: what a right answer earns and a wrong one costs
     gain: float = 1.0
     loss: float = 5.0
+    # -- the open-set answer: the share of held-out photos of known labels the classifier keeps familiar; farther than
+    # the distance that keeps them is "not something I know" (`pomona.ml.familiarity`)
+    familiar_keep: float = 0.98
     # -- answering: how often a warm classifier looks whether LATEST moved (one small GET), in seconds
     model_check_seconds: float = 60.0
     # -- this machine

@@ -140,6 +140,12 @@ class Classifier:
     temperature: float = 1.0
     # None: not known (files written before they were stored), taken as zeros: the priors are tempered with the rest.
     log_priors: Array | None = None
+    # Familiarity (`distances`): the offered labels' means in the PCA space (C×k) and the whitening (k×k) under which
+    # distances are Mahalanobis under the shared covariance; a photo farther than `familiar_distance` from every
+    # label is unfamiliar. None / inf: not known (files written before), nothing refused as unfamiliar.
+    class_means: Array | None = None
+    whiten: Array | None = None
+    familiar_distance: float = float("inf")
 
     def __post_init__(self) -> None:
         c = len(self.labels)
@@ -160,6 +166,16 @@ class Classifier:
         object.__setattr__(self, "log_priors", frozen(log_priors))
         if not (np.isfinite(self.temperature) and self.temperature > 0):
             raise ClassifierError(f"expected a finite temperature > 0, got {self.temperature}")
+        if (self.class_means is None) != (self.whiten is None):
+            raise ClassifierError("expected class_means and whiten together, got one of them")
+        if self.class_means is not None and self.whiten is not None:
+            found = (np.shape(self.class_means), np.shape(self.whiten))
+            if found != ((c, k), (k, k)):
+                raise ClassifierError(f"expected class_means ({c}, {k}) and whiten ({k}, {k}), got {found}")
+            object.__setattr__(self, "class_means", frozen(self.class_means))
+            object.__setattr__(self, "whiten", frozen(self.whiten))
+        if not self.familiar_distance > 0:
+            raise ClassifierError(f"expected a familiar distance > 0, got {self.familiar_distance}")
         for name in ("coef", "intercept", "pca_mean", "pca_components"):
             object.__setattr__(self, name, frozen(getattr(self, name)))
         object.__setattr__(self, "labels", tuple(str(label) for label in self.labels))
@@ -208,6 +224,8 @@ def fit_classifier(
     coef = np.linalg.lstsq(covariance, means.T, rcond=None)[0].T
     priors = np.array([stats.counts[label] for label in offered], dtype=np.float64) / stats.total.n
     intercept = -0.5 * np.einsum("ck,ck->c", means, coef) + np.log(priors)
+    # L with L Lᵀ = Σ⁻¹: ‖(z - m) L‖ is the Mahalanobis distance of z to m under the shared covariance.
+    whiten = np.linalg.cholesky(np.linalg.inv(covariance))
     return Classifier(
         labels=tuple(offered),
         coef=coef,
@@ -218,6 +236,8 @@ def fit_classifier(
         shrinkage=shrinkage,
         withheld_labels=tuple(label for label in stats.counts if label not in offered),
         log_priors=np.log(priors),
+        class_means=means,
+        whiten=whiten,
     )
 
 
@@ -241,6 +261,22 @@ def discriminant_scores(classifier: Classifier, rows: Array) -> Array:
     )
 
 
+def distances(classifier: Classifier, features: npt.ArrayLike) -> Array:
+    """Each row's distance to the nearest offered label (n,): the Mahalanobis distance of its projection to the
+    label's mean under the discriminant's own shared covariance. Far from every label is far from all it learnt:
+    softmax confidence cannot say so, it only compares the labels with each other. Zeros when not known."""
+    rows = np.asarray(features, dtype=np.float64)
+    if rows.ndim != 2 or rows.shape[1] != classifier.d:
+        raise ClassifierError(f"expected features of shape (n, {classifier.d}), got shape {rows.shape}")
+    if classifier.class_means is None or classifier.whiten is None:
+        return np.zeros(rows.shape[0])
+    z = (rows - classifier.pca_mean) @ classifier.pca_components.T @ classifier.whiten
+    m = classifier.class_means @ classifier.whiten
+    # ‖z - m‖² expanded: n×C, without an n×C×k array (the holdout has up to 20,000 rows).
+    squared = (z * z).sum(axis=1)[:, None] - 2.0 * z @ m.T + (m * m).sum(axis=1)[None, :]
+    return np.asarray(np.sqrt(np.maximum(squared.min(axis=1), 0.0)), dtype=np.float64)
+
+
 def predict(classifier: Classifier, features: npt.ArrayLike) -> Strings:
     """Each row's most probable label (the first in sorted order among equals)."""
     best = predict_proba(classifier, features).argmax(axis=1)
@@ -249,16 +285,21 @@ def predict(classifier: Classifier, features: npt.ArrayLike) -> Strings:
 
 @dataclass(frozen=True)
 class Answer:
-    """What the classifier tells a user about one image: a label when confident enough, and its best guesses."""
+    """What the classifier tells a user about one image: a label when the image is familiar and the label confident
+    enough, and its best guesses; `unfamiliar` when it is far from everything learnt (`distance` beyond the
+    classifier's `familiar_distance`)."""
 
     answered: bool
     label: str | None
     confidence: float
     top: tuple[tuple[str, float], ...]
+    unfamiliar: bool = False
+    distance: float = 0.0
 
 
 def answer(classifier: Classifier, features_row: npt.ArrayLike) -> Answer:
-    """The answer for one image's features (d,): its top label when its probability reaches the threshold."""
+    """The answer for one image's features (d,): its top label when it is familiar and its probability reaches the
+    threshold."""
     row = np.asarray(features_row, dtype=np.float64)
     if row.shape != (classifier.d,):
         raise ClassifierError(f"expected one feature row of shape ({classifier.d},), got shape {row.shape}")
@@ -266,8 +307,17 @@ def answer(classifier: Classifier, features_row: npt.ArrayLike) -> Answer:
     order = np.argsort(-proba, kind="stable")[:TOP_ANSWERS]
     top = tuple((classifier.labels[i], float(proba[i])) for i in order)
     confidence = top[0][1]
-    answered = confidence >= classifier.threshold
-    return Answer(answered=answered, label=top[0][0] if answered else None, confidence=confidence, top=top)
+    distance = float(distances(classifier, row[None, :])[0])
+    unfamiliar = distance > classifier.familiar_distance
+    answered = confidence >= classifier.threshold and not unfamiliar
+    return Answer(
+        answered=answered,
+        label=top[0][0] if answered else None,
+        confidence=confidence,
+        top=top,
+        unfamiliar=unfamiliar,
+        distance=distance,
+    )
 
 
 def classifier_to_npz(classifier: Classifier) -> bytes:
@@ -284,6 +334,12 @@ def classifier_to_npz(classifier: Classifier) -> bytes:
         withheld_labels=np.asarray(classifier.withheld_labels, dtype=np.str_),
         temperature=np.float64(classifier.temperature),
         log_priors=np.asarray(classifier.log_priors),
+        **(
+            {}
+            if classifier.class_means is None or classifier.whiten is None
+            else {"class_means": classifier.class_means, "whiten": classifier.whiten}
+        ),
+        familiar_distance=np.float64(classifier.familiar_distance),
     )
 
 
@@ -302,6 +358,10 @@ def load_classifier(data: bytes) -> Classifier:
         # Files written before calibration have none: their scores were untempered.
         temperature=float(arrays.get("temperature", 1.0)),
         log_priors=arrays.get("log_priors"),
+        # Files written before familiarity have none: nothing is refused as unfamiliar.
+        class_means=arrays.get("class_means"),
+        whiten=arrays.get("whiten"),
+        familiar_distance=float(arrays.get("familiar_distance", np.inf)),
     )
 
 

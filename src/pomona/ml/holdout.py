@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 from sklearn.metrics import confusion_matrix, f1_score
 
-from pomona.ml.classifier import Classifier, ClassifierError, Strings, predict_proba
+from pomona.ml.classifier import Classifier, ClassifierError, Strings, distances, predict_proba
 from pomona.ml.npz import from_npz, to_npz
 from pomona.ml.quality import PLOT_THRESHOLDS, best_threshold, net_revenue_curve
 
@@ -132,7 +132,9 @@ def evaluate(
     if reservoir.n == 0:
         raise ClassifierError("expected at least one holdout row to evaluate on, got none")
     proba = predict_proba(classifier, reservoir.features)
-    confidence = proba.max(axis=1)
+    # An unfamiliar image is never answered, whatever its confidence: below every threshold the curve tries.
+    unfamiliar = distances(classifier, reservoir.features) > classifier.familiar_distance
+    confidence = np.where(unfamiliar, -1.0, proba.max(axis=1))
     predicted = np.asarray(classifier.labels, dtype=np.str_)[proba.argmax(axis=1)]
     truth = reservoir.labels
     correct = predicted == truth
@@ -167,6 +169,11 @@ def evaluate(
         "min_threshold": min_threshold,
         "best_threshold": threshold,
         "net_revenue_per_1000": revenue,
+        "familiar_distance": classifier.familiar_distance
+        if np.isfinite(classifier.familiar_distance)
+        else None,
+        # Held-out photos of known labels refused as unfamiliar: each one a photo the app says it does not know.
+        "unfamiliar_fraction": float(unfamiliar.mean()),
         "answered_fraction": float(answered.mean()),
         "answered_accuracy": float(correct[answered].mean()) if answered.any() else None,
         "curve": {

@@ -1,0 +1,187 @@
+"""Known-ness: the distance to the nearest label learnt, its threshold set from known photos alone, the answer that
+refuses what is far from everything, and the leave-labels-out self-check."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pomona.ml.classifier import (
+    Classifier,
+    LabelStats,
+    answer,
+    classifier_to_npz,
+    distances,
+    fit_classifier,
+    load_classifier,
+    merge_label_stats,
+)
+from pomona.ml.familiarity import familiar_distance, leave_labels_out
+from pomona.ml.holdout import Reservoir, evaluate
+from pomona.ml.npz import to_npz
+from pomona.ml.pca import PcaModel, PcaState, fit_pca
+from pomona.ml.training import retrain
+
+D = 8
+LABELS = tuple("abcdef")
+
+
+def _blobs(
+    seed: int, n: int, *, labels: tuple[str, ...] = LABELS, noise: float = 1.0
+) -> tuple[np.ndarray, list[str]]:
+    """`n` rows around one centre per label (8 from the origin on its own axis), labels in turn."""
+    rng = np.random.default_rng(seed)
+    names = [labels[i % len(labels)] for i in range(n)]
+    centres = {label: np.eye(D)[i % D] * 8.0 for i, label in enumerate(LABELS)}
+    return np.stack([centres[name] for name in names]) + rng.standard_normal((n, D)) * noise, names
+
+
+def _shas(n: int, salt: str) -> list[str]:
+    return [hashlib.sha256(f"{salt}{i}".encode()).hexdigest() for i in range(n)]
+
+
+def _fitted(seed: int = 0, n: int = 600) -> tuple[Classifier, np.ndarray, list[str], PcaModel]:
+    x, labels = _blobs(seed, n)
+    pca = fit_pca(PcaState.from_rows(x), n_components=D)
+    return fit_classifier(LabelStats.from_rows(x, labels), pca), x, labels, pca
+
+
+def test_distances_are_the_mahalanobis_distance_to_the_nearest_label_under_the_shared_covariance() -> None:
+    classifier, _, _, _ = _fitted()
+    rows = np.random.default_rng(9).standard_normal((25, D)) * 3
+
+    found = distances(classifier, rows)
+
+    # Recomputed directly: project, then the smallest (z - m)ᵀ Σ⁻¹ (z - m) over the offered labels' means
+    assert classifier.whiten is not None
+    assert classifier.class_means is not None
+    precision = classifier.whiten @ classifier.whiten.T
+    z = (rows - classifier.pca_mean) @ classifier.pca_components.T
+    direct = np.array(
+        [min(float((zi - m) @ precision @ (zi - m)) for m in classifier.class_means) for zi in z]
+    )
+    np.testing.assert_allclose(found, np.sqrt(direct), rtol=1e-9, atol=1e-9)
+
+
+@settings(max_examples=25, deadline=None)
+@given(cut=st.integers(30, 570))
+def test_distances_from_merged_statistics_equal_those_fitted_on_all_rows_at_once(cut: int) -> None:
+    x, labels = _blobs(1, 600)
+    pca = fit_pca(PcaState.from_rows(x), n_components=D)
+    whole = fit_classifier(LabelStats.from_rows(x, labels), pca)
+    merged = fit_classifier(
+        merge_label_stats(
+            LabelStats.from_rows(x[:cut], labels[:cut]), LabelStats.from_rows(x[cut:], labels[cut:])
+        ),
+        pca,
+    )
+    rows = np.random.default_rng(2).standard_normal((40, D)) * 4
+    np.testing.assert_allclose(distances(merged, rows), distances(whole, rows), rtol=1e-8)
+
+
+def test_the_familiar_distance_keeps_the_chosen_share_of_held_out_known_photos() -> None:
+    classifier, _, _, _ = _fitted()
+    held, held_labels = _blobs(3, 300)
+    holdout = Reservoir.from_rows(_shas(300, "h"), held_labels, held)
+
+    limit = familiar_distance(classifier, holdout, keep=0.9)
+
+    kept = (distances(classifier, held) <= limit).mean()
+    assert 0.9 <= kept <= 0.9 + 1 / 300
+    assert familiar_distance(classifier, Reservoir.empty(D)) == float(
+        "inf"
+    )  # nothing to set it by: no refusal
+
+
+def test_a_photo_far_from_every_label_is_refused_as_unfamiliar_however_confident() -> None:
+    # GIVEN a classifier whose familiar distance is set on its holdout
+    x, labels = _blobs(4, 600)
+    held, held_labels = _blobs(5, 120)
+    retrained = retrain(
+        LabelStats.from_rows(x, labels),
+        Reservoir.from_rows(_shas(120, "h"), held_labels, held),
+        fit_pca(PcaState.from_rows(x), n_components=D),
+        gain=1.0,
+        loss=5.0,
+    )
+    classifier = retrained.classifier
+    assert classifier is not None
+
+    # WHEN a photo lies far beyond label "a", along its own axis: the discriminant is sure it is an "a"
+    far = np.eye(D)[0] * 80.0
+    found = answer(classifier, far)
+
+    # THEN it is not answered: unfamiliar, though its confidence is high; a typical "a" is answered
+    assert found.confidence > 0.99
+    assert (found.unfamiliar, found.answered, found.label) == (True, False, None)
+    assert found.distance > classifier.familiar_distance
+    near = answer(classifier, np.eye(D)[0] * 8.0)
+    assert (near.unfamiliar, near.answered, near.label) == (False, True, "a")
+
+
+def test_the_evaluation_counts_refusals_of_known_photos_as_unanswered() -> None:
+    x, labels = _blobs(6, 600)
+    held, held_labels = _blobs(7, 200, noise=1.6)
+    holdout = Reservoir.from_rows(_shas(200, "h"), held_labels, held)
+    retrained = retrain(
+        LabelStats.from_rows(x, labels),
+        holdout,
+        fit_pca(PcaState.from_rows(x), n_components=D),
+        gain=1.0,
+        loss=5.0,
+    )
+    assert retrained.classifier is not None
+    evaluation = retrained.evaluation
+    unfamiliar = distances(retrained.classifier, held) > retrained.classifier.familiar_distance
+    assert evaluation["unfamiliar_fraction"] == pytest.approx(unfamiliar.mean())
+    assert 0 < evaluation["unfamiliar_fraction"] <= 0.03
+    assert evaluation["answered_fraction"] <= 1 - evaluation["unfamiliar_fraction"]
+    assert evaluate(retrained.classifier, holdout, gain=1.0, loss=5.0)[
+        "unfamiliar_fraction"
+    ] == pytest.approx(unfamiliar.mean())
+
+
+def test_familiarity_is_saved_with_the_classifier_and_absent_from_older_files() -> None:
+    classifier, _, _, _ = _fitted()
+    classifier = dataclasses.replace(classifier, familiar_distance=7.5)
+    loaded = load_classifier(classifier_to_npz(classifier))
+    assert loaded.familiar_distance == 7.5
+    rows = np.random.default_rng(3).standard_normal((5, D))
+    np.testing.assert_allclose(distances(loaded, rows), distances(classifier, rows))
+
+    with np.load(io.BytesIO(classifier_to_npz(classifier))) as saved:
+        before_familiarity = {
+            k: saved[k] for k in saved.files if k not in {"class_means", "whiten", "familiar_distance"}
+        }
+    older = load_classifier(to_npz(**before_familiarity))
+    assert older.familiar_distance == float("inf")
+    assert not answer(older, np.eye(D)[0] * 60.0).unfamiliar
+
+
+def test_leave_labels_out_answers_few_never_taught_photos_and_most_known_ones() -> None:
+    # GIVEN a holdout of 6 well-separated labels
+    held, held_labels = _blobs(8, 1200)
+    holdout = Reservoir.from_rows(_shas(1200, "h"), held_labels, held)
+    pca = fit_pca(PcaState.from_rows(held), n_components=D)
+
+    # WHEN labels are left out in turn and their photos scored by a refit that never saw them
+    check = leave_labels_out(holdout, pca, keep=0.98, min_threshold=5 / 6, draws=6)
+
+    # THEN they are seldom answered, while the known ones mostly are
+    assert check["draws"] == 6
+    assert check["labels_left_out"] == 2
+    assert check["never_taught_answered"] <= 0.03
+    assert check["known_answered"] >= 0.9
+
+
+def test_leave_labels_out_needs_labels_to_leave_out() -> None:
+    held, held_labels = _blobs(9, 90, labels=("a", "b", "c"))
+    holdout = Reservoir.from_rows(_shas(90, "h"), held_labels, held)
+    check = leave_labels_out(holdout, fit_pca(PcaState.from_rows(held), n_components=D))
+    assert "expected at least 4 held-out labels" in check["skipped"]
