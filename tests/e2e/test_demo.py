@@ -69,7 +69,10 @@ def test_the_classifier_on_held_out_real_photos(demo_run: tuple[Path, dict[str, 
     holdout = summary["holdout"]
     assert 30 <= holdout["n"] <= 80
     assert holdout["accuracy"] >= 0.95
-    assert holdout["answered_fraction"] >= 0.9
+    # Some held-out photos lie beyond the familiar distance and are refused as unfamiliar (24 % measured: README,
+    # "Open-set figures"), the price of refusing 97.5 % of never-taught fruits; none answered is wrong.
+    assert 0 < holdout["unfamiliar_fraction"] <= 0.3
+    assert holdout["answered_fraction"] >= 0.7
     assert holdout["answered_accuracy"] >= 0.95
     assert holdout["net_revenue_per_1000"] > 0
 

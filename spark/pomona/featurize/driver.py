@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import boto3
+import numpy as np
 import pandas as pd
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -57,7 +58,13 @@ from pomona.featurize.tasks import (
     project_partitions,
 )
 from pomona.ml.backends import choose_model, get_backend
-from pomona.ml.classifier import LabelStats, classifier_to_npz, label_stats_to_npz, merge_label_stats
+from pomona.ml.classifier import (
+    LabelStats,
+    classifier_to_npz,
+    label_stats_to_npz,
+    merge_label_stats,
+    projected_distances,
+)
 from pomona.ml.holdout import Reservoir, merge_reservoir, reservoir_to_npz
 from pomona.ml.mobilenet import FEATURE_DIM
 from pomona.ml.pca import PcaModel, PcaState, fit_pca_or_point, merge_pca_state, model_to_npz
@@ -175,8 +182,10 @@ class Job:
             raise
         finally:
             lock.release(settled=not self._unsettled)
-        manifest = result.manifest
-        self.metrics.run_succeeded(committed=0 if manifest is None else manifest["counts"]["featurized"])
+        counts = {} if result.manifest is None else result.manifest["counts"]
+        self.metrics.run_succeeded(
+            committed=counts.get("featurized", 0), unfamiliar=counts.get("unfamiliar") or 0
+        )
         return result
 
     def _run_batch(self, heartbeat: Heartbeat, recovered: Latest, started: float) -> BatchResult:
@@ -230,7 +239,7 @@ class Job:
                 model,
                 gain=self.settings.gain,
                 loss=self.settings.loss,
-                familiar_keep=self.settings.familiar_keep,
+                familiar_factor=self.settings.familiar_factor,
             )
         with timed(timings, "project_s"):
             projected = self._project(
@@ -240,6 +249,7 @@ class Job:
 
         committing = time.monotonic()
         left, by_code = self._settle(failures, deferred, fresh)
+        unfamiliar = _unfamiliar(retrained, projected)
         counts = {
             "received": len(received.messages) + received.malformed + refused,
             "malformed": received.malformed,
@@ -248,6 +258,8 @@ class Job:
             "failed": _failed(failures, left, refused=refused),
             "deferred": dict(by_code),
             "labels": dict(Counter(projected["label"])),
+            # Scored unfamiliar by the classifier trained with them: the first sign of fruits the catalogue lacks.
+            "unfamiliar": unfamiliar,
         }
         timings["total_s"] = time.monotonic() - started
         manifest = self._manifest(batch_id, version, model, counts, timings, retrained, n_fresh=len(fresh))
@@ -576,6 +588,15 @@ class Job:
         return file_provenance(
             weights_id=weights.weights_id, backend=self.settings.backend, precision=self.settings.precision
         )
+
+
+def _unfamiliar(retrained: Retrained, projected: pd.DataFrame) -> int | None:
+    """How many of the batch's images the new classifier scores unfamiliar (None without a classifier)."""
+    classifier = retrained.classifier
+    if classifier is None or not len(projected):
+        return None
+    found = projected_distances(classifier, np.stack(projected["projection"].to_list()))
+    return int((found > classifier.familiar_distance).sum())
 
 
 def _one_line(err: BaseException) -> str:

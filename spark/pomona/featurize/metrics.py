@@ -12,15 +12,16 @@ log = logging.getLogger(__name__)
 
 
 class RunMetrics:
-    """`RunsSucceeded` (committed a batch or found nothing to do), `RunsFailed`, `ImagesCommitted`, each with the
-    deployment's bucket as its one dimension; nothing when `namespace` is ""."""
+    """`RunsSucceeded` (committed a batch or found nothing to do), `RunsFailed`, `ImagesCommitted`, `ImagesUnfamiliar`
+    (committed images the new classifier scores unfamiliar), each with the deployment's bucket as its one dimension;
+    nothing when `namespace` is ""."""
 
     # `cloudwatch` is boto3's client (typed Any: the dev stubs cover s3, sqs and dynamodb only).
     def __init__(self, cloudwatch: Any, *, namespace: str, bucket: str) -> None:
         self.cloudwatch, self.namespace, self.bucket = cloudwatch, namespace, bucket
 
-    def run_succeeded(self, *, committed: int) -> None:
-        self._put({"RunsSucceeded": 1, "ImagesCommitted": committed})
+    def run_succeeded(self, *, committed: int, unfamiliar: int = 0) -> None:
+        self._put({"RunsSucceeded": 1, "ImagesCommitted": committed, "ImagesUnfamiliar": unfamiliar})
 
     def run_failed(self) -> None:
         self._put({"RunsFailed": 1})

@@ -428,7 +428,8 @@ def status(
     columns = {"batch_id": "batch", "pca_version": "PCA", "n_seen": "n_seen", "k": "k", "featurized": "featurized",
                "failed": "failed", "duplicates": "dup", "accuracy": "holdout acc.", "answered_fraction": "answered",
                "answered_accuracy": "answered acc.", "threshold": "threshold",
-               "net_revenue_per_1000": "revenue/1000"}  # fmt: skip
+               "net_revenue_per_1000": "revenue/1000", "unfamiliar": "unfamiliar",
+               "refused_unfamiliar": "known refused", "never_taught_answered": "never-taught answered"}  # fmt: skip
     batches = Table(*columns.values(), title="last committed batches")
     for b in report["batches"]:
         batches.add_row(*(_cell(b.get(name)) for name in columns))

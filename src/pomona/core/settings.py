@@ -45,7 +45,7 @@ ENV_VARS: dict[str, str] = {
     "POMONA_PRECISION": "precision",
     "POMONA_GAIN": "gain",
     "POMONA_LOSS": "loss",
-    "POMONA_FAMILIAR_KEEP": "familiar_keep",
+    "POMONA_FAMILIAR_FACTOR": "familiar_factor",
     "POMONA_CACHE_DIR": "cache_dir",
     "POMONA_MODEL_CHECK_SECONDS": "model_check_seconds",
     "POMONA_RUN_DEADLINE_SECONDS": "run_deadline_s",
@@ -109,9 +109,9 @@ class Settings:
     # -- the business metric: what a right answer earns and a wrong one costs
     gain: float = 1.0
     loss: float = 5.0
-    # -- the open-set answer: the share of held-out photos of known labels the classifier keeps familiar; farther than
-    # the distance that keeps them is "not something I know" (`pomona.ml.familiarity`)
-    familiar_keep: float = 0.98
+    # -- the open-set answer: a photo farther from every label learnt than this many times the held-out known
+    # photos' median distance is "not something I know" (`pomona.ml.familiarity`)
+    familiar_factor: float = 1.3
     # -- answering: how often a warm classifier looks whether LATEST moved (one small GET), in seconds
     model_check_seconds: float = 60.0
     # -- this machine

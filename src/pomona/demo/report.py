@@ -497,7 +497,12 @@ def _metric_section(summary: Mapping[str, Any], quality: Mapping[str, Any] | Non
         "accuracy of those answered": _percent(figures["answered_accuracy"]),
         "net revenue per 1000 images": _format(figures["net_revenue_per_1000"], ",.1f"),
         "temperature": _format(figures["temperature"], ".3g"),
+        "familiar distance (farther: not something it knows)": _format(figures["familiar_distance"], ".4g"),
+        "held-out known photos refused as unfamiliar": _percent(figures["unfamiliar_fraction"]),
     }
+    never_taught = (quality.get("leave_labels_out") or {}).get("never_taught_answered")
+    if never_taught is not None:
+        shown["never-taught labels' photos answered (leave-labels-out)"] = _percent(never_taught)
     if figures["not_offered"]:
         shown["held-out images of labels not offered"] = _format(figures["not_offered"])
     rows = "".join(

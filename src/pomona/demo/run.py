@@ -263,6 +263,8 @@ HOLDOUT_FIGURES = (
     "answered_accuracy",
     "net_revenue_per_1000",
     "temperature",
+    "familiar_distance",
+    "unfamiliar_fraction",
 )
 
 

@@ -268,9 +268,18 @@ def distances(classifier: Classifier, features: npt.ArrayLike) -> Array:
     rows = np.asarray(features, dtype=np.float64)
     if rows.ndim != 2 or rows.shape[1] != classifier.d:
         raise ClassifierError(f"expected features of shape (n, {classifier.d}), got shape {rows.shape}")
+    return projected_distances(classifier, (rows - classifier.pca_mean) @ classifier.pca_components.T)
+
+
+def projected_distances(classifier: Classifier, projections: npt.ArrayLike) -> Array:
+    """`distances` of rows already projected by the classifier's PCA (n×k), as the job's projection pass gives them."""
+    rows = np.asarray(projections, dtype=np.float64)
+    k = classifier.pca_components.shape[0]
+    if rows.ndim != 2 or rows.shape[1] != k:
+        raise ClassifierError(f"expected projections of shape (n, {k}), got shape {rows.shape}")
     if classifier.class_means is None or classifier.whiten is None:
         return np.zeros(rows.shape[0])
-    z = (rows - classifier.pca_mean) @ classifier.pca_components.T @ classifier.whiten
+    z = rows @ classifier.whiten
     m = classifier.class_means @ classifier.whiten
     # ‖z - m‖² expanded: n×C, without an n×C×k array (the holdout has up to 20,000 rows).
     squared = (z * z).sum(axis=1)[:, None] - 2.0 * z @ m.T + (m * m).sum(axis=1)[None, :]

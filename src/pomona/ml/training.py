@@ -13,7 +13,7 @@ from typing import Any
 
 from pomona.ml.calibration import break_even, fit_temperature
 from pomona.ml.classifier import Classifier, ClassifierError, LabelStats, fit_classifier
-from pomona.ml.familiarity import DEFAULT_FAMILIAR_KEEP, familiar_distance, leave_labels_out
+from pomona.ml.familiarity import DEFAULT_FAMILIAR_FACTOR, familiar_distance, leave_labels_out
 from pomona.ml.holdout import Reservoir, evaluate
 from pomona.ml.pca import PcaModel
 
@@ -33,11 +33,11 @@ def retrain(
     *,
     gain: float,
     loss: float,
-    familiar_keep: float = DEFAULT_FAMILIAR_KEEP,
+    familiar_factor: float = DEFAULT_FAMILIAR_FACTOR,
 ) -> Retrained:
     """The discriminant of every training image in `pca`'s space, its temperature fitted on `holdout`, its familiar
-    distance the one that keeps `familiar_keep` of the held-out images of the labels it offers (`familiar_distance`:
-    set without a single foreign photo), and its threshold the one that maximises net revenue on `holdout` among the
+    distance `familiar_factor` times the held-out known images' median distance (`familiar_distance`: set without a
+    single foreign photo), and its threshold the one that maximises net revenue on `holdout` among the
     familiar images, never below the break-even confidence (all the threshold is until the holdout has a row to
     choose by; until then nothing is refused as unfamiliar either)."""
     try:
@@ -49,13 +49,13 @@ def retrain(
         fitted,
         temperature=fit_temperature(fitted, training, holdout),
         threshold=floor,
-        familiar_distance=familiar_distance(fitted, holdout, keep=familiar_keep),
+        familiar_distance=familiar_distance(fitted, holdout, factor=familiar_factor),
     )
     if holdout.n == 0:
         return Retrained(classifier, {"skipped": "expected held-out images to evaluate on, got none yet"})
     evaluation = evaluate(classifier, holdout, gain=gain, loss=loss, min_threshold=floor)
-    evaluation["familiar_keep"] = familiar_keep
+    evaluation["familiar_factor"] = familiar_factor
     evaluation["leave_labels_out"] = leave_labels_out(
-        holdout, pca, keep=familiar_keep, min_threshold=evaluation["best_threshold"]
+        holdout, pca, factor=familiar_factor, min_threshold=evaluation["best_threshold"]
     )
     return Retrained(dataclasses.replace(classifier, threshold=evaluation["best_threshold"]), evaluation)

@@ -54,6 +54,7 @@ def collect_status(
                 # Left on the queue for redelivery, by S3 error code (manifests before deferral have none).
                 "deferred": m["counts"].get("deferred", {}),
                 "duplicates": m["counts"]["duplicates"],
+                "unfamiliar": m["counts"].get("unfamiliar"),
                 **_holdout_figures(m),
             }
             for m in manifests[-last:]
@@ -103,6 +104,9 @@ def _holdout_figures(manifest: dict[str, Any]) -> dict[str, Any]:
         "answered_accuracy": quality.get("answered_accuracy"),
         "net_revenue_per_1000": quality.get("net_revenue_per_1000"),
         "threshold": quality.get("best_threshold"),
+        # Held-out known photos refused as unfamiliar, and never-taught labels' photos answered (leave-labels-out).
+        "refused_unfamiliar": quality.get("unfamiliar_fraction"),
+        "never_taught_answered": (quality.get("leave_labels_out") or {}).get("never_taught_answered"),
         "holdout_n": quality.get("n"),
         "skipped": quality.get("skipped"),
     }

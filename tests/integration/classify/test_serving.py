@@ -4,17 +4,22 @@ lineage check, and reloading when LATEST moves (no sooner than the check interva
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from pomona.bench.classify import write_model
 from pomona.classify.answering import classify_photo
+from pomona.classify.handler import respond
 from pomona.classify.model import LatestModel, ModelUnavailableError
 from pomona.core.contract import Reason
-from pomona.core.outputs import FolderFiles
+from pomona.core.outputs import CLASSIFIER_FILE, FolderFiles
 from pomona.core.settings import Settings
+from pomona.ml.classifier import classifier_to_npz, load_classifier
 from pomona.testing.samples import bad_uploads, fruit_image
 from pomona.validation.checks import Limits
 
@@ -164,3 +169,36 @@ def test_a_moved_latest_is_picked_up_at_the_next_check_not_before(tmp_path: Path
     assert second.featurizer is first.featurizer  # memoised per process: a reload reads the classifier only
     clock.now = 130.0
     assert model.get() is second  # LATEST unchanged: nothing reloaded
+
+
+def test_a_photo_far_from_every_fruit_learnt_is_answered_as_not_something_it_knows(
+    tmp_path: Path, settings: Settings
+) -> None:
+    # GIVEN a committed classifier, and a photo of nothing it was taught: noise
+    _commit(tmp_path, settings, version=1, batch_id="b1")
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 255, (240, 320, 3), dtype=np.uint8))
+    buffer = io.BytesIO()
+    noise.save(buffer, "JPEG")
+    served = LatestModel(FolderFiles(tmp_path), settings).get()
+    distance = classify_photo(served, buffer.getvalue(), file="noise.jpg", limits=Limits())["distance"]
+    fruit = classify_photo(served, fruit_image("Banana", 7), file="banana.jpg", limits=Limits())["distance"]
+    assert distance > fruit  # noise lies farther from every fruit than a fruit does
+
+    # WHEN the committed familiar distance lies between the two (as the job sets it from its holdout)
+    folder = next(tmp_path.glob("models/pca/v1-b1"))
+    classifier = load_classifier((folder / CLASSIFIER_FILE).read_bytes())
+    limit = (distance + fruit) / 2
+    (folder / CLASSIFIER_FILE).write_bytes(
+        classifier_to_npz(dataclasses.replace(classifier, familiar_distance=limit))
+    )
+    model = LatestModel(FolderFiles(tmp_path), settings)
+
+    # THEN every door's core says "not something I know" for the noise, with a 200 and why; the fruit is not refused
+    status, answer = respond(model, Limits(), method="POST", body=buffer.getvalue(), file="noise.jpg")
+    assert status == 200
+    assert (answer["answered"], answer["label"], answer["reason"]) == (False, None, "unfamiliar")
+    assert answer["detail"].startswith(
+        f"expected a photo like the fruits learnt (distance at most {limit:.4g}"
+    )
+    status, answer = respond(model, Limits(), method="POST", body=fruit_image("Banana", 7), file="banana.jpg")
+    assert (status, answer["reason"]) == (200, None)

@@ -22,7 +22,9 @@ from pomona.ingest import handler
 from pomona.local.poller import EventSourcePoller
 from pomona.ml.calibration import break_even
 from pomona.ml.classifier import load_classifier, load_label_stats
+from pomona.ml.familiarity import leave_labels_out
 from pomona.ml.holdout import evaluate, is_holdout, load_reservoir
+from pomona.ml.pca import load_model
 from pomona.ops.status import collect_status
 from pomona.testing.samples import SYNTHETIC_LABELS, fruit_image
 
@@ -118,6 +120,15 @@ def test_quality_json_is_the_committed_classifier_scored_on_the_committed_holdou
     quality = json.loads(_version_file(ingest, manifest, EVALUATION_FILE))
     floor = break_even(gain=ingest.gain, loss=ingest.loss)
     recomputed = evaluate(classifier, holdout, gain=ingest.gain, loss=ingest.loss, min_threshold=floor)
+    recomputed |= {
+        "familiar_factor": ingest.familiar_factor,
+        "leave_labels_out": leave_labels_out(
+            holdout,
+            load_model(_version_file(ingest, manifest, "model.npz")),
+            factor=ingest.familiar_factor,
+            min_threshold=classifier.threshold,
+        ),
+    }
     assert quality == json.loads(json.dumps(recomputed))
     assert set(holdout.sha256.tolist()) == {sha for sha in shas if is_holdout(sha)}
     assert quality["n"] == holdout.n > 0

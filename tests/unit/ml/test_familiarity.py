@@ -85,15 +85,15 @@ def test_distances_from_merged_statistics_equal_those_fitted_on_all_rows_at_once
     np.testing.assert_allclose(distances(merged, rows), distances(whole, rows), rtol=1e-8)
 
 
-def test_the_familiar_distance_keeps_the_chosen_share_of_held_out_known_photos() -> None:
+def test_the_familiar_distance_is_a_multiple_of_the_held_out_known_photos_median_distance() -> None:
     classifier, _, _, _ = _fitted()
     held, held_labels = _blobs(3, 300)
-    holdout = Reservoir.from_rows(_shas(300, "h"), held_labels, held)
+    foreign = np.random.default_rng(4).standard_normal((10, D))  # a label it never offered: left out
+    holdout = Reservoir.from_rows(_shas(310, "h"), [*held_labels, *["z"] * 10], np.vstack([held, foreign]))
 
-    limit = familiar_distance(classifier, holdout, keep=0.9)
+    limit = familiar_distance(classifier, holdout, factor=1.3)
 
-    kept = (distances(classifier, held) <= limit).mean()
-    assert 0.9 <= kept <= 0.9 + 1 / 300
+    assert limit == pytest.approx(1.3 * np.median(distances(classifier, held)))
     assert familiar_distance(classifier, Reservoir.empty(D)) == float(
         "inf"
     )  # nothing to set it by: no refusal
@@ -140,7 +140,7 @@ def test_the_evaluation_counts_refusals_of_known_photos_as_unanswered() -> None:
     evaluation = retrained.evaluation
     unfamiliar = distances(retrained.classifier, held) > retrained.classifier.familiar_distance
     assert evaluation["unfamiliar_fraction"] == pytest.approx(unfamiliar.mean())
-    assert 0 < evaluation["unfamiliar_fraction"] <= 0.03
+    assert 0 < evaluation["unfamiliar_fraction"] < 0.5
     assert evaluation["answered_fraction"] <= 1 - evaluation["unfamiliar_fraction"]
     assert evaluate(retrained.classifier, holdout, gain=1.0, loss=5.0)[
         "unfamiliar_fraction"
@@ -171,7 +171,8 @@ def test_leave_labels_out_answers_few_never_taught_photos_and_most_known_ones() 
     pca = fit_pca(PcaState.from_rows(held), n_components=D)
 
     # WHEN labels are left out in turn and their photos scored by a refit that never saw them
-    check = leave_labels_out(holdout, pca, keep=0.98, min_threshold=5 / 6, draws=6)
+    # 8 dimensions spread more about their median than the model's ~100: a wider factor
+    check = leave_labels_out(holdout, pca, factor=1.6, min_threshold=5 / 6, draws=6)
 
     # THEN they are seldom answered, while the known ones mostly are
     assert check["draws"] == 6

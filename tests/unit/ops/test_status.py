@@ -25,6 +25,8 @@ SHOWN = {
     "answered_accuracy": 1.0,
     "net_revenue_per_1000": 900.0,
     "threshold": 0.9967,
+    "refused_unfamiliar": None,
+    "never_taught_answered": None,
     "holdout_n": 54,
     "skipped": None,
 }
