@@ -64,18 +64,9 @@ def test_photos_the_demo_never_saw_are_answered_right_or_withheld(
 ) -> None:
     out, _ = demo_out
     _, unseen = split
-    pomona = Path(sys.executable).with_name("pomona")
 
-    done = subprocess.run(
-        [str(pomona), "classify", "--model", str(out), "--json", *map(str, unseen)],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=600,
-    )
+    answers = _classify(out, unseen)
 
-    assert done.returncode == 0, done.stderr[-2000:]
-    answers = [json.loads(line) for line in done.stdout.splitlines()]
     assert [a["file"] for a in answers] == list(map(str, unseen))
     assert {"file", "answered", "label", "confidence", "top", "model_version", "reason"} <= set(answers[0])
     answered = [a for a in answers if a["answered"]]
@@ -93,23 +84,28 @@ def test_photos_of_fruits_it_was_never_taught_are_seldom_answered(
     # GIVEN 120 photos of 6 fruits outside the sample's 18 labels (grape, onion, orange, papaya, peach, plum)
     out, _ = demo_out
     foreign = sorted(originals_dir.glob("*/*.jpg"))
-    pomona = Path(sys.executable).with_name("pomona")
 
     # WHEN the app asks what they are
+    answers = _classify(out, foreign)
+
+    # THEN almost all are "not something I know" (2.5 % answered when measured: README, "Open-set figures")
+    assert len(answers) == len(foreign) >= 100
+    assert sum(a["answered"] for a in answers) <= 0.05 * len(answers)
+    assert sum(a["reason"] == "unfamiliar" for a in answers) >= 0.9 * len(answers)
+
+
+def _classify(out: Path, photos: list[Path]) -> list[dict[str, Any]]:
+    """`pomona classify --model OUT --json` on `photos`, as a user runs it: one answer per photo."""
+    pomona = Path(sys.executable).with_name("pomona")
     done = subprocess.run(
-        [str(pomona), "classify", "--model", str(out), "--json", *map(str, foreign)],
+        [str(pomona), "classify", "--model", str(out), "--json", *map(str, photos)],
         capture_output=True,
         text=True,
         check=False,
         timeout=600,
     )
-
-    # THEN almost all are "not something I know" (2.5 % answered when measured: README, "Open-set figures")
     assert done.returncode == 0, done.stderr[-2000:]
-    answers = [json.loads(line) for line in done.stdout.splitlines()]
-    assert len(answers) == len(foreign) >= 100
-    assert sum(a["answered"] for a in answers) <= 0.05 * len(answers)
-    assert sum(a["reason"] == "unfamiliar" for a in answers) >= 0.9 * len(answers)
+    return [json.loads(line) for line in done.stdout.splitlines()]
 
 
 @pytest.fixture
