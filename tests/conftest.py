@@ -121,7 +121,7 @@ def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Random MobileNetV2 weights converted for LiteRT once, up front, so concurrent runs never race for it.
 
     Random weights keep the job's tests independent of shared/; the e2e test uses the real ones."""
-    from pomona.featurize.driver import prepare_model
+    from pomona.featurize.lineage import prepare_model
 
     path = tmp_path_factory.mktemp("pomona-model-cache")
     prepare_model(Settings(weights="random", backend="litert", cache_dir=str(path)))

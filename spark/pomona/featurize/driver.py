@@ -3,7 +3,9 @@
 Recover, drain the images queue, drop images already committed (`index`), featurize in the executors (`tasks`),
 refit the exact PCA, retrain the classifier and score it on the holdout (`pomona.ml.training`), project, then
 commit (`commit`) and delete the messages. One run at a time (`lock`), its messages kept invisible and its lease
-alive by a heartbeat (`queue`) from recovery on. Each image's outcome is its own: committed, quarantined with a
+alive by a heartbeat (`queue`) from recovery on, and a watchdog (`liveness`) stops it past its deadline. The model
+is the committed lineage's (`lineage`); the manifest is put together in `manifest`; the messages the run holds are
+settled, or given back after a failure, by `held`. Each image's outcome is its own: committed, quarantined with a
 reason, or deferred (its message left for redelivery); one image never fails the run.
 """
 
@@ -20,32 +22,34 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import boto3
-import numpy as np
 import pandas as pd
 from botocore.exceptions import BotoCoreError, ClientError
 
 from pomona.core.aws import RETRIES, error_code
-from pomona.core.contract import ImageMessage, Reason, utc_now
-from pomona.core.errors import PomonaError
+from pomona.core.contract import ImageMessage, Reason
 from pomona.core.outputs import (
-    CLASSIFIER_FILE,
-    HOLDOUT_FILE,
-    TRAINING_FILE,
     features_key,
     lease_key,
     lock_key,
     new_batch_id,
 )
-from pomona.core.queues import MAX_FAILURE_CHARS, Suspicion
 from pomona.core.settings import Settings, injected_fault
 from pomona.featurize.commit import Committer, Latest
 from pomona.featurize.dedupe import split_duplicates
+from pomona.featurize.held import HeldMessages
 from pomona.featurize.index import SeenIndex
+from pomona.featurize.lineage import check_lineage, prepare_model
 from pomona.featurize.liveness import RunStoppedError, Watchdog
 from pomona.featurize.lock import ConcurrentRunError, RunLock
+from pomona.featurize.manifest import (
+    batch_manifest,
+    classifier_files,
+    count_unfamiliar,
+    quarantined_by_reason,
+)
 from pomona.featurize.metrics import RunMetrics
 from pomona.featurize.partitions import partition_count, split_evenly, tree_depth
-from pomona.featurize.queue import Heartbeat, Received, delete_messages, drain_queue, move_messages
+from pomona.featurize.queue import Heartbeat, Received, drain_queue
 from pomona.featurize.tasks import (
     DEFERRED,
     FAILURE_COLUMNS,
@@ -57,18 +61,15 @@ from pomona.featurize.tasks import (
     merge_optional,
     project_partitions,
 )
-from pomona.ml.backends import choose_model, get_backend
+from pomona.ml.backends import choose_model
 from pomona.ml.classifier import (
     LabelStats,
-    classifier_to_npz,
-    label_stats_to_npz,
     merge_label_stats,
-    projected_distances,
 )
-from pomona.ml.holdout import Reservoir, merge_reservoir, reservoir_to_npz
+from pomona.ml.holdout import Reservoir, merge_reservoir
 from pomona.ml.mobilenet import FEATURE_DIM
 from pomona.ml.pca import PcaModel, PcaState, fit_pca_or_point, merge_pca_state, model_to_npz
-from pomona.ml.training import Retrained, retrain
+from pomona.ml.training import retrain
 from pomona.ml.weights import resolve_weights
 
 if TYPE_CHECKING:
@@ -77,10 +78,6 @@ if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
 log = logging.getLogger(__name__)
-
-
-class LineageError(PomonaError, ValueError):
-    """This run's model (weights, backend, precision) is not the one whose features the committed PCA holds."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -130,10 +127,7 @@ class Job:
         self._unsettled = False
         cloudwatch = boto3.client("cloudwatch", endpoint_url=settings.endpoint_url, config=RETRIES)
         self.metrics = RunMetrics(cloudwatch, namespace=settings.metrics_namespace, bucket=settings.bucket)
-        # The valid messages this run holds and has not settled (deleted or moved), and what failed runs said of
-        # them: a failure gives these back.
-        self._held: list[tuple[ImageMessage, str]] = []
-        self._suspicion: dict[str, Suspicion] = {}
+        self.held = HeldMessages(self.sqs, settings, between=lambda: self._fault("mid_delete"))
         self._groups = 0  # message groups (tasks) of the featurize pass
 
     def run(self) -> BatchResult:
@@ -162,7 +156,12 @@ class Job:
             ):
                 recovered, committed = self.committer.recover()
                 self._choose_model(committed)
-                self._check_lineage(committed)
+                check_lineage(
+                    committed,
+                    weights_id=self._provenance["pomona.weights_id"],
+                    backend=self.settings.backend,
+                    precision=self.settings.precision,
+                )
                 # The chosen model, checked against the lineage, before any receive.
                 prepare_model(self.settings)
                 self.watchdog.progress()
@@ -171,7 +170,7 @@ class Job:
                 except ConcurrentRunError:
                     raise  # another run took over, and may hold these messages by now: they are its to settle
                 except Exception as err:
-                    self._give_back(err)
+                    self.held.give_back(err)
                     if self.watchdog.stopped is not None:
                         raise RunStoppedError(self.watchdog.stopped) from err
                     raise
@@ -202,7 +201,7 @@ class Job:
 
         latest, fresh, duplicates = self._dedupe(received, recovered)
         if not fresh:
-            self._delete([r for _, r in duplicates])
+            self.held.delete([r for _, r in duplicates])
             return BatchResult(manifest=None, skipped=f"all {len(duplicates)} images already committed")
         stored_state = self.committer.load_state(latest)
         stored_training, stored_holdout = self.committer.load_classifier_state(latest)
@@ -219,7 +218,7 @@ class Job:
         if outcome.state is None:
             self._unsettled = False  # no part file was written
             left, by_code = self._settle(failures, deferred, fresh)
-            self._settle_messages(received, duplicates, failures, deferred, left)
+            self.held.settle(received, duplicates, failures, deferred, left)
             return BatchResult(
                 manifest=None,
                 skipped=f"no image featurized: {len(failures) - len(left)} quarantined, "
@@ -249,26 +248,37 @@ class Job:
 
         committing = time.monotonic()
         left, by_code = self._settle(failures, deferred, fresh)
-        unfamiliar = _unfamiliar(retrained, projected)
+        unfamiliar = count_unfamiliar(retrained, projected)
         counts = {
             "received": len(received.messages) + received.malformed + refused,
             "malformed": received.malformed,
             "duplicates": len(duplicates),
             "featurized": len(projected),
-            "failed": _failed(failures, left, refused=refused),
+            "failed": quarantined_by_reason(failures, left, refused=refused),
             "deferred": dict(by_code),
             "labels": dict(Counter(projected["label"])),
             # Scored unfamiliar by the classifier trained with them: the first sign of fruits the catalogue lacks.
             "unfamiliar": unfamiliar,
         }
         timings["total_s"] = time.monotonic() - started
-        manifest = self._manifest(batch_id, version, model, counts, timings, retrained, n_fresh=len(fresh))
-        files = _classifier_files(retrained, training, holdout)
+        manifest = batch_manifest(
+            batch_id,
+            version,
+            model,
+            retrained,
+            counts=counts,
+            timings=timings,
+            n_fresh=len(fresh),
+            settings=self.settings,
+            weights_id=self._provenance["pomona.weights_id"],
+            files={kind: self.committer.batch_keys(kind, batch_id) for kind in ("features", "projections")},
+        )
+        files = classifier_files(retrained, training, holdout)
         evaluation = retrained.evaluation  # quality.json
         self._commit(
             heartbeat.lock, latest, model, state, manifest, evaluation, files, images=projected["sha256"]
         )
-        self._settle_messages(received, duplicates, failures, deferred, left)
+        self.held.settle(received, duplicates, failures, deferred, left)
         self._retire(version, batch_id)
         manifest["timings"]["commit_s"] = round(time.monotonic() - committing, 3)
         log.info("Batch committed", extra={"batch_id": batch_id, "pca_version": version, **counts})
@@ -285,9 +295,9 @@ class Job:
             wait_s=self.options.wait_s,
             on_receive=self._holding(heartbeat),
         )
-        self._held, self._suspicion = list(received.messages), received.suspicion
+        self.held.hold(received)
         if received.excess:  # past a suspect message's batch cap: back to the queue, uncharged
-            self._move(received.excess)
+            self.held.move(received.excess)
             heartbeat.receipts = [*received.receipts, *(r for _, r, _ in received.refused)]
         return received
 
@@ -380,68 +390,11 @@ class Job:
         tasks = self.spark.sparkContext.parallelize(range(len(parts)), len(parts))
         return pd.concat(tasks.mapPartitions(project_parts).collect(), ignore_index=True)
 
-    def _manifest(
-        self,
-        batch_id: str,
-        version: int,
-        model: PcaModel,
-        counts: dict[str, Any],
-        timings: dict[str, float],
-        retrained: Retrained,
-        *,
-        n_fresh: int,
-    ) -> dict[str, Any]:
-        return {
-            "batch_id": batch_id,
-            "created_at": utc_now(),
-            "pca_version": version,
-            "n_seen": model.n_seen,
-            "k": model.n_components,
-            "explained_variance": float(model.explained_variance_ratio.sum()),
-            "weights_id": self._provenance["pomona.weights_id"],
-            "weights": self.settings.weights,
-            "backend": self.settings.backend,
-            "precision": self.settings.precision,
-            "counts": counts,
-            "timings": {k: round(v, 3) for k, v in timings.items()},
-            "images_per_s": round(n_fresh / max(timings["featurize_s"] + timings["project_s"], 1e-9), 2),
-            "classifier": classifier_facts(retrained),
-            "quality": quality_summary(retrained.evaluation),
-            "files": {
-                "features": self.committer.batch_keys("features", batch_id),
-                "projections": self.committer.batch_keys("projections", batch_id),
-            },
-        }
-
     def _choose_model(self, committed: dict[str, Any] | None) -> None:
         """Make POMONA_BACKEND/PRECISION=auto concrete: the committed lineage's model (`committed`: its version's
         metadata), or a new lineage's."""
         backend, precision = choose_model(self.settings.backend, self.settings.precision, lineage=committed)
         self.settings = self.settings.replace(backend=backend, precision=precision)
-
-    def _check_lineage(self, committed: dict[str, Any] | None) -> None:
-        """Refuse, before a message is received, to merge features of another model into the committed PCA
-        (`committed`: its version's metadata)."""
-        if committed is None:
-            return
-        theirs = {
-            "weights_id": committed["weights_id"],
-            "backend": committed["backend"],
-            "precision": committed.get("precision", "f32"),  # written before precision joined the lineage
-        }
-        ours = {
-            "weights_id": self._provenance["pomona.weights_id"],
-            "backend": self.settings.backend,
-            "precision": self.settings.precision,
-        }
-        if theirs != ours:
-            raise LineageError(
-                f"expected features from the model of PCA v{committed['version']} (weights {theirs['weights_id']}, backend "
-                f"{theirs['backend']}, precision {theirs['precision']}), got weights {ours['weights_id']}, backend "
-                f"{ours['backend']}, precision {ours['precision']}: one PCA never mixes features of two models. Run "
-                "with that model's POMONA_WEIGHTS, POMONA_BACKEND and POMONA_PRECISION, or start a new lineage under "
-                "a new POMONA_OUTPUT_PREFIX; nothing was received or written"
-            )
 
     def _refuse(self, received: Received) -> int:
         """Quarantine, by a sidecar alone, each message the drain refused (it names what ingestion would not have
@@ -453,7 +406,7 @@ class Job:
                 done.append(receipt)
             except ClientError as err:
                 log.warning("Quarantine failed", extra={"key": message.key, "error_code": error_code(err)})
-        self._delete(done)
+        self.held.delete(done)
         return len(done)
 
     def _settle(
@@ -482,45 +435,6 @@ class Job:
             log.warning("Images deferred", extra={"by_error_code": dict(by_code)})
         return left, by_code
 
-    def _settle_messages(
-        self,
-        received: Received,
-        duplicates: Sequence[tuple[ImageMessage, str]],
-        failures: pd.DataFrame,
-        deferred: pd.DataFrame,
-        left: Mapping[str, str],
-    ) -> None:
-        """Delete the message of every image now committed or quarantined, and of every duplicate of a committed
-        image. A duplicate within the batch whose representative was quarantined (its own version gone or changed,
-        its bytes undecodable) is given back instead: it names another upload, which is retried on its own. Deferred
-        images' messages stay held, to come back."""
-        waiting = set(deferred["sha256"]) | left.keys()
-        quarantined = set(failures["sha256"]) - left.keys()
-        retried = [(m, r) for m, r in duplicates if m.sha256 in quarantined]
-        again = {r for _, r in retried}
-        self._delete([r for m, r in received.messages if m.sha256 not in waiting and r not in again])
-        self._move(retried)
-
-    def _give_back(self, err: Exception) -> None:
-        """After a failure: give back every message this run still holds, each carrying the failure and a batch cap
-        of half this batch, so the next runs bisect towards what failed; a message that failed a run on its own goes
-        to the DLQ with the failure recorded (`pomona dlq list` shows it). Nothing is charged a receive."""
-        held, failure = self._held, _one_line(err)
-        if not held:
-            return
-        log.error("Run failed; giving its messages back", extra={"messages": len(held), "error": failure})
-        try:
-            suspicion = [
-                (m, r, self._suspicion.get(r, Suspicion()).after_failure(len(held), failure)) for m, r in held
-            ]
-            target = self.settings.images_dlq_url if len(held) == 1 else self.settings.images_queue_url
-            if target:
-                self._move(
-                    [(m, r) for m, r, _ in suspicion], suspicion={r: s for _, r, s in suspicion}, to=target
-                )
-        except (ClientError, BotoCoreError):  # they come back after their visibility timeout, charged
-            log.exception("Messages not given back")
-
     def _drop_stale_parts(self, parts: Sequence[int], *, batch_id: str) -> None:
         """Delete the features part file of each group that featurized no image: an earlier attempt of its task may
         have written one before its images went away, and the manifest lists the folder. (The executors may not
@@ -537,30 +451,6 @@ class Job:
             self.committer.retire(version, batch_id)
         except (ClientError, BotoCoreError) as err:
             log.warning("Retention failed; the next run retries", extra={"error": str(err)})
-
-    def _delete(self, receipts: Sequence[str]) -> None:
-        left = delete_messages(
-            self.sqs, self.settings.images_queue_url, receipts, between=lambda: self._fault("mid_delete")
-        )
-        self._let_go(set(receipts) - set(left))
-
-    def _move(
-        self,
-        messages: Sequence[tuple[ImageMessage, str]],
-        *,
-        suspicion: Mapping[str, Suspicion] | None = None,
-        to: str | None = None,
-    ) -> None:
-        """Move these messages to the images queue (or `to`) as copies with their suspicion (unchanged unless
-        given): back on the queue, their receive count started again."""
-        said = self._suspicion if suspicion is None else suspicion
-        queue = self.settings.images_queue_url
-        entries = [(m, r, said.get(r, Suspicion())) for m, r in messages]
-        left = move_messages(self.sqs, queue, to or queue, entries)
-        self._let_go({r for _, r in messages} - set(left))
-
-    def _let_go(self, receipts: set[str]) -> None:
-        self._held = [(m, r) for m, r in self._held if r not in receipts]
 
     def _holding(self, heartbeat: Heartbeat) -> Callable[[list[str]], None]:
         """The drain's `on_receive`: the heartbeat holds what it took, and the watchdog sees progress."""
@@ -590,79 +480,9 @@ class Job:
         )
 
 
-def _unfamiliar(retrained: Retrained, projected: pd.DataFrame) -> int | None:
-    """How many of the batch's images the new classifier scores unfamiliar (None without a classifier)."""
-    classifier = retrained.classifier
-    if classifier is None or not len(projected):
-        return None
-    found = projected_distances(classifier, np.stack(projected["projection"].to_list()))
-    return int((found > classifier.familiar_distance).sum())
-
-
-def _one_line(err: BaseException) -> str:
-    """The failure as the DLQ records it: its type and the first line of its message; for a Spark job's failure, the
-    JVM's exception, which says why (a Py4J error's own first line only names the call)."""
-    text = str(err)
-    if (java := getattr(err, "java_exception", None)) is not None:
-        with contextlib.suppress(Exception):  # the JVM may be gone: the Python side's text then stands
-            text = str(java.toString())
-    first = next(iter(text.strip().splitlines()), "")
-    return f"{type(err).__name__}: {first}"[:MAX_FAILURE_CHARS]
-
-
 def _receipts_except(received: Received, shas: set[str]) -> list[str]:
     """The receipts of every valid message but those of the images `shas` (duplicates within the batch too)."""
     return [r for m, r in received.messages if m.sha256 not in shas]
-
-
-def _failed(failures: pd.DataFrame, left: dict[str, str], *, refused: int) -> dict[str, int]:
-    """Quarantined images by reason: the executors' failures (but those deferred instead) and refused messages."""
-    quarantined = Counter(failures.loc[~failures["sha256"].isin(list(left)), "reason"])
-    return dict(quarantined + Counter({Reason.BAD_MESSAGE.value: refused}))
-
-
-def classifier_facts(retrained: Retrained) -> dict[str, Any] | None:
-    """What the manifest says of the committed classifier (`classifier.npz`); None when none was trained (the
-    evaluation says why)."""
-    classifier = retrained.classifier
-    if classifier is None:
-        return None
-    return {
-        "labels": len(classifier.labels),
-        "withheld_labels": list(classifier.withheld_labels),
-        "n_train": classifier.n_train,
-        "threshold": classifier.threshold,
-        "temperature": classifier.temperature,
-    }
-
-
-def quality_summary(evaluation: Mapping[str, Any]) -> dict[str, Any]:
-    """What the manifest says of the holdout evaluation (`quality.json`): all of it but the curve and the confusion
-    matrix, which grow with the thresholds and the labels squared."""
-    return {k: v for k, v in evaluation.items() if k not in {"curve", "confusion"}}
-
-
-def _classifier_files(retrained: Retrained, training: LabelStats, holdout: Reservoir) -> dict[str, bytes]:
-    """The classifier's files beside the version's evaluation: the statistics and holdout the next refit starts
-    from, and the classifier when there is one."""
-    files = {TRAINING_FILE: label_stats_to_npz(training), HOLDOUT_FILE: reservoir_to_npz(holdout)}
-    if retrained.classifier is not None:
-        files[CLASSIFIER_FILE] = classifier_to_npz(retrained.classifier)
-    return files
-
-
-def prepare_model(settings: Settings) -> str:
-    """Check that the backend runs the precision on this CPU, then resolve the weights and prepare the backend once,
-    on the driver, before executors need them (and before a message is received); the weights id.
-
-    The driver's CPU stands for the executors': on a cluster, schedule both on nodes that have what the precision
-    needs (bf16: AVX-512 BF16 or AMX). `auto` prepares the model a new lineage would choose (`choose_model`)."""
-    name, precision = choose_model(settings.backend, settings.precision)
-    backend = get_backend(name)
-    backend.check(precision)
-    weights = resolve_weights(settings.weights, cache_dir=settings.model_cache_dir)
-    backend.prepare(weights, cache_dir=settings.model_cache_dir)
-    return weights.weights_id
 
 
 def run_job(spark: SparkSession, settings: Settings, options: JobOptions | None = None) -> BatchResult:

@@ -53,7 +53,8 @@ def run(
     and `executors` when each executor was added and removed, as the driver recorded it. The job may have at most
     `workers` executors at once, each released after `idle_timeout_s` without tasks.
     """
-    from pomona.featurize.driver import JobOptions, prepare_model, run_job
+    from pomona.featurize.driver import JobOptions, run_job
+    from pomona.featurize.lineage import prepare_model
 
     # Random weights need no shared data; images_per_partition keeps the backlog at several tasks per executor.
     model = Settings.from_env().override(

@@ -158,8 +158,9 @@ def _bare(files: list[Path], *, weights: str, model: tuple[str, str], features: 
 
 def _job(images: Path, *, weights: str, model: tuple[str, str]) -> dict[str, Any]:
     from pomona.bench.cpu import job_cpu
-    from pomona.featurize.driver import prepare_model, run_job
+    from pomona.featurize.driver import run_job
     from pomona.featurize.entry import spark_session
+    from pomona.featurize.lineage import prepare_model
     from pomona.local.poller import EventSourcePoller
     from pomona.local.stack_process import stack_process
 

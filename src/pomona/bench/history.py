@@ -215,8 +215,9 @@ def _run_job() -> None:
     """One run of the job on `local[2]` against the environment's deployment: its time, peak RSS and manifest."""
     import resource
 
-    from pomona.featurize.driver import Job, JobOptions, prepare_model
+    from pomona.featurize.driver import Job, JobOptions
     from pomona.featurize.entry import spark_session
+    from pomona.featurize.lineage import prepare_model
 
     settings = Settings.from_env()
     spark = spark_session("local[2]", app_name="pomona-bench-history")

@@ -65,8 +65,9 @@ def run(
     duplicate_every: int = 50,
     sample_every_s: float = 0.5,
 ) -> dict[str, Any]:
-    from pomona.featurize.driver import prepare_model, run_job, timed
+    from pomona.featurize.driver import run_job, timed
     from pomona.featurize.entry import spark_session
+    from pomona.featurize.lineage import prepare_model
 
     timings: dict[str, float] = {}
     with embedded_stack() as stack:

@@ -6,22 +6,20 @@ import dataclasses
 import json
 import logging
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
+from pomona.cli.bench import app as bench_app
 from pomona.cli.cluster import app as cluster_app
 from pomona.cli.dlq import app as dlq_app
-from pomona.core.errors import PomonaError
+from pomona.cli.errors import console, one_line_errors
 
 app = typer.Typer(
     help="Pomona: fruit photos in S3 → validated, queued, featurized, PCA.", no_args_is_help=True
 )
-bench_app = typer.Typer(help="Benchmarks; each prints one JSON object.", no_args_is_help=True)
 job_app = typer.Typer(help="The featurization job.", no_args_is_help=True)
 model_app = typer.Typer(help="The MobileNetV2 featurizer's model files.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
@@ -31,27 +29,6 @@ app.add_typer(dlq_app, name="dlq")
 local_app = typer.Typer(help="The embedded AWS stack.", no_args_is_help=True)
 app.add_typer(local_app, name="local")
 app.add_typer(job_app, name="job")
-
-console = Console(stderr=True)
-
-
-@contextmanager
-def _one_line_errors() -> Iterator[None]:
-    """Errors Pomona raises on purpose, and AWS being out of reach or refusing, become one clear line and exit
-    code 1, not a traceback."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    try:
-        yield
-    except PomonaError as err:
-        console.print(f"[bold red]error:[/] {err}")
-        raise typer.Exit(1) from err
-    except (BotoCoreError, ClientError) as err:
-        console.print(
-            f"[bold red]error:[/] AWS said: {str(err).rstrip('.')}. Check AWS_ENDPOINT_URL (`pomona local up` prints it), the "
-            "credentials and the POMONA_* settings."
-        )
-        raise typer.Exit(1) from err
 
 
 @app.callback()
@@ -121,7 +98,7 @@ def classify(
     from pomona.core.settings import Settings
     from pomona.ops.classify import classify_files, model_source
 
-    with _one_line_errors():
+    with one_line_errors():
         settings = Settings.from_env()
         answers = classify_files(photos, model_source(settings, model_dir=model, weights=weights), settings)
         if as_json:
@@ -138,155 +115,6 @@ def classify(
                 "-" if runner_up is None else f"{runner_up[0]} ({runner_up[1]:.3f})",
             )
         Console().print(table)
-
-
-@bench_app.command("validate")
-def bench_validate(
-    as_json: Annotated[
-        bool, typer.Option("--json/--pretty", help="One line of JSON (default), or indented for reading.")
-    ] = True,
-) -> None:
-    """Validation time per image (100×100 and 4000×3000 JPEG) and peak RSS over hostile inputs."""
-    from pomona.bench import validate as bench
-
-    sys.stdout.write(json.dumps(bench.run(), indent=None if as_json else 2) + "\n")
-
-
-@bench_app.command("classify")
-def bench_classify(
-    model: Annotated[
-        Path | None,
-        typer.Option(
-            help="A folder laid out as the bucket (the demo's --out); default: one trained on synthetic "
-            "fruit.",
-            exists=True,
-            file_okay=False,
-        ),
-    ] = None,
-    weights: Annotated[
-        str | None, typer.Option(help="A POMONA_WEIGHTS value; default: the model's own.")
-    ] = None,
-    repeats: Annotated[
-        int, typer.Option(help="Warm answers to the small photo (the large: a seventh).")
-    ] = 200,
-    as_json: Annotated[
-        bool, typer.Option("--json/--pretty", help="One line of JSON (default), or indented for reading.")
-    ] = True,
-) -> None:
-    """Per-photo latency of the serving core (100×100 and 4000×3000 JPEG), cold start and peak RSS."""
-    from pomona.bench import classify as bench
-
-    with _one_line_errors():
-        result = bench.run(model=model, weights=weights, repeats=repeats)
-    sys.stdout.write(json.dumps(result, indent=None if as_json else 2) + "\n")
-
-
-@bench_app.command("featurize")
-def bench_featurize(
-    images: Annotated[
-        Path, typer.Option(help="A folder of <label>/<image> files.", exists=True, file_okay=False)
-    ],
-    weights: Annotated[str, typer.Option(help="A POMONA_WEIGHTS value (a local .h5 offline).")] = "imagenet",
-    backend: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="BACKEND[:PRECISION] to measure, repeatable; the first is the headline (default: auto, the model "
-            "a new deployment gets here). LiteRT f32 and OpenVINO bf16 are measured in every run."
-        ),
-    ] = None,
-    repeat: Annotated[
-        int,
-        typer.Option(help="Each image and N-1 re-encoded flips/rotations of it (at most 8).", min=1, max=8),
-    ] = 1,
-    as_json: Annotated[
-        bool, typer.Option("--json/--pretty", help="One line of JSON (default), or indented for reading.")
-    ] = True,
-) -> None:
-    """Plain-loop vs whole-job images/s and CPU per image by process, per model; agreement with float32 and holdout
-    accuracy; peak RSS per Python worker, Spark start-up, PCA refit time."""
-    from pomona.bench import featurize as bench
-
-    models = [(name, precision or "auto") for name, _, precision in (b.partition(":") for b in backend or [])]
-    with _one_line_errors():
-        result = bench.run(images=images, weights=weights, models=models, repeat=repeat)
-    sys.stdout.write(json.dumps(result, indent=None if as_json else 2) + "\n")
-
-
-@bench_app.command("autoscale")
-def bench_autoscale(
-    images: Annotated[int, typer.Option(help="Backlog of synthetic uploads.", min=1)] = 256,
-    workers: Annotated[int, typer.Option(help="One-core standalone workers, the executor cap.", min=1)] = 2,
-    after_s: Annotated[float, typer.Option(help="Seconds sampled after the job ends.")] = 15.0,
-    as_json: Annotated[
-        bool, typer.Option("--json/--pretty", help="One line of JSON (default), or indented for reading.")
-    ] = True,
-) -> None:
-    """Executors over time as the job runs with dynamic allocation on a Spark standalone cluster on loopback."""
-    import contextlib
-
-    from pomona.bench import autoscale as bench
-
-    # The ingestion handler logs to stdout; stdout carries the result alone.
-    with _one_line_errors(), contextlib.redirect_stdout(sys.stderr):
-        result = bench.run(images=images, workers=workers, after_s=after_s)
-    sys.stdout.write(json.dumps(result, indent=None if as_json else 2) + "\n")
-
-
-@bench_app.command("ingest")
-def bench_ingest(
-    count: Annotated[int, typer.Option(help="Uploads.", min=1)] = 5000,
-    bad_every: Annotated[int, typer.Option(help="Every Nth upload is a bad one (0: none).", min=0)] = 100,
-    duplicate_every: Annotated[
-        int, typer.Option(help="Every Nth upload repeats the one before (0: none).", min=0)
-    ] = 50,
-    workers: Annotated[int, typer.Option(help="Spark local[N] workers for the job.", min=1)] = 2,
-    weights: Annotated[
-        str, typer.Option(help="A POMONA_WEIGHTS value; the rate does not depend on it.")
-    ] = "random",
-    backend: Annotated[str, typer.Option(help="litert | tensorflow.")] = "litert",
-    as_json: Annotated[
-        bool, typer.Option("--json/--pretty", help="One line of JSON (default), or indented for reading.")
-    ] = True,
-) -> None:
-    """N uploads through the embedded stack: images/s per stage, queue depth over time, the accounting.
-
-    Exits 1 when the accounting does not close (an upload missing, or a message left on a queue).
-    """
-    from pomona.bench import ingest as bench
-
-    with _one_line_errors():
-        result = bench.run(
-            count=count,
-            bad_every=bad_every,
-            duplicate_every=duplicate_every,
-            workers=workers,
-            weights=weights,
-            backend=backend,
-        )
-    sys.stdout.write(json.dumps(result, indent=None if as_json else 2) + "\n")
-    if not bench.accounting_holds(result):
-        console.print("[bold red]error:[/] the accounting does not close: see missing and left_on_queues")
-        raise typer.Exit(1)
-
-
-@bench_app.command("history")
-def bench_history(
-    seen: Annotated[
-        list[int] | None,
-        typer.Option(help="Committed images of history before the run; repeat for each level.", min=0),
-    ] = None,
-    images: Annotated[int, typer.Option(help="The batch each level's run featurizes.", min=1)] = 256,
-    as_json: Annotated[
-        bool, typer.Option("--json/--pretty", help="One line of JSON (default), or indented for reading.")
-    ] = True,
-) -> None:
-    """One run of the same batch after 0, 100,000 and 1,000,000 committed images (or each --seen): run time,
-    the driver's peak RSS and the requests the run made, each against a fresh embedded stack."""
-    from pomona.bench import history as bench
-
-    with _one_line_errors():
-        result = bench.run(seen=tuple(seen or bench.DEFAULT_SEEN), images=images)
-    sys.stdout.write(json.dumps(result, indent=None if as_json else 2) + "\n")
 
 
 @job_app.command("run")
@@ -308,7 +136,7 @@ def job_run(
     from pomona.featurize.driver import run_job
     from pomona.featurize.entry import spark_session
 
-    with _one_line_errors():
+    with one_line_errors():
         settings = Settings.from_env().override(
             max_images=max_images, weights=weights, backend=backend, precision=precision
         )
@@ -350,7 +178,7 @@ def demo(
 
     if images is not None and not images.is_dir():
         raise typer.BadParameter(f"expected a folder, got {images}", param_hint="--images")
-    with _one_line_errors():
+    with one_line_errors():
         out.mkdir(parents=True, exist_ok=True)
         summary = run_demo(
             images=images,
@@ -409,7 +237,7 @@ def status(
     from pomona.core.settings import Settings
     from pomona.ops.status import collect_status
 
-    with _one_line_errors():
+    with one_line_errors():
         settings = Settings.from_env()
         s3 = boto3.client("s3", endpoint_url=settings.endpoint_url, config=RETRIES)
         sqs = boto3.client("sqs", endpoint_url=settings.endpoint_url, config=RETRIES)
@@ -464,7 +292,7 @@ def export_csv(
     from pomona.core.settings import Settings
     from pomona.ops.export import export_csv as write
 
-    with _one_line_errors():
+    with one_line_errors():
         settings = Settings.from_env()
         s3 = boto3.client("s3", endpoint_url=settings.endpoint_url, config=RETRIES)
         rows, version = write(CommittedOutputs.in_bucket(s3, settings), out)
@@ -483,9 +311,9 @@ def model_prepare(
 ) -> None:
     """Fetch the weights and convert them for LiteRT once (image build time), so runs find them cached."""
     from pomona.core.settings import Settings
-    from pomona.featurize.driver import prepare_model
+    from pomona.featurize.lineage import prepare_model
 
-    with _one_line_errors():
+    with one_line_errors():
         settings = Settings.from_env().override(
             weights=weights, backend=backend, cache_dir=str(cache_dir) if cache_dir else None
         )
@@ -509,11 +337,11 @@ def local_up(
     Lambda behind a local Function URL. Ctrl-C stops."""
     import os
 
-    from pomona.featurize.driver import prepare_model
+    from pomona.featurize.lineage import prepare_model
     from pomona.local.stack import start_stack
     from pomona.local.up import export_lines, parse_interval, serve
 
-    with _one_line_errors():
+    with one_line_errors():
         every = parse_interval(schedule)
         stack = start_stack(port=port)
         if weights:
@@ -525,7 +353,7 @@ def local_up(
         console.print("in another terminal (then `pomona status`, `pomona job run`, `aws s3 cp`…):")
         for line in export_lines(stack.env()):
             sys.stdout.write(line + "\n")
-        with _one_line_errors():
+        with one_line_errors():
             with console.status("preparing the model…"):
                 prepare_model(stack.settings)  # fail now, not at the first scheduled run
             console.print(f"the job runs every {schedule} while the images queue holds work; Ctrl-C stops")
@@ -544,7 +372,7 @@ def upload(
     from pomona.core.settings import Settings
     from pomona.local.upload import upload_folder
 
-    with _one_line_errors():
+    with one_line_errors():
         count = upload_folder(folder, Settings.from_env(), console=console)
     console.print(f"uploaded {count} files")
 

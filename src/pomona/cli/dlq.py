@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Annotated, Literal
 import typer
 from rich.console import Console
 
+from pomona.cli.errors import one_line_errors
+
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
 
@@ -40,11 +42,10 @@ def list_messages(
     there, where that can be known.
 
     The messages looked at are made visible again at once. SQS counts the look as a receive."""
-    from pomona.cli.app import _one_line_errors
     from pomona.ops.dlq import QUEUES, find_dlq, peek
 
     listings: dict[str, Listing] = {}
-    with _one_line_errors():
+    with one_line_errors():
         settings, sqs, _ = _clients()
         names: list[QueueName] = [queue] if queue else [n for n in QUEUES if _source_url(settings, n)]
         if not names:
@@ -80,11 +81,10 @@ def redrive(
 
     SQS's message move task does it where the endpoint has one; elsewhere (moto) each message is copied, body and
     message attributes, and deleted from the DLQ only once its copy was sent."""
-    from pomona.cli.app import _one_line_errors
     from pomona.ops.dlq import find_dlq
     from pomona.ops.dlq import redrive as move_back
 
-    with _one_line_errors():
+    with one_line_errors():
         settings, sqs, task_sqs = _clients()
         dlq = find_dlq(sqs, settings, queue)
         errors.print(f"moving {dlq.url} → {dlq.source_url}", soft_wrap=True)

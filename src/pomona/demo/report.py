@@ -9,9 +9,8 @@ which render through Agg without touching pyplot's global state.
 
 from __future__ import annotations
 
-import html
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,18 +23,14 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, PercentFormatter, StrMethodFormatter
 
 from pomona.core.outputs import EVALUATION_FILE, CommittedOutputs, FolderFiles
-from pomona.demo.run import HOLDOUT_FIGURES
+from pomona.demo.report_html import REPORT_DIR, format_value, render_html
 from pomona.ml.pca import PcaModel, PcaState, fit_pca, load_model, load_state
 
-REPORT_DIR = "report"  # the PNGs, beside report.html
 MAX_SCATTER_POINTS = 20_000  # beyond this a scatter is a blot; a fixed-seed sample shows the same shape
-MAX_REJECTION_ROWS = 20
 MAX_CONFUSION_LABELS = 60  # beyond this the matrix's cells are below a pixel; per-label recall says it better
-MAX_RECALL_ROWS = 30  # the labels recalled worst; the rest are summarised
 _DPI = 110
 _STAGE_COLOURS = {"ingest": "#d62728", "featurize": "#ff7f0e"}
 _MARKERS = "osD^v<>Ph*"
-_SHOWN_ELSEWHERE = frozenset({"weights_note", "holdout"})  # the banner and the business metric
 
 
 @dataclass(frozen=True, eq=False)
@@ -54,7 +49,7 @@ class ReportInputs:
 
 
 @dataclass(frozen=True, eq=False)
-class _Panel:
+class Panel:
     name: str
     title: str
     caption: str
@@ -116,18 +111,18 @@ def write_report(out: Path, summary: Mapping[str, Any]) -> Path:
         if panel.figure is not None:
             panel.figure.savefig(out / REPORT_DIR / f"{panel.name}.png", dpi=_DPI, bbox_inches="tight")
     page = out / "report.html"
-    page.write_text(_render_html(summary, outputs, panels), encoding="utf-8")
+    page.write_text(render_html(summary, outputs, panels), encoding="utf-8")
     return page
 
 
 # -- plots -------------------------------------------------------------------------------------------------------
 
 
-def _variance_panel(outputs: ReportInputs, target: float | None) -> _Panel:
+def _variance_panel(outputs: ReportInputs, target: float | None) -> Panel:
     title = "Explained variance"
     model, state = outputs.model, outputs.state
     if model is None:
-        return _Panel("variance", title, "No PCA version is committed yet.", None)
+        return Panel("variance", title, "No PCA version is committed yet.", None)
     k = model.n_components
     # The stored merge state holds the whole spectrum, so the curve goes on past the k components kept.
     if state is not None and state.n >= 2:
@@ -161,17 +156,17 @@ def _variance_panel(outputs: ReportInputs, target: float | None) -> _Panel:
         f"Cumulative share of the feature variance explained by the first components of PCA version "
         f"{outputs.pca_version}; the version keeps k = {k}, which explain {cumulative[k - 1]:.1%}."
     )
-    return _Panel("variance", title, caption, figure)
+    return Panel("variance", title, caption, figure)
 
 
-def _scatter_panel(outputs: ReportInputs) -> _Panel:
+def _scatter_panel(outputs: ReportInputs) -> Panel:
     title = "Images in PCA space"
     model, x = outputs.model, outputs.features
     if model is None or not len(x):
-        return _Panel("pca_scatter", title, "No committed images or PCA version to project.", None)
+        return Panel("pca_scatter", title, "No committed images or PCA version to project.", None)
     if x.shape[1] != model.mean.size:
         note = f"The features have {x.shape[1]} dimensions, the LATEST PCA expects {model.mean.size}."
-        return _Panel("pca_scatter", title, note, None)
+        return Panel("pca_scatter", title, note, None)
     labels = np.asarray(outputs.labels, dtype=str)
     sampled = ""
     if len(x) > MAX_SCATTER_POINTS:
@@ -217,13 +212,13 @@ def _scatter_panel(outputs: ReportInputs) -> _Panel:
         f"Every committed image's features projected on the first axes of the LATEST PCA (version "
         f"{outputs.pca_version}). {shape}{sampled}"
     )
-    return _Panel("pca_scatter", title, caption, figure)
+    return Panel("pca_scatter", title, caption, figure)
 
 
-def _labels_panel(outputs: ReportInputs) -> _Panel:
+def _labels_panel(outputs: ReportInputs) -> Panel:
     title = "Images per label"
     if not outputs.labels:
-        return _Panel("labels", title, "No committed images yet.", None)
+        return Panel("labels", title, "No committed images yet.", None)
     counts = sorted(Counter(outputs.labels).items(), key=lambda item: (-item[1], item[0]))
     figure, ax = _figure(8, max(2.0, 0.25 * len(counts) + 1.0))
     bars = ax.barh([_plain(label) for label, _ in counts], [n for _, n in counts], color="#1f77b4")
@@ -233,10 +228,10 @@ def _labels_panel(outputs: ReportInputs) -> _Panel:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.margins(x=0.08)
     caption = f"{len(outputs.labels):,} committed images over {len(counts)} label(s)."
-    return _Panel("labels", title, caption, figure)
+    return Panel("labels", title, caption, figure)
 
 
-def _rejections_panel(outputs: ReportInputs, summary: Mapping[str, Any]) -> _Panel:
+def _rejections_panel(outputs: ReportInputs, summary: Mapping[str, Any]) -> Panel:
     title = "Rejections by reason"
     if outputs.rejections:
         counts = Counter((r["reason"], r["stage"]) for r in outputs.rejections)
@@ -253,7 +248,7 @@ def _rejections_panel(outputs: ReportInputs, summary: Mapping[str, Any]) -> _Pan
         figure, ax = _figure(6, 1.6)
         ax.text(0.5, 0.5, "none: no upload was rejected", ha="center", va="center", fontsize="large")
         ax.set_axis_off()
-        return _Panel("rejections", title, "No upload was quarantined or failed featurization.", figure)
+        return Panel("rejections", title, "No upload was quarantined or failed featurization.", figure)
 
     reasons = sorted(
         {reason for reason, _ in counts}, key=lambda r: (-sum(counts[r, s] for s in _STAGE_COLOURS), r)
@@ -274,30 +269,30 @@ def _rejections_panel(outputs: ReportInputs, summary: Mapping[str, Any]) -> _Pan
     caption = (
         f"{sum(counts.values())} image(s) quarantined at ingestion or failed at featurization, from {source}."
     )
-    return _Panel("rejections", title, caption, figure)
+    return Panel("rejections", title, caption, figure)
 
 
-def _throughput_panel(throughput: Mapping[str, Any]) -> _Panel:
+def _throughput_panel(throughput: Mapping[str, Any]) -> Panel:
     title = "Throughput per stage"
     rates = {stage: float(v) for stage, v in throughput.items() if isinstance(v, int | float)}
     if not rates:
-        return _Panel("throughput", title, "No throughput was measured.", None)
+        return Panel("throughput", title, "No throughput was measured.", None)
     figure, ax = _figure(7, 4)
     bars = ax.bar([_plain(s) for s in rates], list(rates.values()), color="#2ca02c")
     ax.bar_label(bars, labels=[f"{v:,.1f}" for v in rates.values()], padding=3)
     ax.set_ylabel("images per second")
     ax.margins(y=0.12)
     caption = "Images per second through each stage of this demo run, on this machine."
-    return _Panel("throughput", title, caption, figure)
+    return Panel("throughput", title, caption, figure)
 
 
-def _revenue_panel(quality: Mapping[str, Any] | None) -> _Panel:
+def _revenue_panel(quality: Mapping[str, Any] | None) -> Panel:
     title = "Net revenue by confidence threshold, on the holdout"
     curve = (quality or {}).get("curve") or {}
     thresholds = np.asarray(curve.get("threshold", []), dtype=float)
     if quality is None or not thresholds.size:
         why = (quality or {}).get("skipped") or "no revenue curve was computed"
-        return _Panel("revenue", title, f"No curve: {why}.", None)
+        return Panel("revenue", title, f"No curve: {why}.", None)
     revenue = np.asarray(curve["net_revenue_per_1000"], dtype=float)
     coverage = np.asarray(curve["coverage"], dtype=float)
     figure, ax = _figure(8, 4.5)
@@ -318,29 +313,29 @@ def _revenue_panel(quality: Mapping[str, Any] | None) -> _Panel:
         ax.plot([best], [best_revenue], "o", color="#d62728")
         handles.append(marker)
     ax.legend(handles=handles, loc="lower left", fontsize="small")
-    ax.set_title(f"The classifier on {_format(quality.get('n'))} held-out images")
+    ax.set_title(f"The classifier on {format_value(quality.get('n'))} held-out images")
     caption = (
         f"What the classifier's answers on the held-out images earn when only those at or above a confidence "
-        f"threshold are given (gain {_format(quality.get('gain'))} per right answer, loss "
-        f"{_format(quality.get('loss'))} per wrong one); the dashed line is the share answered. The red line is "
+        f"threshold are given (gain {format_value(quality.get('gain'))} per right answer, loss "
+        f"{format_value(quality.get('loss'))} per wrong one); the dashed line is the share answered. The red line is "
         "the threshold the classifier was committed with: the one earning most, never below the break-even "
         "confidence."
     )
-    return _Panel("revenue", title, caption, figure)
+    return Panel("revenue", title, caption, figure)
 
 
-def _confusion_panel(quality: Mapping[str, Any] | None) -> _Panel:
+def _confusion_panel(quality: Mapping[str, Any] | None) -> Panel:
     title = "Confusion on the holdout"
     confusion = (quality or {}).get("confusion") or {}
     labels = [str(label) for label in confusion.get("labels", [])]
     if not labels:
         why = (quality or {}).get("skipped") or "no confusion matrix was computed"
-        return _Panel("confusion", title, f"No confusion matrix: {why}.", None)
+        return Panel("confusion", title, f"No confusion matrix: {why}.", None)
     if len(labels) > MAX_CONFUSION_LABELS:
         note = (
             f"{len(labels)} labels are too many to draw; per-label recall is listed with the business metric."
         )
-        return _Panel("confusion", title, note, None)
+        return Panel("confusion", title, note, None)
     counts = np.asarray(confusion["matrix"], dtype=float)
     support = counts.sum(axis=1, keepdims=True)
     shares = np.divide(counts, support, out=np.zeros_like(counts), where=support > 0)
@@ -361,7 +356,7 @@ def _confusion_panel(quality: Mapping[str, Any] | None) -> _Panel:
         f"Each held-out image ({int(counts.sum()):,}) by true label (rows) and the classifier's most probable "
         "label (columns), whatever its confidence; shaded by the share of its row, counts in the cells."
     )
-    return _Panel("confusion", title, caption, figure)
+    return Panel("confusion", title, caption, figure)
 
 
 def _figure(width: float, height: float) -> tuple[Figure, Axes]:
@@ -380,194 +375,3 @@ def _plain(text: str) -> str:
 
 
 # -- HTML --------------------------------------------------------------------------------------------------------
-
-
-_CSS = """
-body { font: 15px/1.5 system-ui, sans-serif; color: #222; max-width: 980px; margin: 2em auto; padding: 0 1em; }
-h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: 0.2em; margin-top: 1.8em; }
-.banner { background: #fff4d6; border: 2px solid #e0a800; border-radius: 6px; padding: 0.8em 1em;
-  font-weight: 600; }
-.warning { background: #fde8e8; border-left: 4px solid #d62728; padding: 0.6em 1em; }
-.muted { color: #666; }
-table { border-collapse: collapse; margin: 0.6em 0; }
-th, td { text-align: left; padding: 0.25em 1em 0.25em 0; border-bottom: 1px solid #eee; vertical-align: top; }
-td.num { font-variant-numeric: tabular-nums; }
-figure { margin: 1.5em 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
-figcaption { color: #444; font-size: 0.93em; margin-top: 0.3em; }
-code { font-size: 0.9em; }
-"""
-
-
-def _render_html(summary: Mapping[str, Any], outputs: ReportInputs, panels: Sequence[_Panel]) -> str:
-    """The report page; every piece of text from the summary or the bucket goes through `html.escape`."""
-    e = html.escape
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>Pomona demo report</title><style>{_CSS}</style></head><body>",
-        "<h1>Pomona demo report</h1>",
-    ]
-    if summary.get("weights_note"):
-        parts.append(f'<p class="banner">⚠ {e(str(summary["weights_note"]))}</p>')
-    parts.append(_overview(outputs))
-    if outputs.missing_files:
-        listed = ", ".join(f"<code>{e(k)}</code>" for k in outputs.missing_files[:5])
-        parts.append(
-            f'<p class="warning">{len(outputs.missing_files)} part file(s) named by committed manifests are '
-            f"missing from this folder and were left out: {listed}</p>"
-        )
-    parts += ["<h2>Summary</h2>", _summary_table(summary)]
-    parts += ["<h2>Business metric</h2>", _metric_section(summary, outputs.quality)]
-    parts.append("<h2>Figures</h2>")
-    for panel in panels:
-        if panel.figure is None:
-            parts.append(f'<h3>{e(panel.title)}</h3><p class="muted">{e(panel.caption)}</p>')
-        else:
-            parts.append(
-                f'<figure><img src="{REPORT_DIR}/{e(panel.name)}.png" alt="{e(panel.title)}">'
-                f"<figcaption><strong>{e(panel.title)}.</strong> {e(panel.caption)}</figcaption></figure>"
-            )
-    if outputs.rejections:
-        parts += ["<h2>Rejected images</h2>", _rejections_table(outputs.rejections)]
-    parts.append("</body></html>")
-    return "\n".join(parts) + "\n"
-
-
-def _overview(outputs: ReportInputs) -> str:
-    if not outputs.batch_ids:
-        return (
-            '<p class="warning">No committed batches yet: nothing has been featurized, so there are no '
-            "features, projections or classifier to show.</p>"
-        )
-    text = f"{len(outputs.labels):,} images in {len(outputs.batch_ids)} committed batch(es)"
-    if outputs.model is not None:
-        model = outputs.model
-        text += (
-            f"; PCA version {outputs.pca_version} keeps k = {model.n_components} component(s), explaining "
-            f"{model.explained_variance_ratio.sum():.1%} of the variance of {model.n_seen:,} images"
-        )
-    return f"<p>{html.escape(text)}.</p>"
-
-
-def _summary_table(summary: Mapping[str, Any]) -> str:
-    rows = []
-    for name, value in summary.items():
-        if name in _SHOWN_ELSEWHERE:
-            continue
-        if isinstance(value, list) and all(_is_scalar(v) for v in value):
-            shown = ", ".join(_format(v) for v in value) or "none"
-        elif _is_scalar(value):
-            shown = _format(value)
-        else:
-            continue  # mappings are drawn as figures
-        numeric = isinstance(value, int | float) and not isinstance(value, bool)
-        cell = '<td class="num">' if numeric else "<td>"
-        rows.append(f"<tr><th>{html.escape(name.replace('_', ' '))}</th>{cell}{html.escape(shown)}</td></tr>")
-    return f"<table>{''.join(rows)}</table>"
-
-
-def _metric_section(summary: Mapping[str, Any], quality: Mapping[str, Any] | None) -> str:
-    """The classifier's evaluation on the holdout: LATEST's quality.json, else the summary's figures."""
-    e = html.escape
-    quality = quality or {}
-    holdout = summary.get("holdout") or {}
-    figures = {name: quality.get(name, holdout.get(name)) for name in _HOLDOUT_FIGURES}
-    gain, loss = quality.get("gain", summary.get("gain")), quality.get("loss", summary.get("loss"))
-    gain_text = f"earns {_format(gain)}" if gain is not None else "earns a gain"
-    loss_text = f"costs {_format(loss)}" if loss is not None else "costs a loss"
-    explanation = (
-        "After each batch the classifier (a linear discriminant on the PCA projections, retrained from every "
-        "training image) is scored on the held-out images: a fixed tenth of all images, chosen by their sha256 "
-        "alone, that it is never trained on. It answers only where its confidence reaches the threshold: each "
-        f"right identification {gain_text}, each wrong one {loss_text}, and a withheld answer costs nothing. "
-        "The threshold is the one that earns most on the holdout, never below the break-even confidence; the "
-        "net revenue per 1000 images is the total over all held-out images at that threshold, scaled to 1000."
-    )
-    why = quality.get("skipped") or holdout.get("skipped")
-    if why or all(v is None for v in figures.values()):
-        why = why or "no committed evaluation"
-        return f'<p>No holdout evaluation: {e(str(why))}.</p><p class="muted">{e(explanation)}</p>'
-    shown = {
-        "held-out images": _format(figures["n"]),
-        "accuracy (every held-out image answered)": _percent(figures["accuracy"]),
-        "macro F1": _format(figures["macro_f1"], ".3f"),
-        "threshold": _format(figures["best_threshold"], ".4g"),
-        "answered at the threshold": _percent(figures["answered_fraction"]),
-        "accuracy of those answered": _percent(figures["answered_accuracy"]),
-        "net revenue per 1000 images": _format(figures["net_revenue_per_1000"], ",.1f"),
-        "temperature": _format(figures["temperature"], ".3g"),
-        "familiar distance (farther: not something it knows)": _format(figures["familiar_distance"], ".4g"),
-        "held-out known photos refused as unfamiliar": _percent(figures["unfamiliar_fraction"]),
-    }
-    never_taught = (quality.get("leave_labels_out") or {}).get("never_taught_answered")
-    if never_taught is not None:
-        shown["never-taught labels' photos answered (leave-labels-out)"] = _percent(never_taught)
-    if figures["not_offered"]:
-        shown["held-out images of labels not offered"] = _format(figures["not_offered"])
-    rows = "".join(
-        f'<tr><th>{e(name)}</th><td class="num">{e(value)}</td></tr>' for name, value in shown.items()
-    )
-    return f"<table>{rows}</table><p>{e(explanation)}</p>{_recall_table(quality.get('per_label_recall'))}"
-
-
-# The summary's figures (`demo.run.HOLDOUT_FIGURES`), and how many held-out images had no label to answer with.
-_HOLDOUT_FIGURES = (*HOLDOUT_FIGURES, "not_offered")
-
-
-def _recall_table(recall: Mapping[str, float] | None) -> str:
-    """Per-label recall on the holdout, worst first: which fruits the classifier gets wrong."""
-    if not recall:
-        return ""
-    if min(recall.values()) == 1.0:
-        return f"<p>Every one of the {len(recall)} label(s) is recalled in full on the holdout.</p>"
-    ranked = sorted(recall.items(), key=lambda item: (item[1], item[0]))
-    rows = "".join(
-        f'<tr><td>{html.escape(label)}</td><td class="num">{html.escape(_percent(value))}</td></tr>'
-        for label, value in ranked[:MAX_RECALL_ROWS]
-    )
-    rest = ranked[MAX_RECALL_ROWS:]
-    tail = (
-        f'<p class="muted">… and {len(rest)} more label(s), recalled at {_percent(rest[0][1])} or better.</p>'
-        if rest
-        else ""
-    )
-    return (
-        "<h3>Recall per label</h3><p>The share of each label's held-out images whose most probable label is "
-        "the right one, worst first.</p>"
-        f"<table><tr><th>label</th><th>recall</th></tr>{rows}</table>{tail}"
-    )
-
-
-def _rejections_table(rejections: Sequence[Mapping[str, Any]]) -> str:
-    e = html.escape
-    rows = "".join(
-        f"<tr><td>{e(str(r['stage']))}</td><td>{e(str(r['reason']))}</td>"
-        f"<td><code>{e(str(r.get('original_key', '?')))}</code></td><td>{e(str(r.get('detail', '')))}</td></tr>"
-        for r in rejections[:MAX_REJECTION_ROWS]
-    )
-    more = len(rejections) - MAX_REJECTION_ROWS
-    tail = f'<p class="muted">… and {more} more under <code>quarantine/</code>.</p>' if more > 0 else ""
-    return f"<table><tr><th>stage</th><th>reason</th><th>key</th><th>detail</th></tr>{rows}</table>{tail}"
-
-
-def _is_scalar(value: object) -> bool:
-    return value is None or isinstance(value, str | int | float | bool)
-
-
-def _format(value: object, spec: str = "") -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, bool | str):
-        return str(value)
-    if spec:
-        return format(value, spec)
-    if isinstance(value, int):
-        return f"{value:,}"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
-def _percent(value: object) -> str:
-    return _format(value) if value is None else _format(value, ".1%")

@@ -124,8 +124,9 @@ def run_demo(
 ) -> dict[str, Any]:
     import os
 
-    from pomona.featurize.driver import prepare_model, run_job
+    from pomona.featurize.driver import run_job
     from pomona.featurize.entry import spark_session
+    from pomona.featurize.lineage import prepare_model
     from pomona.ml.backends import choose_model
 
     choice = choose_weights(weights, synthetic=images is None, environ=dict(os.environ))

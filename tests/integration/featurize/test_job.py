@@ -19,7 +19,8 @@ from pomona.core.contract import ImageMessage, Reason, quarantine_key, sidecar_k
 from pomona.core.outputs import CommittedOutputs, manifest_key, pca_latest_key, pca_prefix
 from pomona.core.queues import queue_depth
 from pomona.core.settings import Settings
-from pomona.featurize.driver import JobOptions, LineageError, run_job
+from pomona.featurize.driver import JobOptions, run_job
+from pomona.featurize.lineage import LineageError
 from pomona.ingest import handler
 from pomona.local.poller import EventSourcePoller
 from pomona.ml.pca import PcaState, fit_pca, load_model, load_state

@@ -9,7 +9,7 @@ import numpy as np
 import numpy.typing as npt
 
 from pomona.core.aws import json_bytes
-from pomona.featurize.driver import classifier_facts, quality_summary
+from pomona.featurize.manifest import classifier_facts, quality_summary
 from pomona.ml.classifier import LabelStats
 from pomona.ml.holdout import Reservoir
 from pomona.ml.pca import PcaModel, PcaState, fit_pca
