@@ -1,6 +1,10 @@
-"""Issue 13's bar, as the independent check runs it: `pomona demo` on two thirds of each sample class in 3 waves
-with the real weights, then `pomona classify --model OUT --json` and the local Function URL on the third it never
-saw. The holdout accuracy is >= 0.97; answered photos are >= 99 % right with >= 85 % answered."""
+"""Issues 13 and 23's bars: `pomona demo` on two thirds of each sample label in 3 waves with the real weights, then
+`pomona classify --model OUT --json` and the local Function URL on the third it never saw, and on 120 photos of
+fruits it was never taught. Unseen photos of known labels: >= 90 % answered, >= 99 % of answers right; never-taught
+fruits: at most 3 % answered.
+
+Each sample label is 3 rotations of one fruit (r0_, r1_, r2_) of 10 photos. The unseen third is every third photo
+by name, from all three; the last third by name is a rotation never shown, a harder case checked on its own."""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -23,33 +27,42 @@ from pomona.demo.run import run_demo
 from pomona.ops.classify import classify_files, model_source
 from pomona.testing.samples import bad_uploads
 
-TRAINED_SHARE = 2 / 3
+
+def _split(
+    root: Path, sample_dir: Path, unseen_of: Callable[[list[Path]], list[Path]]
+) -> tuple[Path, list[Path]]:
+    """A folder linking each label's photos but its `unseen_of(sorted photos)`, and those unseen photos."""
+    trained = root / "trained"
+    unseen: list[Path] = []
+    for label_dir in sorted(p for p in sample_dir.iterdir() if p.is_dir()):
+        photos = sorted(label_dir.glob("*.jpg"))
+        kept_back = unseen_of(photos)
+        (trained / label_dir.name).mkdir(parents=True)
+        for photo in photos:
+            if photo not in kept_back:
+                (trained / label_dir.name / photo.name).symlink_to(photo)
+        unseen += kept_back
+    return trained, unseen
+
+
+def _demo(root: Path, trained: Path, weights_path: Path) -> tuple[Path, dict[str, Any]]:
+    out = root / "out"
+    out.mkdir()
+    summary = run_demo(
+        images=trained, out=out, weights=str(weights_path), batches=3, console=Console(quiet=True)
+    )
+    return out, summary
 
 
 @pytest.fixture(scope="module")
 def split(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path) -> tuple[Path, list[Path]]:
-    """A folder with the first two thirds of each class's photos (by name), and the rest."""
-    trained = tmp_path_factory.mktemp("trained")
-    unseen: list[Path] = []
-    for label_dir in sorted(p for p in sample_dir.iterdir() if p.is_dir()):
-        photos = sorted(label_dir.glob("*.jpg"))
-        cut = int(len(photos) * TRAINED_SHARE)
-        (trained / label_dir.name).mkdir()
-        for photo in photos[:cut]:
-            (trained / label_dir.name / photo.name).symlink_to(photo)
-        unseen += photos[cut:]
-    return trained, unseen
+    """Every third photo of each label (by name) kept back, the rest to train on."""
+    return _split(tmp_path_factory.mktemp("mixed"), sample_dir, lambda photos: photos[2::3])
 
 
 @pytest.fixture(scope="module")
-def demo_out(
-    tmp_path_factory: pytest.TempPathFactory, split: tuple[Path, list[Path]], weights_path: Path
-) -> tuple[Path, dict[str, Any]]:
-    out = tmp_path_factory.mktemp("out")
-    summary = run_demo(
-        images=split[0], out=out, weights=str(weights_path), batches=3, console=Console(quiet=True)
-    )
-    return out, summary
+def demo_out(split: tuple[Path, list[Path]], weights_path: Path) -> tuple[Path, dict[str, Any]]:
+    return _demo(split[0].parent, split[0], weights_path)
 
 
 def test_the_holdout_accuracy_reaches_the_bar(demo_out: tuple[Path, dict[str, Any]]) -> None:
@@ -71,11 +84,31 @@ def test_photos_the_demo_never_saw_are_answered_right_or_withheld(
     assert {"file", "answered", "label", "confidence", "top", "model_version", "reason"} <= set(answers[0])
     answered = [a for a in answers if a["answered"]]
     right = [a for a in answered if a["label"] == Path(a["file"]).parent.name]
-    assert len(answered) >= 0.85 * len(unseen)
+    assert len(answered) >= 0.9 * len(unseen)
     assert len(right) >= 0.99 * len(answered)
     # a few unseen photos lie beyond the familiar distance: "not something I know", never a wrong fruit
     assert all(a["reason"] in {None, "unfamiliar"} and len(a["top"]) == 3 for a in answers)
-    assert sum(a["reason"] == "unfamiliar" for a in answers) <= 0.1 * len(answers)
+    assert sum(a["reason"] == "unfamiliar" for a in answers) <= 0.08 * len(answers)
+
+
+def test_a_rotation_never_shown_is_often_not_known_but_never_taken_for_another_fruit(
+    tmp_path_factory: pytest.TempPathFactory, sample_dir: Path, weights_path: Path, originals_dir: Path
+) -> None:
+    # GIVEN a demo on the first two rotations of each fruit (the first two thirds by name)
+    root = tmp_path_factory.mktemp("rotation")
+    trained, unseen = _split(root, sample_dir, lambda photos: photos[len(photos) * 2 // 3 :])
+    out, _ = _demo(root, trained, weights_path)
+
+    # WHEN the app asks about the third rotation, and about fruits never taught
+    answers = _classify(out, unseen)
+    foreign = _classify(out, sorted(originals_dir.glob("*/*.jpg")))
+
+    # THEN what it answers is right, though it refuses more of a view it never saw as unfamiliar (74 % answered,
+    # all right, when measured: README, "Open-set figures"); the never-taught fruits stay unanswered
+    answered = [a for a in answers if a["answered"]]
+    assert all(a["label"] == Path(a["file"]).parent.name for a in answered)
+    assert len(answered) >= 0.6 * len(unseen)
+    assert sum(a["answered"] for a in foreign) <= 0.03 * len(foreign)
 
 
 def test_photos_of_fruits_it_was_never_taught_are_seldom_answered(
@@ -88,10 +121,10 @@ def test_photos_of_fruits_it_was_never_taught_are_seldom_answered(
     # WHEN the app asks what they are
     answers = _classify(out, foreign)
 
-    # THEN almost all are "not something I know" (2.5 % answered when measured: README, "Open-set figures")
+    # THEN almost all are "not something I know" (0-1.7 % answered when measured: README, "Open-set figures")
     assert len(answers) == len(foreign) >= 100
-    assert sum(a["answered"] for a in answers) <= 0.05 * len(answers)
-    assert sum(a["reason"] == "unfamiliar" for a in answers) >= 0.9 * len(answers)
+    assert sum(a["answered"] for a in answers) <= 0.03 * len(answers)
+    assert sum(a["reason"] == "unfamiliar" for a in answers) >= 0.95 * len(answers)
 
 
 def _classify(out: Path, photos: list[Path]) -> list[dict[str, Any]]:

@@ -64,6 +64,7 @@ from pomona.featurize.tasks import (
 from pomona.ml.backends import choose_model
 from pomona.ml.classifier import (
     LabelStats,
+    classifier_to_npz,
     merge_label_stats,
 )
 from pomona.ml.holdout import Reservoir, merge_reservoir
@@ -235,14 +236,19 @@ class Job:
             retrained = retrain(
                 training,
                 holdout,
-                model,
                 gain=self.settings.gain,
                 loss=self.settings.loss,
                 familiar_factor=self.settings.familiar_factor,
+                variance_target=self.settings.variance_target,
+                max_components=self.settings.max_components,
             )
         with timed(timings, "project_s"):
             projected = self._project(
-                sorted(outcome.parts), model_to_npz(model), batch_id=batch_id, version=version
+                sorted(outcome.parts),
+                model_to_npz(model),
+                None if retrained.classifier is None else classifier_to_npz(retrained.classifier),
+                batch_id=batch_id,
+                version=version,
             )
         self.watchdog.step()
 
@@ -373,11 +379,18 @@ class Job:
         )
 
     def _project(
-        self, parts: Sequence[int], model_npz: bytes, *, batch_id: str, version: int
+        self,
+        parts: Sequence[int],
+        model_npz: bytes,
+        classifier_npz: bytes | None,
+        *,
+        batch_id: str,
+        version: int,
     ) -> pd.DataFrame:
-        """Run the projection pass, a task per features part file; (sha256, label, projection) per image."""
+        """Run the projection pass, a task per features part file; (sha256, label, projection, distance to the
+        new classifier's nearest label) per image."""
         if not parts:
-            return pd.DataFrame({"sha256": [], "label": [], "projection": []})
+            return pd.DataFrame({"sha256": [], "label": [], "projection": [], "distance": []})
         project_parts = project_partitions(
             self.settings,
             model_npz,
@@ -385,6 +398,7 @@ class Job:
             batch_id=batch_id,
             pca_version=version,
             provenance=self._provenance,
+            classifier_npz=classifier_npz,
         )
         # An RDD, as the featurize pass is: DataFrame (Arrow) tasks would start a second pool of Python workers.
         tasks = self.spark.sparkContext.parallelize(range(len(parts)), len(parts))

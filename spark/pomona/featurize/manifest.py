@@ -7,13 +7,12 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from pomona.core.contract import Reason, utc_now
 from pomona.core.outputs import CLASSIFIER_FILE, HOLDOUT_FILE, TRAINING_FILE
 from pomona.core.settings import Settings
-from pomona.ml.classifier import LabelStats, classifier_to_npz, label_stats_to_npz, projected_distances
+from pomona.ml.classifier import LabelStats, classifier_to_npz, label_stats_to_npz
 from pomona.ml.holdout import Reservoir, reservoir_to_npz
 from pomona.ml.pca import PcaModel
 from pomona.ml.training import Retrained
@@ -24,8 +23,7 @@ def count_unfamiliar(retrained: Retrained, projected: pd.DataFrame) -> int | Non
     classifier = retrained.classifier
     if classifier is None or not len(projected):
         return None
-    found = projected_distances(classifier, np.stack(projected["projection"].to_list()))
-    return int((found > classifier.familiar_distance).sum())
+    return int((projected["distance"].to_numpy() > classifier.familiar_distance).sum())
 
 
 def quarantined_by_reason(failures: pd.DataFrame, left: dict[str, str], *, refused: int) -> dict[str, int]:

@@ -31,7 +31,7 @@ from pomona.core.contract import Reason
 from pomona.core.outputs import features_key, projections_key
 from pomona.core.settings import Settings, injected_fault
 from pomona.ml.backends import get_backend
-from pomona.ml.classifier import LabelStats, merge_label_stats
+from pomona.ml.classifier import LabelStats, distances, load_classifier, merge_label_stats
 from pomona.ml.featurizer import get_featurizer
 from pomona.ml.holdout import Reservoir, is_holdout, merge_reservoir
 from pomona.ml.pca import PcaState, load_model, merge_pca_state, project
@@ -291,13 +291,16 @@ def project_partitions(
     batch_id: str,
     pca_version: int,
     provenance: dict[str, str],
+    classifier_npz: bytes | None = None,
 ) -> Callable[[Iterable[int]], Iterator[pd.DataFrame]]:
     """The executor function of the second pass, over the task ids `i` of an RDD of `range(len(parts))`: read
     features part file `parts[i]` back from S3, project it with this batch's refit, write its projections part
-    file, and yield (sha256, label, projection) of its images."""
+    file, and yield (sha256, label, projection, distance) of its images: `distance` to the nearest label of the
+    batch's new classifier (`classifier_npz`; NaN without one), which scores in a space of its own."""
 
     def run(tasks: Iterable[int]) -> Iterator[pd.DataFrame]:
         model = load_model(model_npz)
+        classifier = None if classifier_npz is None else load_classifier(classifier_npz)
         s3 = boto3.client("s3", endpoint_url=settings.endpoint_url, config=RETRIES)
         for part in (parts[i] for i in tasks):
             key = features_key(settings.output_prefix, batch_id, part)
@@ -305,9 +308,9 @@ def project_partitions(
                 io.BytesIO(s3.get_object(Bucket=settings.bucket, Key=key)["Body"].read())
             )
             meta = features.select(["sha256", "key", "label", "version_id"]).to_pandas()
-            projected = list(
-                project(model, np.stack(features.column("features").to_numpy(zero_copy_only=False)))
-            )
+            rows = np.stack(features.column("features").to_numpy(zero_copy_only=False))
+            projected = list(project(model, rows))
+            distance = np.full(len(meta), np.nan) if classifier is None else distances(classifier, rows)
             table = _part_table(
                 meta,
                 "projection",
@@ -317,7 +320,14 @@ def project_partitions(
                 provenance=provenance,
             )
             put_parquet(s3, settings.bucket, projections_key(settings.output_prefix, batch_id, part), table)
-            yield pd.DataFrame({"sha256": meta["sha256"], "label": meta["label"], "projection": projected})
+            yield pd.DataFrame(
+                {
+                    "sha256": meta["sha256"],
+                    "label": meta["label"],
+                    "projection": projected,
+                    "distance": distance,
+                }
+            )
 
     return run
 

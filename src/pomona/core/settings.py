@@ -111,7 +111,7 @@ class Settings:
     loss: float = 5.0
     # -- the open-set answer: a photo farther from every label learnt than this many times the held-out known
     # photos' median distance is "not something I know" (`pomona.ml.familiarity`)
-    familiar_factor: float = 1.3
+    familiar_factor: float = 1.4
     # -- answering: how often a warm classifier looks whether LATEST moved (one small GET), in seconds
     model_check_seconds: float = 60.0
     # -- this machine

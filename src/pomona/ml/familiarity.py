@@ -27,47 +27,53 @@ from pomona.ml.classifier import (
     predict_proba,
 )
 from pomona.ml.holdout import Reservoir
-from pomona.ml.pca import PcaModel
+from pomona.ml.pca import PcaError, fit_pca
 
-DEFAULT_FAMILIAR_FACTOR = Settings().familiar_factor
+_DEFAULTS = Settings()
+DEFAULT_FAMILIAR_FACTOR = _DEFAULTS.familiar_factor
+# Held-out photos of offered labels needed to set the familiar distance: the median of a handful is a guess,
+# refusing most known photos or none. Until then nothing is refused as unfamiliar, and
+# quality.json's `familiar_distance` is null.
+MIN_FAMILIAR_HOLDOUT = 10
 
 
 def familiar_distance(
     classifier: Classifier, holdout: Reservoir, *, factor: float = DEFAULT_FAMILIAR_FACTOR
 ) -> float:
     """`factor` times the median distance of the held-out images of the labels `classifier` offers; inf (nothing
-    refused) while there is none to set it by, or the classifier knows no distances.
+    refused) while there are fewer than `MIN_FAMILIAR_HOLDOUT` to set it by, or the classifier knows no distances.
 
-    The median, not a high quantile of the holdout: a quantile at 95-99 % is the holdout's few farthest photos, and on
-    the 540 sample photos the demo's 28 held-out ones put it anywhere from 17 to 26, letting never-taught fruits
-    through (at 21, a third of them), while their median stayed within 5 % of the unseen photos'. The factor then
-    says how far beyond a typical known photo a familiar one may lie; 1.3 keeps ~92 % of unseen known photos there
-    (README, "Three kinds of answer")."""
+    The median, not a high quantile: a quantile at 95-99 % is the holdout's few farthest photos, and on the 540
+    sample photos the demo's ~50 held-out ones put it anywhere in the range where never-taught fruits begin, while
+    their median stays within ~5 % of unseen photos'. The factor then says how far beyond a typical known photo a
+    familiar one may lie: 1.4 keeps 94-98 % of unseen photos of known labels familiar and 0-3 % of never-taught
+    fruits (README, "Open-set figures")."""
     if factor <= 0:
         raise ClassifierError(f"expected a familiar factor > 0, got {factor}")
     known = np.isin(holdout.labels, classifier.labels)
-    if not known.any() or classifier.class_means is None:
+    if known.sum() < MIN_FAMILIAR_HOLDOUT or classifier.class_means is None:
         return float("inf")
     return float(np.median(distances(classifier, holdout.features[known])) * factor)
 
 
 def leave_labels_out(
     holdout: Reservoir,
-    pca: PcaModel,
     *,
     factor: float = DEFAULT_FAMILIAR_FACTOR,
     min_threshold: float = 0.0,
     draws: int = 10,
     share: float = 1 / 3,
     seed: int = 0,
+    variance_target: float = _DEFAULTS.variance_target,
+    max_components: int = _DEFAULTS.max_components,
 ) -> dict[str, Any]:
     """The self-check on known photos alone: refit without a `share` of the labels and see how often their photos,
     never taught, are answered anyway; `draws` times, each leaving out another random set of labels.
 
     Only the held-out images (`holdout`, never trained on) take part, so the check needs nothing the job does not
-    keep: in each draw, the kept labels' images are halved by sha256 into a training half and a known half (which
-    sets the familiar distance, as `retrain` does with the holdout), and the left-out labels' images are the
-    never-taught ones. Answered means familiar and at least `min_threshold` confident. None when there are too few
+    keep: in each draw, the kept labels' images are halved by sha256 into a training half (which alone fits the
+    draw's PCA space and discriminant, as `retrain` does) and a known half (which sets the familiar distance, as
+    the holdout does), and the left-out labels' images are the never-taught ones. Answered means familiar and at least `min_threshold` confident. None when there are too few
     labels (4) or images to draw from."""
     labels = np.unique(holdout.labels)
     n_out = max(1, round(labels.size * share))
@@ -82,8 +88,9 @@ def leave_labels_out(
         taught = ~left_out & train_half
         try:
             stats = LabelStats.from_rows(holdout.features[taught], holdout.labels[taught].tolist())
-            fitted = fit_classifier(stats, pca, min_label_images=2)
-        except ClassifierError:
+            space = fit_pca(stats.total, variance_target=variance_target, max_components=max_components)
+            fitted = fit_classifier(stats, space, min_label_images=2)
+        except (ClassifierError, PcaError):
             continue
         checked = ~left_out & ~train_half
         known_rows = Reservoir(

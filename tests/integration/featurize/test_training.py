@@ -24,7 +24,6 @@ from pomona.ml.calibration import break_even
 from pomona.ml.classifier import load_classifier, load_label_stats
 from pomona.ml.familiarity import leave_labels_out
 from pomona.ml.holdout import evaluate, is_holdout, load_reservoir
-from pomona.ml.pca import load_model
 from pomona.ops.status import collect_status
 from pomona.testing.samples import SYNTHETIC_LABELS, fruit_image
 
@@ -124,7 +123,6 @@ def test_quality_json_is_the_committed_classifier_scored_on_the_committed_holdou
         "familiar_factor": ingest.familiar_factor,
         "leave_labels_out": leave_labels_out(
             holdout,
-            load_model(_version_file(ingest, manifest, "model.npz")),
             factor=ingest.familiar_factor,
             min_threshold=classifier.threshold,
         ),

@@ -12,7 +12,6 @@ from pomona.core.aws import json_bytes
 from pomona.featurize.manifest import classifier_facts, quality_summary
 from pomona.ml.classifier import LabelStats
 from pomona.ml.holdout import Reservoir
-from pomona.ml.pca import PcaModel, PcaState, fit_pca
 from pomona.ml.training import retrain
 
 D = 12
@@ -29,15 +28,11 @@ def _holdout(x: npt.NDArray[np.float64], labels: list[str]) -> Reservoir:
     return Reservoir.from_rows([f"{i:064x}" for i in range(len(labels))], labels, x)
 
 
-def _pca(x: npt.NDArray[np.float64]) -> PcaModel:
-    return fit_pca(PcaState.from_rows(x), n_components=6)
-
-
 def test_an_evaluated_classifier_is_summarised_without_curve_and_confusion() -> None:
     # GIVEN a classifier of 3 labels retrained and scored on a holdout
     x, labels = _rows(["apple", "fig", "pear"], 20, seed=1)
     held_x, held = _rows(["apple", "fig", "pear"], 4, seed=2)
-    retrained = retrain(LabelStats.from_rows(x, labels), _holdout(held_x, held), _pca(x), gain=1.0, loss=5.0)
+    retrained = retrain(LabelStats.from_rows(x, labels), _holdout(held_x, held), gain=1.0, loss=5.0)
     assert retrained.classifier is not None
 
     # WHEN the manifest's summaries are made
@@ -64,9 +59,7 @@ def test_an_evaluated_classifier_is_summarised_without_curve_and_confusion() -> 
 def test_too_few_labels_leave_no_classifier_and_say_why() -> None:
     # GIVEN images of a single label
     x, labels = _rows(["apple"], 20, seed=1)
-    retrained = retrain(
-        LabelStats.from_rows(x, labels), _holdout(x[:2], labels[:2]), _pca(x), gain=1.0, loss=5.0
-    )
+    retrained = retrain(LabelStats.from_rows(x, labels), _holdout(x[:2], labels[:2]), gain=1.0, loss=5.0)
 
     # THEN the manifest has no classifier, and its quality (quality.json as a whole) says why
     assert classifier_facts(retrained) is None
@@ -78,7 +71,7 @@ def test_too_few_labels_leave_no_classifier_and_say_why() -> None:
 def test_a_classifier_without_holdout_yet_is_committed_unscored() -> None:
     # GIVEN enough training images but no held-out one yet
     x, labels = _rows(["apple", "fig"], 10, seed=1)
-    retrained = retrain(LabelStats.from_rows(x, labels), Reservoir.empty(D), _pca(x), gain=1.0, loss=5.0)
+    retrained = retrain(LabelStats.from_rows(x, labels), Reservoir.empty(D), gain=1.0, loss=5.0)
 
     # THEN the classifier is described, its quality says it was not evaluated
     facts = classifier_facts(retrained)

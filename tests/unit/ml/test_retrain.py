@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from pomona.ml.calibration import break_even
-from pomona.ml.classifier import LabelStats
+from pomona.ml.classifier import LabelStats, distances
 from pomona.ml.holdout import Reservoir
-from pomona.ml.pca import PcaState, fit_pca
 from pomona.ml.training import retrain
 
 
@@ -21,11 +21,10 @@ def _blobs(seed: int, n: int, noise: float) -> tuple[np.ndarray, list[str]]:
 def test_a_refit_is_tempered_on_the_holdout_and_its_threshold_floored_at_break_even() -> None:
     x, labels = _blobs(0, 300, 1.0)
     training = LabelStats.from_rows(x, labels)
-    pca = fit_pca(PcaState.from_rows(x), n_components=5)
     h, held = _blobs(1, 90, 2.0)
     holdout = Reservoir.from_rows([f"{i:064x}" for i in range(90)], held, h)
 
-    retrained = retrain(training, holdout, pca, gain=1.0, loss=5.0)
+    retrained = retrain(training, holdout, gain=1.0, loss=5.0, variance_target=1.0)
 
     assert retrained.classifier is not None
     assert retrained.classifier.temperature > 1.0
@@ -40,7 +39,6 @@ def test_before_any_holdout_the_threshold_is_the_break_even() -> None:
     retrained = retrain(
         LabelStats.from_rows(x, labels),
         Reservoir.empty(5),
-        fit_pca(PcaState.from_rows(x), n_components=5),
         gain=1.0,
         loss=3.0,
     )
@@ -54,9 +52,46 @@ def test_too_few_labels_give_no_classifier_and_say_why() -> None:
     retrained = retrain(
         LabelStats.from_rows(x, ["a"] * 20),
         Reservoir.empty(5),
-        fit_pca(PcaState.from_rows(x), n_components=5),
         gain=1.0,
         loss=5.0,
     )
     assert retrained.classifier is None
     assert "expected at least 2 labels" in retrained.evaluation["skipped"]
+
+
+def test_held_out_photos_are_as_new_to_the_refit_as_a_users_photo() -> None:
+    # GIVEN few training rows per label in many dimensions, as the job has (20 photos a label, ~130 components)
+    rng = np.random.default_rng(4)
+    d, labels = 40, [f"l{i}" for i in range(6)]
+    centres = rng.standard_normal((len(labels), d)) * 3
+
+    def rows(n_per_label: int) -> tuple[np.ndarray, list[str]]:
+        names = [label for label in labels for _ in range(n_per_label)]
+        return np.repeat(centres, n_per_label, axis=0) + rng.standard_normal((len(names), d)), names
+
+    x, names = rows(8)
+    held, held_names = rows(25)
+    unseen, _ = rows(50)
+    training = LabelStats.from_rows(x, names)
+
+    # WHEN the classifier is refitted
+    retrained = retrain(
+        training,
+        Reservoir.from_rows([f"{i:064x}" for i in range(len(held_names))], held_names, held),
+        gain=1.0,
+        loss=5.0,
+    )
+
+    # THEN its space is the training rows' alone, so held-out photos lie as far as unseen ones: the familiar
+    # distance set from them keeps unseen photos as it keeps them
+    classifier = retrained.classifier
+    assert classifier is not None
+    np.testing.assert_allclose(classifier.pca_mean, training.total.mean)
+    held_median, unseen_median = (
+        np.median(distances(classifier, held)),
+        np.median(distances(classifier, unseen)),
+    )
+    assert held_median == pytest.approx(unseen_median, rel=0.05)
+    assert retrained.evaluation["unfamiliar_fraction"] == pytest.approx(
+        float((distances(classifier, unseen) > classifier.familiar_distance).mean()), abs=0.05
+    )
