@@ -1,7 +1,8 @@
 """One photo in, one answer out: the serving core the Lambda, `pomona classify`, the local endpoint and the bench share.
 
-The photo passes the same validation as an upload (`pomona.validation.checks`), then the same preprocessing and
-featurizer as the job's, then the classifier. A rejected photo gets the reason ingestion would have given.
+The photo passes the same validation as an upload (`pomona.validation.checks`), whose decode is the job's, then the same
+scaling and featurizer as the job's, then the classifier: each photo is decoded once. A rejected photo gets the reason
+ingestion would have given.
 """
 
 from __future__ import annotations
@@ -12,10 +13,9 @@ from typing import Any
 import numpy as np
 
 from pomona.classify.model import ServedModel
-from pomona.core.contract import Reason
 from pomona.ml.classifier import answer
-from pomona.ml.preprocess import DecodeError, preprocess_image
-from pomona.validation.checks import Limits, validate_image
+from pomona.ml.preprocess import model_input
+from pomona.validation.checks import Limits, validate_and_decode
 
 Catalog = Callable[[str], dict[str, Any] | None]
 # The answer's `reason` for a photo far from every fruit learnt: an answer ("not something I know"), not a rejection.
@@ -33,15 +33,12 @@ def classify_photo(
     `[label, p]`), `distance` (to the nearest fruit learnt), `model_version`, `reason` (None, "unfamiliar", or why
     the photo was rejected, with `detail`) and, when the team wrote one for the answered label, `catalog`.
     """
-    verdict = validate_image(data, limits=limits, filename=file)
-    if not verdict.accepted:
+    # One decode: the picture validation accepted the photo on is the one the model sees.
+    verdict, decoded = validate_and_decode(data, limits=limits, filename=file)
+    if decoded is None:
         assert verdict.reason is not None
         return rejected(file, verdict.reason.value, verdict.detail, model_version=model.model_version)
-    try:
-        pixels = preprocess_image(data, limits.decode)
-    except DecodeError as err:  # validated, yet undecodable by the job's decoder: the job would say the same
-        return rejected(file, Reason.CORRUPT.value, str(err), model_version=model.model_version)
-    features = model.featurizer(pixels[np.newaxis])[0]
+    features = model.featurizer(model_input(decoded.picture)[np.newaxis])[0]
     found = answer(model.classifier, features)
     result: dict[str, Any] = {
         "file": file,

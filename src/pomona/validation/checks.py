@@ -19,7 +19,7 @@ from PIL import Image, ImageFile
 
 from pomona.core.contract import Reason
 from pomona.core.settings import MIB, Settings
-from pomona.imaging.decode import DecodeError, DecodeLimits, decode_cost, decode_image, too_costly
+from pomona.imaging.decode import Decoded, DecodeError, DecodeLimits, decode_cost, decode_image, too_costly
 
 # Register every plugin once at import (~20 ms of cold start) so the format, MIME and extension registries
 # below are complete; Image.open would otherwise load them lazily on the first unusual file.
@@ -105,6 +105,18 @@ def validate_image(
     `declared_type` is the Content-Type the uploader claimed and `filename` the object's name; either one
     naming a different format than the bytes hold gives `format_mismatch`.
     """
+    return validate_and_decode(data, limits=limits, declared_type=declared_type, filename=filename)[0]
+
+
+def validate_and_decode(
+    data: bytes,
+    *,
+    limits: Limits,
+    declared_type: str | None = None,
+    filename: str | None = None,
+) -> tuple[ImageVerdict, Decoded | None]:
+    """`validate_image`'s verdict, and for an accepted upload the decode it was accepted on (the model's picture),
+    so a door that answers from the pixels (classify) decodes each photo once."""
     base = ImageVerdict(accepted=False, detail="", sha256=hashlib.sha256(data).hexdigest(), size=len(data))
     try:
         # Pillow warns about oddities it reads past (malformed MPO, odd EXIF); the verdict says what matters.
@@ -113,7 +125,7 @@ def validate_image(
             warnings.simplefilter("ignore")
             return _validate(data, limits, declared_type, filename, base)
     except Exception as err:  # noqa: BLE001 - last line of defence: a parser's surprise is a bad file, not a crash
-        return dataclasses.replace(base, reason=Reason.CORRUPT, detail=_found("a readable image", err))
+        return dataclasses.replace(base, reason=Reason.CORRUPT, detail=_found("a readable image", err)), None
 
 
 @dataclass(frozen=True)
@@ -130,9 +142,9 @@ class _Header:
 
 def _validate(
     data: bytes, limits: Limits, declared_type: str | None, filename: str | None, base: ImageVerdict
-) -> ImageVerdict:
-    def reject(reason: Reason, detail: str, **found: Any) -> ImageVerdict:
-        return dataclasses.replace(base, reason=reason, detail=detail, **found)
+) -> tuple[ImageVerdict, Decoded | None]:
+    def reject(reason: Reason, detail: str, **found: Any) -> tuple[ImageVerdict, None]:
+        return dataclasses.replace(base, reason=reason, detail=detail, **found), None
 
     allowed = sorted(limits.allowed_formats)
     if not data:
@@ -175,7 +187,7 @@ def _validate(
 
     detail = f"accepted {fmt} {width}×{height} {mode}"
     found |= {"mode": mode, "orientation": orientation}
-    return dataclasses.replace(base, accepted=True, detail=detail, **found)
+    return dataclasses.replace(base, accepted=True, detail=detail, **found), decoded
 
 
 def _size_problem(image: ImageFile.ImageFile, limits: Limits) -> tuple[Reason, str] | None:

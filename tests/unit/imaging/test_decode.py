@@ -22,23 +22,27 @@ from PIL import Image
 
 from pomona.core.contract import Reason
 from pomona.imaging.decode import MIB, DecodeError, decode_image
-from pomona.ml.preprocess import INPUT_SHAPE, preprocess_image
-from pomona.validation.checks import Limits, validate_image
+from pomona.ml.preprocess import INPUT_SHAPE, model_input, preprocess_image
+from pomona.validation.checks import Limits, validate_and_decode, validate_image
 
 LIMITS = Limits()
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def _accepted_means_decodes(data: bytes) -> bool:
-    """Validate `data` as ingestion does; if accepted, decode it as the job does and check the model's input.
-    Whether it was accepted."""
-    verdict = validate_image(data, limits=LIMITS)
+    """Validate `data` as ingestion does; if accepted, decode it as the job does and check the model's input, and
+    that classify's single decode (validation's own picture) gives the model the very same input. Whether it was
+    accepted."""
+    verdict, decoded = validate_and_decode(data, limits=LIMITS)
+    assert verdict == validate_image(data, limits=LIMITS)
+    assert (decoded is not None) == verdict.accepted
     try:
         x = preprocess_image(data, LIMITS.decode)
     except DecodeError:
         assert not verdict.accepted, f"accepted ({verdict.detail}) but the job's decode failed"
         return False
-    if verdict.accepted:
+    if decoded is not None:
+        np.testing.assert_array_equal(model_input(decoded.picture), x)
         assert x.shape == INPUT_SHAPE
         assert x.dtype == np.float32
         assert np.isfinite(x).all()
