@@ -69,10 +69,10 @@ def test_the_classifier_on_held_out_real_photos(demo_run: tuple[Path, dict[str, 
     holdout = summary["holdout"]
     assert 30 <= holdout["n"] <= 80
     assert holdout["accuracy"] >= 0.95
-    # Some held-out photos lie beyond the familiar distance and are refused as unfamiliar (24 % measured: README,
-    # "Open-set figures"), the price of refusing 97.5 % of never-taught fruits; none answered is wrong.
-    assert 0 < holdout["unfamiliar_fraction"] <= 0.3
-    assert holdout["answered_fraction"] >= 0.7
+    # A few held-out photos lie beyond the familiar distance and are refused as unfamiliar (4 % measured: README,
+    # "Open-set figures"), the price of refusing almost every never-taught fruit; none answered is wrong.
+    assert 0 <= holdout["unfamiliar_fraction"] <= 0.1
+    assert holdout["answered_fraction"] >= 0.85
     assert holdout["answered_accuracy"] >= 0.95
     assert holdout["net_revenue_per_1000"] > 0
 

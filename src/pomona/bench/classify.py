@@ -1,11 +1,16 @@
-"""`pomona bench classify`: what one photo costs the serving core, warm and cold, and the memory it takes.
+"""`pomona bench classify`: what one photo costs the serving core and the local Function URL, warm and cold, and
+the memory it takes.
 
-Everything is measured in a fresh child process (this module run with `python -m`), as a new Lambda container
+The core is measured in a fresh child process (this module run with `python -m`), as a new Lambda container
 would start: `cold_start_s` runs from launching the child to its first answer (interpreter, imports, the
 classifier and the LiteRT model loaded, one photo answered), then each photo is answered again and again, warm:
-a 100×100 JPEG `repeats` times and a 4000×3000 JPEG `repeats // 7` times (at least 5), through `classify_photo` (validation,
-decode, features, answer). `peak_rss_mb` is the child's VmHWM. The converted `.tflite` file is prepared before
-the child starts, as the image bakes it in.
+a 100×100 JPEG `repeats` times and a 4000×3000 JPEG `repeats // 7` times (at least 5), through `classify_photo`
+(validation with its one decode, features, answer), in turns with the large photo's 1/8-scale decode.
+`large_decode_share` is the validation-and-decode's share of the large photo's answer, and `peak_rss_mb` the
+child's VmHWM. The door the app uses is then timed as the app meets it (`pomona.bench.function_url`: keys `url_…`).
+Each door's large-photo times are also given over their floor (`…_over_floor`): the 1/8-scale decode plus the
+small photo's answer through the same door. The converted `.tflite` file is prepared before the child starts, as
+the image bakes it in.
 
 Without `--model`, a classifier is trained on synthetic fruit with the given weights (default: random) and laid
 out as the job commits it: latency does not depend on what the weights learnt, only on the network they fill.
@@ -15,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -24,10 +28,32 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pomona.bench import function_url
+from pomona.bench.floors import eighth_scale_decode, p50, p99, timed_ms, timed_side_by_side_ms
 from pomona.core.settings import Settings
 from pomona.testing.samples import SYNTHETIC_LABELS, fruit_image, large_jpeg
 
 TRAINING_PER_LABEL = 8
+_TIMES = (
+    "small_p50_ms",
+    "small_p99_ms",
+    "large_p50_ms",
+    "large_p99_ms",
+    "large_decode_p50_ms",
+    "eighth_scale_decode_p50_ms",
+    "eighth_scale_decode_p99_ms",
+)
+
+
+def over_floor(door: dict[str, Any], prefix: str, decode: dict[str, Any]) -> dict[str, float]:
+    """The large photo's answer time through one door (its keys start with `prefix`) over its floor: the 1/8-scale
+    decode (`decode`'s) plus the small photo's answer through the same door, at p50 and at p99."""
+    ratios = {}
+    for q in ("p50", "p99"):
+        floor = decode[f"eighth_scale_decode_{q}_ms"] + door[f"{prefix}small_{q}_ms"]
+        ratios[f"{prefix}large_{q}_floor_ms"] = round(floor, 2)
+        ratios[f"{prefix}large_{q}_over_floor"] = round(door[f"{prefix}large_{q}_ms"] / floor, 3)
+    return ratios
 
 
 def run(
@@ -67,11 +93,22 @@ def run(
                 f"expected the bench's child to exit 0, got {done.returncode}: {done.stderr[-2000:]}"
             )
         child: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+        url = function_url.measure(
+            folder,
+            small.read_bytes(),
+            large.read_bytes(),
+            repeats=repeats,
+            env={
+                "POMONA_CACHE_DIR": str(settings.model_cache_dir),
+                **({"POMONA_WEIGHTS": spec} if spec else {}),
+            },
+        )
     return {
-        "small_p50_ms": child["small_p50_ms"],
-        "small_p99_ms": child["small_p99_ms"],
-        "large_p50_ms": child["large_p50_ms"],
-        "large_p99_ms": child["large_p99_ms"],
+        **{key: child[key] for key in _TIMES},
+        **over_floor(child, "", child),
+        "large_decode_share": round(child["large_decode_p50_ms"] / child["large_p50_ms"], 3),
+        **url,
+        **over_floor(url, "url_", child),
         "cold_start_s": round(child["first_answer_at"] - launched, 3),
         "peak_rss_mb": child["peak_rss_mb"],
         "threads": child["threads"],
@@ -129,11 +166,11 @@ def _measure_in_child(
     model: str, small_path: str, large_path: str, repeats: str, weights: str
 ) -> dict[str, Any]:
     """Load, answer once (the cold start ends there), then time warm answers; this process's peak RSS."""
-    from pomona.bench.validate import _p99, _peak_mb
+    from pomona.bench.validate import _peak_mb
     from pomona.classify.answering import classify_photo
     from pomona.classify.model import LatestModel
     from pomona.core.outputs import FolderFiles
-    from pomona.validation.checks import Limits
+    from pomona.validation.checks import Limits, validate_and_decode
 
     settings = Settings.from_env()
     small, large = Path(small_path).read_bytes(), Path(large_path).read_bytes()
@@ -149,19 +186,24 @@ def _measure_in_child(
         )
 
     def warm(data: bytes, times: int) -> list[float]:
-        taken = []
-        for _ in range(times):
-            start = time.perf_counter()
-            classify_photo(source.get(), data, file="photo.jpg", limits=limits)
-            taken.append((time.perf_counter() - start) * 1000)
-        return taken
+        return timed_ms(lambda: classify_photo(source.get(), data, file="photo.jpg", limits=limits), times)
 
-    small_ms, large_ms = warm(small, int(repeats)), warm(large, max(5, int(repeats) // 7))
+    large_repeats = max(5, int(repeats) // 7)
+    small_ms = warm(small, int(repeats))
+    large_ms, floor_ms = timed_side_by_side_ms(
+        lambda: classify_photo(source.get(), large, file="photo.jpg", limits=limits),
+        lambda: eighth_scale_decode(large),
+        large_repeats,
+    )
+    decode_ms = timed_ms(lambda: validate_and_decode(large, limits=limits), large_repeats)
     return {
-        "small_p50_ms": round(statistics.median(small_ms), 2),
-        "small_p99_ms": round(_p99(small_ms), 2),
-        "large_p50_ms": round(statistics.median(large_ms), 2),
-        "large_p99_ms": round(_p99(large_ms), 2),
+        "small_p50_ms": round(p50(small_ms), 2),
+        "small_p99_ms": round(p99(small_ms), 2),
+        "large_p50_ms": round(p50(large_ms), 2),
+        "large_p99_ms": round(p99(large_ms), 2),
+        "large_decode_p50_ms": round(p50(decode_ms), 2),
+        "eighth_scale_decode_p50_ms": round(p50(floor_ms), 2),
+        "eighth_scale_decode_p99_ms": round(p99(floor_ms), 2),
         "peak_rss_mb": round(_peak_mb(), 1),
         "first_answer_at": first_answer_at,
         "threads": threads,

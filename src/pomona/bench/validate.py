@@ -12,7 +12,6 @@ import json
 import platform
 import random
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import PIL
 
+from pomona.bench.floors import eighth_scale_decode, p50, p99, timed_ms, timed_side_by_side_ms
 from pomona.testing.samples import FUZZ_FORMATS, fruit_image, hostile_cases, large_jpeg, random_mutations
 from pomona.validation.checks import Limits, validate_image
 
@@ -30,10 +30,15 @@ FUZZ_COUNT = 300  # per format
 
 
 def run(*, repeats: int = 200) -> dict[str, float | str]:
-    """Time small (100×100) and large (4000×3000) JPEGs, then measure peak RSS in child processes."""
+    """Time small (100×100) and large (4000×3000) JPEGs, the large one's floor (its 1/8-scale decode) in
+    between, then measure peak RSS in child processes."""
     limits = Limits()
+    photo = large_jpeg()
+    large_repeats = max(5, repeats * 3 // 20)  # 30 for the default 200
     small_ms = _time_ms(fruit_image("Apple Red", 0), limits, repeats)
-    large_ms = _time_ms(large_jpeg(), limits, max(5, repeats * 3 // 20))  # 30 for the default 200
+    large_ms, floor_ms = timed_side_by_side_ms(
+        lambda: validate_image(photo, limits=limits), lambda: eighth_scale_decode(photo), large_repeats
+    )
     with tempfile.TemporaryDirectory() as tmp:
         # The child reads the large JPEG from a file: generating it costs more memory than validating it.
         path = Path(tmp) / "large.jpg"
@@ -41,10 +46,13 @@ def run(*, repeats: int = 200) -> dict[str, float | str]:
         hostile, large = measure_peak_rss("hostile"), measure_peak_rss("large", str(path))
     fuzz = measure_peak_rss("fuzz")
     return {
-        "small_p50_ms": statistics.median(small_ms),
-        "small_p99_ms": _p99(small_ms),
-        "large_p50_ms": statistics.median(large_ms),
-        "large_p99_ms": _p99(large_ms),
+        "small_p50_ms": p50(small_ms),
+        "small_p99_ms": p99(small_ms),
+        "large_p50_ms": p50(large_ms),
+        "large_p99_ms": p99(large_ms),
+        "large_floor_p50_ms": p50(floor_ms),
+        "large_floor_p99_ms": p99(floor_ms),
+        "large_p99_over_floor": p99(large_ms) / p99(floor_ms),
         "hostile_peak_rss_mb": hostile["peak_mb"],
         "hostile_baseline_rss_mb": hostile["baseline_mb"],
         "large_peak_rss_mb": large["peak_mb"],
@@ -59,19 +67,10 @@ def run(*, repeats: int = 200) -> dict[str, float | str]:
 
 
 def _time_ms(data: bytes, limits: Limits, repeats: int) -> list[float]:
-    verdict = validate_image(data, limits=limits)  # warm-up: first-call imports and caches
+    verdict = validate_image(data, limits=limits)
     if not verdict.accepted:
         raise RuntimeError(f"expected the benchmark image to be accepted, got {verdict.detail!r}")
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        validate_image(data, limits=limits)
-        times.append((time.perf_counter() - start) * 1000)
-    return times
-
-
-def _p99(times: list[float]) -> float:
-    return statistics.quantiles(times, n=100, method="inclusive")[98]
+    return timed_ms(lambda: validate_image(data, limits=limits), repeats)
 
 
 def measure_peak_rss(*args: str) -> dict[str, float]:
