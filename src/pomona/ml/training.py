@@ -68,11 +68,6 @@ def retrain(
         return Retrained(classifier, {"skipped": "expected held-out images to evaluate on, got none yet"})
     evaluation = evaluate(classifier, holdout, gain=gain, loss=loss, min_threshold=floor)
     evaluation["familiar_factor"] = familiar_factor
-    evaluation["leave_labels_out"] = leave_labels_out(
-        holdout,
-        factor=familiar_factor,
-        min_threshold=evaluation["best_threshold"],
-        variance_target=variance_target,
-        max_components=max_components,
-    )
-    return Retrained(dataclasses.replace(classifier, threshold=evaluation["best_threshold"]), evaluation)
+    classifier = dataclasses.replace(classifier, threshold=evaluation["best_threshold"])
+    evaluation["leave_labels_out"] = leave_labels_out(classifier, holdout, factor=familiar_factor)
+    return Retrained(classifier, evaluation)

@@ -121,11 +121,7 @@ def test_quality_json_is_the_committed_classifier_scored_on_the_committed_holdou
     recomputed = evaluate(classifier, holdout, gain=ingest.gain, loss=ingest.loss, min_threshold=floor)
     recomputed |= {
         "familiar_factor": ingest.familiar_factor,
-        "leave_labels_out": leave_labels_out(
-            holdout,
-            factor=ingest.familiar_factor,
-            min_threshold=classifier.threshold,
-        ),
+        "leave_labels_out": leave_labels_out(classifier, holdout, factor=ingest.familiar_factor),
     }
     assert quality == json.loads(json.dumps(recomputed))
     assert set(holdout.sha256.tolist()) == {sha for sha in shas if is_holdout(sha)}

@@ -171,13 +171,15 @@ def test_familiarity_is_saved_with_the_classifier_and_absent_from_older_files() 
 
 
 def test_leave_labels_out_answers_few_never_taught_photos_and_most_known_ones() -> None:
-    # GIVEN a holdout of 6 well-separated labels
+    # GIVEN a classifier of 6 well-separated labels, answering from 5/6 confidence, and their held-out photos
+    classifier, _, _, _ = _fitted()
+    classifier = dataclasses.replace(classifier, threshold=5 / 6)
     held, held_labels = _blobs(8, 1200)
     holdout = Reservoir.from_rows(_shas(1200, "h"), held_labels, held)
 
-    # WHEN labels are left out in turn and their photos scored by a refit that never saw them
+    # WHEN labels are left out in turn and their photos scored by the classifier without them
     # 8 dimensions spread more about their median than the model's ~100: a wider factor
-    check = leave_labels_out(holdout, factor=1.6, min_threshold=5 / 6, draws=6, variance_target=1.0)
+    check = leave_labels_out(classifier, holdout, factor=1.6, draws=6)
 
     # THEN they are seldom answered, while the known ones mostly are
     assert check["draws"] == 6
@@ -186,8 +188,24 @@ def test_leave_labels_out_answers_few_never_taught_photos_and_most_known_ones() 
     assert check["known_answered"] >= 0.9
 
 
+def test_leaving_labels_out_renormalises_over_the_labels_kept() -> None:
+    # GIVEN a classifier that answers from any confidence, and photos of label "a"
+    classifier, _, _, _ = _fitted()
+    held, held_labels = _blobs(10, 300)
+    holdout = Reservoir.from_rows(_shas(300, "h"), held_labels, held)
+
+    # WHEN a third of its labels are left out, with no familiar distance to refuse by (an enormous factor)
+    check = leave_labels_out(classifier, holdout, factor=1e6, draws=4)
+
+    # THEN every photo is answered, the never-taught ones by some kept label: probabilities over the kept labels
+    assert (check["never_taught_answered"], check["known_answered"]) == (1.0, 1.0)
+
+
 def test_leave_labels_out_needs_labels_to_leave_out() -> None:
-    held, held_labels = _blobs(9, 90, labels=("a", "b", "c"))
-    holdout = Reservoir.from_rows(_shas(90, "h"), held_labels, held)
-    check = leave_labels_out(holdout)
-    assert "expected at least 4 held-out labels" in check["skipped"]
+    x, labels = _blobs(9, 90, labels=("a", "b"))
+    classifier = fit_classifier(
+        LabelStats.from_rows(x, labels), fit_pca(PcaState.from_rows(x), n_components=D)
+    )
+    holdout = Reservoir.from_rows(_shas(90, "h"), labels, x)
+    check = leave_labels_out(classifier, holdout)
+    assert "expected at least 3 offered labels" in check["skipped"]
