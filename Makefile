@@ -39,15 +39,23 @@ kind-e2e:
 
 # Re-resolve the pinned versions (after a pyproject.toml change, or to take upgrades): one file per install;
 SPARK_VERSION := $(shell sed -n 's/^ARG SPARK_VERSION=//p' Dockerfile.spark)
-# dev.txt (everything) first; the images' files are then resolved within it, so the tests run their versions.
-UV_COMPILE := $(BIN)/uv pip compile pyproject.toml --quiet --python-version 3.11 \
-  --python-platform x86_64-unknown-linux-gnu --custom-compile-command "make lock"
+# dev.txt (everything, for this machine) first; each image's file is then resolved within it, so the tests run its
+# versions, for that image's base: its glibc as a manylinux platform and its Python, wheels only (no base has a
+# compiler). The Lambda bases are Amazon Linux 2023 (glibc 2.34, Python 3.13); the Spark base is Ubuntu 22.04
+# (glibc 2.35) with uv's CPython 3.11, and pyspark comes from the base (spark-base.txt). tests/platform/
+# test_image_locks.py checks these against the FROM lines.
+UV_COMPILE := $(BIN)/uv pip compile pyproject.toml --quiet --custom-compile-command "make lock"
+UV_COMPILE_DEV := $(UV_COMPILE) --python-version 3.11 --python-platform x86_64-unknown-linux-gnu
+UV_COMPILE_LAMBDA := $(UV_COMPILE) --python-version 3.13 --python-platform x86_64-manylinux_2_34 --only-binary :all:
+UV_COMPILE_SPARK := $(UV_COMPILE) --python-version 3.11 --python-platform x86_64-manylinux_2_35 --only-binary :all:
 lock: venv
 	echo "pyspark==$(SPARK_VERSION)" > constraints/spark-version.txt
-	$(UV_COMPILE) --extra dev --constraint constraints/spark-version.txt --upgrade --output-file constraints/dev.txt
-	$(UV_COMPILE) --extra lambda --constraint constraints/dev.txt --output-file constraints/lambda.txt
-	$(UV_COMPILE) --extra classify --constraint constraints/dev.txt --output-file constraints/classify.txt
-	$(UV_COMPILE) --extra spark --extra cli --constraint constraints/dev.txt --output-file constraints/spark.txt
+	$(UV_COMPILE_DEV) --extra dev --constraint constraints/spark-version.txt --upgrade --output-file constraints/dev.txt
+	$(UV_COMPILE_LAMBDA) --extra lambda --constraint constraints/dev.txt --output-file constraints/lambda.txt
+	$(UV_COMPILE_LAMBDA) --extra classify --constraint constraints/dev.txt --output-file constraints/classify.txt
+	$(UV_COMPILE_SPARK) --extra spark --extra convert --extra cli --constraint constraints/dev.txt \
+	  --excludes constraints/spark-base.txt \
+	  --output-file constraints/spark.txt
 	rm constraints/spark-version.txt
 
 clean:

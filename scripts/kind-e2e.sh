@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# End to end on a local kind cluster, AWS replaced by an in-cluster moto server:
-#   kind cluster → both images built and loaded → Spark Operator 2.5.2 → moto, provisioned like the stack →
-#   the ingestion Lambda's container under its runtime interface emulator, fed S3 events from the events queue →
-#   the pomona chart with values-kind.yaml → sample uploads → one run from the schedule's spec → outputs checked.
+# End to end on a local kind cluster, AWS replaced by an in-cluster moto server, in DEPLOY.md's order:
+#   kind cluster → both images built and loaded → the namespace → moto, provisioned like the stack, and the
+#   ingestion Lambda's container under its runtime interface emulator, fed S3 events from the events queue →
+#   Spark Operator 2.5.2 → the pomona chart with values-kind.yaml → sample uploads → one run from the schedule's
+#   spec → outputs checked.
 #
 # Usage: scripts/kind-e2e.sh [--dry-run] [--keep]
 #   --dry-run  print every step and command, run nothing (needs none of the tools)
@@ -96,6 +97,11 @@ create_cluster() {
   else
     run kind create cluster --name "$CLUSTER" --wait 180s
   fi
+}
+
+# Before the Spark Operator, whose chart creates Roles in the namespaces it watches (DEPLOY.md, step 3).
+create_namespace() {
+  step "create the namespace ${NAMESPACE}"
   run_with_input kubectl --context "$CONTEXT" apply -f - <<EOF
 apiVersion: v1
 kind: Namespace
@@ -302,10 +308,11 @@ PY
 preflight
 create_cluster
 build_images
-install_spark_operator
+create_namespace
 deploy_moto
 provision_stack
 deploy_lambda
+install_spark_operator
 install_pomona
 port_forward_moto
 upload_samples

@@ -35,6 +35,10 @@ VALUE_SETS = [
 ]
 
 
+# The node label of the one platform the Spark image is built for.
+AMD64 = {"kubernetes.io/arch": "amd64"}
+
+
 def _spec(manifests: list[dict[str, Any]]) -> dict[str, Any]:
     """The SparkApplication spec every run is made from: the ScheduledSparkApplication's template."""
     return one(manifests, "ScheduledSparkApplication")["spec"]["template"]  # type: ignore[no-any-return]
@@ -117,6 +121,13 @@ def test_crd_check_rejects_unknown_fields(render: Render) -> None:
             {"config.POMONA_BUKET": "x"}, "invalid propertyName 'POMONA_BUKET'", id="unknown-setting"
         ),
         pytest.param({"securityContext.runAsNonRoot": "false"}, "/securityContext/runAsNonRoot", id="root"),
+        pytest.param({"image.digest": "latest"}, "/image/digest", id="digest-not-a-digest"),
+        # The image is built for linux/amd64 alone (DEPLOY.md: buildx --platform linux/amd64).
+        pytest.param(
+            {"executor.nodeSelector.kubernetes\\.io/arch": "arm64"},
+            "/executor/nodeSelector/kubernetes.io~1arch",
+            id="arm64-executors",
+        ),
         pytest.param(
             {"dynamicAllocation.minExecutors": "9"},
             "expected minExecutors <= maxExecutors, got 9 > 8",
@@ -364,10 +375,35 @@ def test_config_map_leaves_out_empty_settings(render: Render) -> None:
 def test_placement_is_per_role(render: Render) -> None:
     spec = _spec(render("values-ci.yaml"))
 
-    assert spec["driver"]["nodeSelector"] == {"eks.amazonaws.com/capacityType": "ON_DEMAND"}
-    assert spec["executor"]["nodeSelector"] == {"eks.amazonaws.com/capacityType": "SPOT"}
+    # A release's labels add to the default arch label.
+    assert spec["driver"]["nodeSelector"] == {"eks.amazonaws.com/capacityType": "ON_DEMAND", **AMD64}
+    assert spec["executor"]["nodeSelector"] == {"eks.amazonaws.com/capacityType": "SPOT", **AMD64}
     assert spec["executor"]["tolerations"][0]["key"] == "spot"
     assert "tolerations" not in spec["driver"]
+
+
+def test_a_digest_pins_the_image_every_pod_runs(render: Render) -> None:
+    # GIVEN a release deployed by digest (DEPLOY.md), tag and digest both set, in backlog mode
+    digest = "sha256:" + "ab" * 32
+    manifests = render(set={"image.tag": "v1", "image.digest": digest, "trigger.mode": "backlog"})
+    spec = _spec(manifests)
+    cron = one(manifests, "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+
+    # THEN the runs and the trigger run that exact image, whatever the tag now points to
+    assert spec["image"] == f"pomona-spark@{digest}"
+    assert {c["image"] for c in cron["containers"]} == {f"pomona-spark@{digest}"}
+
+
+def test_every_pod_of_the_image_runs_on_amd64_nodes_by_default(render: Render) -> None:
+    # GIVEN the defaults, in both trigger modes: the driver, the executors, and the trigger's CronJob
+    spec = _spec(render())
+    cron = one(render(set={"trigger.mode": "backlog"}), "CronJob")["spec"]["jobTemplate"]["spec"]["template"]
+
+    # THEN each selects x86_64 nodes, the only platform the image is built for (an arm64 node would fail it
+    # with `exec format error`)
+    assert spec["driver"]["nodeSelector"] == AMD64
+    assert spec["executor"]["nodeSelector"] == AMD64
+    assert cron["spec"]["nodeSelector"] == AMD64
 
 
 def test_driver_and_executors_carry_their_own_irsa_roles(render: Render) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import platform
 import re
-import shlex
 import shutil
 import subprocess
 import sys
@@ -26,6 +26,7 @@ from dockerfiles import (
     global_args,
     replay,
 )
+from image_installs import GLIBC, Target, canonical, installs, pins, platform_for, redo, target
 from manifests import CHART, ROOT
 
 from pomona.ml.weights import IMAGENET_URL, resolve_weights
@@ -51,11 +52,6 @@ NOT_IN_LAMBDA = {
 NOT_IN_CLASSIFY = {name: dist for name, dist in NOT_IN_LAMBDA.items() if name != "numpy"}
 # The build argument Dockerfile.spark requires, matching what the replay's wget stub "downloads".
 VERIFIED = {"MOBILENET_V2_SHA256": hashlib.sha256(DOWNLOADED).hexdigest()}
-# uv's words for a package index it cannot reach: the only failure of a redone install that skips the test.
-OFFLINE = re.compile(
-    r"failed to fetch|dns error|error sending request|connection (refused|reset)|network is unreachable|timed out",
-    re.IGNORECASE,
-)
 # Run with `python -I -S`: no site-packages, no environment, no current folder; the task root alone is added.
 IMPORT_PROBE = """
 import importlib, importlib.util, json, sys
@@ -80,55 +76,46 @@ def hadolint() -> Path:
 
 
 @pytest.fixture(scope="module")
-def spark_build(tmp_path_factory: pytest.TempPathFactory) -> Build:
-    """Dockerfile.spark replayed with a checksum that matches what the wget stub "downloads"."""
-    build = replay(SPARK, tmp_path_factory.mktemp("spark") / "fs", VERIFIED)
+def spark_builder(tmp_path_factory: pytest.TempPathFactory) -> Build:
+    """Dockerfile.spark's builder stage replayed with a checksum that matches what the wget stub "downloads"."""
+    build = replay(SPARK, tmp_path_factory.mktemp("spark-builder") / "fs", VERIFIED, stage="builder")
+    assert build.returncode == 0, build.stderr
+    return build
+
+
+@pytest.fixture(scope="module")
+def spark_build(spark_builder: Build, tmp_path_factory: pytest.TempPathFactory) -> Build:
+    """Dockerfile.spark's final stage replayed, `COPY --from=builder` taking the builder's replayed files."""
+    build = replay(
+        SPARK, tmp_path_factory.mktemp("spark") / "fs", VERIFIED, stages={"builder": spark_builder}
+    )
     assert build.returncode == 0, build.stderr
     return build
 
 
 def pip_installs(build: Build) -> list[Call]:
     """The build's `pip install` / `uv pip install` calls."""
-    return [
-        call
-        for call in build.calls
-        if (call.tool, call.args[:1]) == ("pip", ["install"])
-        or (call.tool, call.args[:2]) == ("uv", ["pip", "install"])
-    ]
+    return [call for call, _ in installs(build)]
 
 
-def uv_install(build: Build, call: Call, target: Path, *options: str) -> tuple[list[Path], str]:
-    """Redo the image's `pip install` with uv into `target`, with its constraints and requirement; returns the
-    constraint files used and uv's output. Skips when the package index is out of reach."""
-    args = call.args[call.args.index("install") + 1 :]
-    constraints, requirements, i = [], [], 0
-    while i < len(args):
-        if args[i] in {"--constraint", "-c"}:
-            value = args[i + 1]
-            constraints.append(build.on_fs(value) if value.startswith("/") else call.cwd / value)
-        if args[i] in {"--constraint", "-c", "--target", "-t", "--python", "-p"}:
-            i += 2
-            continue
-        if not args[i].startswith("-"):
-            path, _, extras = args[i].partition("[")
-            source = build.on_fs(path) if path.startswith("/") else (call.cwd / path).resolve()
-            requirements.append(f"{source}[{extras}" if extras else str(source))
-        i += 1
-    uv = shutil.which("uv", path=str(Path(sys.executable).parent)) or shutil.which("uv")
-    if not uv:
-        pytest.skip("uv not found beside this Python or on PATH; it comes with the dev extra")
-    command = [uv, "pip", "install", "--python", sys.executable, "--target", str(target), *options]
-    command += [word for c in constraints for word in ("--constraint", str(c))] + requirements
-    done = subprocess.run(command, cwd=call.cwd, capture_output=True, text=True, check=False, timeout=900)
-    if done.returncode != 0:
-        if OFFLINE.search(done.stderr):
-            pytest.skip(
-                f"the package index is out of reach, so the image's install cannot be redone: {done.stderr}"
-            )
-        pytest.fail(
-            f"expected the image's install to succeed here, got:\n{shlex.join(command)}\n{done.stderr}"
-        )
-    return constraints, done.stdout + done.stderr
+def task_root(build: Build, dockerfile: Path, root: Path) -> Path:
+    """The image's install redone into `root` for its base's platform, with this interpreter's Python so the
+    handler can be imported here; skips where this machine's glibc is older than the base's."""
+    on = target(dockerfile, build)
+    here = platform.libc_ver()
+    base_glibc = {platform_for(g): g for g in GLIBC.values()}.get(on.platform)
+    if here[0] != "glibc" or (base_glibc and _version(here[1]) < _version(base_glibc)):
+        pytest.skip(f"this machine's C library ({here}) cannot load wheels built for {on.platform}")
+    ((_, install),) = installs(build)
+    done = redo(install, root, Target(on.platform, f"{sys.version_info[0]}.{sys.version_info[1]}"))
+    assert done.returncode == 0, (
+        f"expected the image's install to succeed for {on.platform}, got:\n{done.stderr}"
+    )
+    return root
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split("."))
 
 
 @pytest.fixture(scope="module")
@@ -140,11 +127,9 @@ def lambda_build(tmp_path_factory: pytest.TempPathFactory) -> Build:
 
 @pytest.fixture(scope="module")
 def lambda_task_root(lambda_build: Build, tmp_path_factory: pytest.TempPathFactory) -> tuple[Build, Path]:
-    """Dockerfile.lambda replayed, and its install redone for real into a folder standing for LAMBDA_TASK_ROOT."""
-    (install,) = pip_installs(lambda_build)
-    task_root = tmp_path_factory.mktemp("task-root")
-    uv_install(lambda_build, install, task_root)
-    return lambda_build, task_root
+    """Dockerfile.lambda replayed, and its install redone for real into a folder standing for LAMBDA_TASK_ROOT,
+    for the base's platform (`task_root`)."""
+    return lambda_build, task_root(lambda_build, LAMBDA, tmp_path_factory.mktemp("task-root"))
 
 
 @pytest.fixture(scope="module")
@@ -168,10 +153,7 @@ def classify_build(classify_builder: Build, tmp_path_factory: pytest.TempPathFac
 @pytest.fixture(scope="module")
 def classify_task_root(classify_build: Build, tmp_path_factory: pytest.TempPathFactory) -> tuple[Build, Path]:
     """Dockerfile.classify's install redone for real into a folder standing for LAMBDA_TASK_ROOT."""
-    (install,) = pip_installs(classify_build)
-    task_root = tmp_path_factory.mktemp("classify-task-root")
-    uv_install(classify_build, install, task_root)
-    return classify_build, task_root
+    return classify_build, task_root(classify_build, CLASSIFY, tmp_path_factory.mktemp("classify-task-root"))
 
 
 def _import_handler(build: Build, task_root: Path, names: list[str]) -> dict[str, object]:
@@ -359,7 +341,7 @@ def _in_image(build: Build, call: Call) -> list[str]:
 
 
 def test_classify_builder_converts_as_the_spark_image_does(
-    classify_builder: Build, spark_build: Build
+    classify_builder: Build, spark_builder: Build
 ) -> None:
     # The job's features come from the Spark image's .tflite; the Lambda's from one the same TensorFlow converted,
     # on the same base and Python, from the same pins and the same weights file.
@@ -368,61 +350,56 @@ def test_classify_builder_converts_as_the_spark_image_does(
             tool: [_in_image(build, call) for call in build.called(tool)] for tool in ("uv", "wget", "pomona")
         }
 
-    assert base_image(CLASSIFY, "builder") == base_image(SPARK)
-    assert made(classify_builder) == made(spark_build)
-    assert classify_builder.env["POMONA_WEIGHTS"] == spark_build.env["POMONA_WEIGHTS"]
+    assert base_image(CLASSIFY, "builder") == base_image(SPARK, "builder") == base_image(SPARK)
+    assert made(classify_builder) == made(spark_builder)
+    assert classify_builder.env == spark_builder.env
 
 
-def test_images_run_the_python_the_pins_are_resolved_for(spark_build: Build) -> None:
-    python = _locked_python()
+def test_tensorflow_is_installed_in_the_builders_alone(spark_builder: Build, spark_build: Build) -> None:
+    # The convert extra (TensorFlow) converts the model; the job's image installs the same pins without it.
+    def extras(build: Build) -> set[str]:
+        ((_, install),) = installs(build)
+        return set(install.extras)
+
+    assert "convert" in extras(spark_builder)
+    assert "convert" not in extras(spark_build)
+    assert extras(spark_builder) - extras(spark_build) == {"convert"}
+
+
+def test_both_lambda_images_run_one_dated_aws_base() -> None:
     image, _, tag = base_image(LAMBDA).partition("@")[0].rpartition(":")
-    (venv,) = [call for call in spark_build.called("uv") if call.args[0] == "venv"]
 
-    # AWS's image at a dated build of that Python (`3.11.2026.02.28.00`), not the moving `3.11` tag, which
-    # hadolint's DL3006/DL3007 accept: a rebuild picks up nothing new. Both Lambda images on the same one.
+    # AWS's image at a dated build (`3.13.2026.02.28.00`), not the moving `3.13` tag, which hadolint's
+    # DL3006/DL3007 accept: a rebuild picks up nothing new. Both Lambda images on the same one.
     assert image == "public.ecr.aws/lambda/python"
     assert base_image(CLASSIFY) == base_image(LAMBDA)
-    assert re.fullmatch(rf"{re.escape(python)}\.\d{{4}}\.\d{{2}}\.\d{{2}}\.\d{{2}}", tag), tag
-    # The Spark image's venv, on an exact patch release of it.
-    assert re.fullmatch(rf"{re.escape(python)}\.\d+", venv.args[venv.args.index("--python") + 1])
-
-
-def _locked_python() -> str:
-    """The --python-version `make lock` resolves constraints/ for, as make expands it."""
-    make = shutil.which("make")
-    if not make:
-        pytest.skip("make not found: the Makefile's lock command says which Python the pins are resolved for")
-    printed = subprocess.run(
-        [make, "-s", "--no-print-directory", "--eval", "print-%: ; @echo $($*)", "print-UV_COMPILE"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    ).stdout
-    words = shlex.split(printed)
-    return words[words.index("--python-version") + 1]
+    assert re.fullmatch(r"3\.\d+\.\d{4}\.\d{2}\.\d{2}\.\d{2}", tag), tag
 
 
 # -- Spark -------------------------------------------------------------------------------------------------------
 
 
-def test_spark_image_matches_pyspark_and_the_chart() -> None:
+def test_spark_image_matches_pyspark_and_the_chart(spark_build: Build) -> None:
+    # The image imports the base's own pyspark and py4j (PYTHONPATH): the versions the tests run here.
     spark_version = global_args(SPARK)["SPARK_VERSION"]
+    dev_pins = pins(ROOT / "constraints" / "dev.txt")
+    python_path = spark_build.env["PYTHONPATH"].split(":")
     chart_version = yaml.safe_load((CHART / "values.yaml").read_text())["spark"]["version"]
 
     image, _, tag = base_image(SPARK).rpartition(":")
 
     assert (image, tag.split("-")[0]) == ("apache/spark", spark_version)
-    assert spark_version == chart_version == metadata.version("pyspark") == pins("spark")["pyspark"]
+    assert python_path == ["/opt/spark/python", f"/opt/spark/python/lib/py4j-{dev_pins['py4j']}-src.zip"]
+    assert "pyspark" not in pins(ROOT / "constraints" / "spark.txt")
+    assert spark_version == chart_version == metadata.version("pyspark") == dev_pins["pyspark"]
 
 
 def test_spark_build_bakes_verified_weights_where_the_featurizer_looks(
-    spark_build: Build, monkeypatch: pytest.MonkeyPatch
+    spark_builder: Build, spark_build: Build, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # GIVEN the replayed build: the weights were downloaded, passed the checksum, and the model was prepared
-    (download,) = spark_build.called("wget")
-    (prepare,) = spark_build.called("pomona")
+    # GIVEN the replayed builder: the weights were downloaded, passed the checksum, and the model was prepared
+    (download,) = spark_builder.called("wget")
+    (prepare,) = spark_builder.called("pomona")
     weights = Path(download.args[download.args.index("-O") + 1])
     options = dict(zip(prepare.args[2::2], prepare.args[3::2], strict=True))
 
@@ -434,13 +411,21 @@ def test_spark_build_bakes_verified_weights_where_the_featurizer_looks(
     cache_dir = spark_build.on_fs(spark_build.env["POMONA_CACHE_DIR"])
     resolved = resolve_weights("imagenet", cache_dir=cache_dir)
 
-    # THEN it finds the baked file, the one Keras' own URL gave and `pomona model prepare` converted into that cache
+    # THEN it finds the baked file, the one Keras' own URL gave and `pomona model prepare` converted in the builder
+    # into the folder the final stage copies
     assert download.args[-1] == IMAGENET_URL
-    assert resolved.path == weights == spark_build.on_fs(spark_build.env["POMONA_WEIGHTS"])
+    assert resolved.path == spark_build.on_fs(spark_build.env["POMONA_WEIGHTS"])
+    assert resolved.path.read_bytes() == weights.read_bytes() == DOWNLOADED
     assert (prepare.args[:2], options) == (
         ["model", "prepare"],
-        {"--weights": str(weights), "--cache-dir": str(cache_dir)},
+        {
+            "--weights": str(weights),
+            "--cache-dir": str(spark_builder.on_fs(spark_build.env["POMONA_CACHE_DIR"])),
+        },
     )
+    assert ("builder", "/opt/pomona/models", spark_build.env["POMONA_CACHE_DIR"]) in copies_from_stages(SPARK)
+    # The final stage downloads and converts nothing.
+    assert {call.tool for call in spark_build.calls} == {"uv", "install", "rm", "chmod"}
 
 
 @pytest.mark.parametrize(
@@ -450,7 +435,7 @@ def test_spark_build_bakes_verified_weights_where_the_featurizer_looks(
 def test_spark_build_stops_before_preparing_unverified_weights(
     tmp_path: Path, sha256: str, downloads: bool
 ) -> None:
-    build = replay(SPARK, tmp_path / "fs", {"MOBILENET_V2_SHA256": sha256})
+    build = replay(SPARK, tmp_path / "fs", {"MOBILENET_V2_SHA256": sha256}, stage="builder")
 
     assert build.returncode != 0
     assert (bool(build.called("wget")), build.called("pomona")) == (downloads, [])
@@ -471,48 +456,10 @@ def test_spark_image_runs_as_the_charts_user_and_entry_file(spark_build: Build) 
 # -- pinned dependencies ---------------------------------------------------------------------------------------
 
 
-def pins(name: str) -> dict[str, str]:
-    """constraints/<name>.txt as {normalised package name: version}; every line must be an exact pin."""
-    found = {}
-    for line in (ROOT / "constraints" / f"{name}.txt").read_text().splitlines():
-        if line.strip() and not line.lstrip().startswith("#"):
-            package, exact, version = line.partition("==")
-            assert exact, f"expected 'package==version' in constraints/{name}.txt, got {line!r}"
-            found[canonical(package)] = version.strip()
-    return found
-
-
-def canonical(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize(
-    ("dockerfile", "extra"),
-    [(LAMBDA, "lambda"), (SPARK, "spark"), (CLASSIFY, "classify")],
-    ids=["lambda", "spark", "classify"],
-)
-def test_each_image_installs_every_package_at_its_pin(dockerfile: Path, extra: str, tmp_path: Path) -> None:
-    # GIVEN the image's install, as the replayed build ran it
-    build = replay(dockerfile, tmp_path / "fs", VERIFIED)
-    (install,) = pip_installs(build)
-
-    # WHEN uv resolves it here (a dry run: nothing is installed)
-    constraints, output = uv_install(build, install, tmp_path / "target", "--dry-run")
-
-    # THEN it installs with constraints/<extra>.txt, and every package it would install is pinned there
-    resolved = {
-        canonical(name): version for name, version in re.findall(r"^ \+ (\S+)==(\S+)$", output, re.MULTILINE)
-    }
-    assert [c.read_text() for c in constraints] == [(ROOT / "constraints" / f"{extra}.txt").read_text()]
-    assert resolved, output
-    assert {name: version for name, version in resolved.items() if pins(extra).get(name) != version} == {}
-
-
 @pytest.mark.parametrize("extra", ["lambda", "spark", "classify"])
 def test_tests_run_the_versions_the_images_ship(extra: str) -> None:
-    dev = pins("dev")
-    image = pins(extra)
+    dev = pins(ROOT / "constraints" / "dev.txt")
+    image = pins(ROOT / "constraints" / f"{extra}.txt")
 
     assert {name: version for name, version in image.items() if dev.get(name) != version} == {}
     for name in ("pillow", "pyspark", "tensorflow-cpu", "ai-edge-litert", "aws-lambda-powertools", "boto3"):

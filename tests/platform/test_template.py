@@ -22,7 +22,7 @@ from pomona.core.outputs import (
     pca_prefix,
     projections_key,
 )
-from pomona.core.resources import describe
+from pomona.core.resources import DEFAULT_NAME, describe
 from pomona.core.settings import ENV_VARS, Settings
 
 cfnlint_api = pytest.importorskip("cfnlint.api", reason="needs cfn-lint (a dev dependency)")
@@ -31,6 +31,7 @@ cfnlint_decode = pytest.importorskip("cfnlint.decode", reason="needs cfn-lint (a
 TEMPLATE = ROOT / "deploy" / "template.yaml"
 # Parameters without a default, as a deployment would pass them.
 PARAMETERS = {
+    "Name": DEFAULT_NAME,
     "IngestImageUri": "123456789012.dkr.ecr.us-east-1.amazonaws.com/pomona-lambda:1",
     "ClassifyImageUri": "123456789012.dkr.ecr.us-east-1.amazonaws.com/pomona-classify:1",
     "OidcProviderArn": "arn:aws:iam::123456789012:oidc-provider/oidc.eks.us-east-1.amazonaws.com/id/ABC123",
@@ -732,8 +733,32 @@ def test_events_queue_feeds_the_lambda_with_partial_batch_failures(template: dic
     assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
     assert 1 <= mapping["BatchSize"] <= 10
     assert mapping["MaximumBatchingWindowInSeconds"] == 0
+    # By default nothing is reserved (a new account has no room to), and IngestMaxConcurrency bounds the pollers.
+    assert "ReservedConcurrentExecutions" not in function
+    assert mapping["ScalingConfig"]["MaximumConcurrency"] == "10"
+
+
+def test_reserved_ingest_concurrency_also_bounds_the_pollers() -> None:
+    template = stack(IngestReservedConcurrency="20", IngestMaxConcurrency="50")
+    (mapping,) = resources(template, "AWS::Lambda::EventSourceMapping").values()
+    function = resources(template, "AWS::Lambda::Function")["IngestFunction"]
+
     # No more pollers than the function may run: a throttled batch spends a receive of each record.
-    assert mapping["ScalingConfig"]["MaximumConcurrency"] == function["ReservedConcurrentExecutions"]
+    assert function["ReservedConcurrentExecutions"] == "20"
+    assert mapping["ScalingConfig"]["MaximumConcurrency"] == "20"
+
+
+def test_name_is_required_and_optional_arns_may_be_empty() -> None:
+    parameters = _decoded()["Parameters"]
+    optional = {"AppInvokeRoleArn", "RedriveRoleArn", "AlarmTopicArn"}
+
+    # A bucket name is global: no default a second deployment would collide with (DEPLOY.md derives it from the
+    # account id). DEPLOY.md passes the optional ARNs empty when it has none, which their patterns admit.
+    assert "Default" not in parameters["Name"]
+    assert re.fullmatch(parameters["Name"]["AllowedPattern"], "pomona-123456789012")
+    for name in optional:
+        assert parameters[name]["Default"] == ""
+        assert re.fullmatch(parameters[name]["AllowedPattern"], "")
 
 
 def test_outputs_name_the_settings_they_fill(template: dict[str, Any]) -> None:
@@ -760,7 +785,6 @@ def test_lambda_runs_the_image_with_pomona_settings(template: dict[str, Any]) ->
         PARAMETERS["IngestImageUri"],
         30,
     )
-    assert function["ReservedConcurrentExecutions"] == "10"
     assert {v for v in variables if not v.startswith("POWERTOOLS_")} <= set(ENV_VARS)
     assert variables["POMONA_IMAGES_QUEUE_URL"] == "<ImagesQueue>"
     assert variables["POMONA_BUCKET"] == describe().bucket

@@ -70,8 +70,13 @@ app.kubernetes.io/component: spark-job
 {{- printf "%s-config" (include "pomona.fullname" .) }}
 {{- end }}
 
+{{- /* By digest when one is given: a re-pushed tag then changes nothing that runs. */ -}}
 {{- define "pomona.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
 {{- end }}
 
 {{/* Backlog mode owns the starting of runs, so the schedule is suspended whatever `schedule.suspend` says. */}}
