@@ -3,7 +3,7 @@
 The embedded stack runs in a process of its own, the committed model is copied into its bucket, and the classify
 Lambda's handler is served behind the local Function URL in another process, as `pomona local up` serves it. This
 process is the app: it POSTs a 100×100 and a 4000×3000 JPEG and times each answer, HTTP and the event's base64
-included.
+included, the large one in turns with its 1/8-scale decode (this door's floor, timed here as the host is now).
 """
 
 from __future__ import annotations
@@ -17,12 +17,15 @@ from typing import Any
 
 import boto3
 
-from pomona.bench.floors import p50, p99, timed_ms
+from pomona.bench.floors import eighth_scale_decode, p50, p99, timed_ms, timed_side_by_side_ms
 
 
-def measure(folder: Path, small: bytes, large: bytes, *, repeats: int, env: dict[str, str]) -> dict[str, Any]:
+def measure(
+    folder: Path, small: bytes, large: bytes, *, repeats: int, weights: str | None, env: dict[str, str]
+) -> dict[str, Any]:
     """p50 and p99 of the small and large photo's answers through the Function URL (keys `url_…`), the model
-    under `folder` (laid out as the bucket); `env` adds to the endpoint process's environment."""
+    under `folder` (laid out as the bucket) and its featurizer from `weights` (None: the spec its lineage
+    recorded); `env` adds to the endpoint process's environment."""
     from pomona.local.stack_process import stack_process
 
     with stack_process() as stack:
@@ -39,7 +42,7 @@ def measure(folder: Path, small: bytes, large: bytes, *, repeats: int, env: dict
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
-            env={**os.environ, **env},
+            env=_endpoint_env(weights, env),
         ) as endpoint:
             assert endpoint.stdin is not None
             assert endpoint.stdout is not None
@@ -48,7 +51,9 @@ def measure(folder: Path, small: bytes, large: bytes, *, repeats: int, env: dict
                 if not url:
                     raise RuntimeError(f"expected the endpoint to print its URL, got exit {endpoint.wait()}")
                 small_ms = timed_ms(lambda: _post(url, small), repeats)
-                large_ms = timed_ms(lambda: _post(url, large), max(5, repeats // 7))
+                large_ms, floor_ms = timed_side_by_side_ms(
+                    lambda: _post(url, large), lambda: eighth_scale_decode(large), max(5, repeats // 7)
+                )
             finally:
                 endpoint.stdin.close()  # the endpoint stops when its stdin closes
     return {
@@ -56,7 +61,15 @@ def measure(folder: Path, small: bytes, large: bytes, *, repeats: int, env: dict
         "url_small_p99_ms": round(p99(small_ms), 2),
         "url_large_p50_ms": round(p50(large_ms), 2),
         "url_large_p99_ms": round(p99(large_ms), 2),
+        "url_eighth_scale_decode_p50_ms": round(p50(floor_ms), 2),
+        "url_eighth_scale_decode_p99_ms": round(p99(floor_ms), 2),
     }
+
+
+def _endpoint_env(weights: str | None, env: dict[str, str]) -> dict[str, str]:
+    # The stack exports every setting, POMONA_WEIGHTS's default too, which would override the lineage's spec.
+    inherited = {name: value for name, value in os.environ.items() if name != "POMONA_WEIGHTS"}
+    return {**inherited, **env, **({"POMONA_WEIGHTS": weights} if weights else {})}
 
 
 def _post(url: str, body: bytes) -> None:

@@ -6,7 +6,6 @@ the deployed URL (without the SigV4 signature, which only AWS checks).
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import threading
@@ -15,6 +14,8 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
+
+import pybase64
 
 from pomona.local.poller import Handler, LambdaContext
 
@@ -53,7 +54,7 @@ def function_url_event(method: str, target: str, headers: dict[str, str], body: 
             "time": now.strftime("%d/%b/%Y:%H:%M:%S +0000"),
             "timeEpoch": int(now.timestamp() * 1000),
         },
-        "body": base64.b64encode(body).decode(),
+        "body": pybase64.b64encode(body).decode(),  # as fast as AWS's own: CPython's takes 6 ms for 4 MB
         "isBase64Encoded": True,
     }
 
@@ -103,7 +104,7 @@ def _request_handler(handler: Handler, function_name: str) -> type[BaseHTTPReque
                 self._error(502, "the function raised; see the log")
                 return
             payload = response.get("body") or ""
-            data = base64.b64decode(payload) if response.get("isBase64Encoded") else str(payload).encode()
+            data = pybase64.b64decode(payload) if response.get("isBase64Encoded") else str(payload).encode()
             self._send(int(response.get("statusCode", 200)), dict(response.get("headers") or {}), data)
 
         def _error(self, status: int, message: str) -> None:

@@ -31,7 +31,7 @@ def test_bench_classify_reports_latency_cold_start_and_memory_of_a_served_model(
         assert result[f"{door}large_p50_ms"] <= result[f"{door}large_p99_ms"]
         for q in ("p50", "p99"):
             # the floor: the 1/8-scale decode plus the small photo's answer through the same door
-            floor = result[f"eighth_scale_decode_{q}_ms"] + result[f"{door}small_{q}_ms"]
+            floor = result[f"{door}eighth_scale_decode_{q}_ms"] + result[f"{door}small_{q}_ms"]
             assert result[f"{door}large_{q}_floor_ms"] == round(floor, 2)
             ratio = result[f"{door}large_{q}_ms"] / floor
             assert abs(result[f"{door}large_{q}_over_floor"] - ratio) < 1e-3
