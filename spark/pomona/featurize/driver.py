@@ -36,6 +36,7 @@ from pomona.core.outputs import (
 from pomona.core.settings import Settings, injected_fault
 from pomona.featurize.commit import Committer, Latest
 from pomona.featurize.dedupe import split_duplicates
+from pomona.featurize.fetch import DEFERRED
 from pomona.featurize.held import HeldMessages
 from pomona.featurize.index import SeenIndex
 from pomona.featurize.lineage import check_lineage, prepare_model
@@ -51,7 +52,6 @@ from pomona.featurize.metrics import RunMetrics
 from pomona.featurize.partitions import partition_count, split_evenly, tree_depth
 from pomona.featurize.queue import Heartbeat, Received, drain_queue
 from pomona.featurize.tasks import (
-    DEFERRED,
     FAILURE_COLUMNS,
     META_COLUMNS,
     PartOutcome,

@@ -9,7 +9,6 @@ back after the driver's refit.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import itertools
 import logging
@@ -24,12 +23,12 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from botocore.exceptions import BotoCoreError, ClientError
 
-from pomona.core.aws import RETRIES, error_code, is_missing
+from pomona.core.aws import RETRIES
 from pomona.core.contract import Reason
 from pomona.core.outputs import features_key, projections_key
 from pomona.core.settings import Settings, injected_fault
+from pomona.featurize.fetch import Fetched, ImageStores, fetch_image
 from pomona.ml.backends import get_backend
 from pomona.ml.classifier import LabelStats, distances, load_classifier, merge_label_stats
 from pomona.ml.featurizer import get_featurizer
@@ -49,9 +48,6 @@ META_COLUMNS = ("sha256", "key", "label", "version_id", "etag", "bucket")
 # One row per image that failed: its sha256, reason, detail, and the S3 error code of a deferred one (the exception's
 # type of a decode failure).
 FAILURE_COLUMNS = ("sha256", "reason", "detail", "error_code")
-# Not a `Reason`: the image's message is left on the queue, so it comes back (and reaches the DLQ after the queue's
-# receive limit); one image's access or throttling error never fails its task, nor its batch.
-DEFERRED = "deferred"
 
 
 class PartOutcome(NamedTuple):
@@ -85,47 +81,6 @@ def merge_optional(a: _S | None, b: _S | None, merge: Callable[[_S, _S], _S]) ->
     return a if b is None else b if a is None else merge(a, b)
 
 
-class Fetched(NamedTuple):
-    """An image's bytes, or why there are none: a `Reason` to quarantine it, or DEFERRED with the S3 error code."""
-
-    body: bytes | None
-    reason: str | None = None
-    detail: str = ""
-    error_code: str | None = None
-
-
-def fetch_image(s3: S3Client, row: Any) -> Fetched:
-    """The exact bytes the message names, or why they cannot be had: gone or changed since validation (for good),
-    or an error of the moment (access denied, throttled, a 5xx after botocore's retries: deferred)."""
-    try:
-        body = s3.get_object(Bucket=row.bucket, Key=row.key, VersionId=row.version_id, IfMatch=row.etag)[
-            "Body"
-        ].read()
-    except ClientError as err:
-        code = error_code(err)
-        if code in {"PreconditionFailed", "412"}:
-            return Fetched(None, Reason.OBJECT_CHANGED, f"expected ETag {row.etag}, found another")
-        if is_missing(err) or code == "NoSuchVersion":
-            detail = f"expected version {row.version_id} of {row.key}, found none ({code})"
-            return Fetched(None, Reason.OBJECT_GONE, detail)
-        # 403 included: an IAM or bucket-policy mistake must not be taken for a missing object.
-        return _deferred(row, code or "ClientError", err)
-    except BotoCoreError as err:  # the connection failed through every retry
-        return _deferred(row, type(err).__name__, err)
-    digest = hashlib.sha256(body).hexdigest()
-    if digest != row.sha256:
-        return Fetched(None, Reason.OBJECT_CHANGED, f"expected sha256 {row.sha256}, got {digest}")
-    return Fetched(body)
-
-
-def _deferred(row: Any, code: str, err: Exception) -> Fetched:
-    log.warning(
-        "Image deferred: its GET failed",
-        extra={"key": row.key, "version_id": row.version_id, "error_code": code},
-    )
-    return Fetched(None, DEFERRED, f"GET {row.key} version {row.version_id} failed: {err}", code)
-
-
 def featurize_partitions(
     settings: Settings,
     groups: Broadcast[list[list[tuple[str, ...]]]],
@@ -140,6 +95,7 @@ def featurize_partitions(
 
     def run(parts: Iterable[int]) -> Iterator[PartOutcome]:
         s3 = boto3.client("s3", endpoint_url=settings.endpoint_url, config=RETRIES)
+        stores = ImageStores(settings)
         featurizer = get_featurizer(
             settings.weights,
             settings.backend,
@@ -155,6 +111,7 @@ def featurize_partitions(
             started = time.monotonic()
             outcome = _featurize_group(
                 s3,
+                stores,
                 featurizer,
                 limits,
                 pd.DataFrame(groups.value[part], columns=META_COLUMNS),
@@ -196,6 +153,7 @@ def task_cores() -> int:
 
 def _featurize_group(
     s3: S3Client,
+    stores: ImageStores,
     featurizer: Any,
     limits: DecodeLimits,
     messages: pd.DataFrame,
@@ -214,7 +172,7 @@ def _featurize_group(
         result = pd.concat(
             [
                 _featurize_chunk(chunk, fetched, featurizer, limits)
-                for chunk, fetched in _fetch_ahead(s3, chunks, pool)
+                for chunk, fetched in _fetch_ahead(s3, stores, chunks, pool)
             ],
             ignore_index=True,
         )
@@ -244,14 +202,17 @@ def _featurize_group(
 
 
 def _fetch_ahead(
-    s3: S3Client, chunks: Iterator[pd.DataFrame], pool: ThreadPoolExecutor
+    s3: S3Client, stores: ImageStores, chunks: Iterator[pd.DataFrame], pool: ThreadPoolExecutor
 ) -> Iterator[tuple[pd.DataFrame, list[Fetched]]]:
     """Each chunk with its images fetched, the next chunk's GETs in flight while the caller works on this one."""
     ahead: tuple[pd.DataFrame, list[Future[Fetched]]] | None = None
     for chunk in itertools.chain(chunks, [None]):
         current = ahead
         if chunk is not None:
-            ahead = (chunk, [pool.submit(fetch_image, s3, row) for row in chunk.itertuples(index=False)])
+            ahead = (
+                chunk,
+                [pool.submit(fetch_image, stores, s3, row) for row in chunk.itertuples(index=False)],
+            )
         if current is not None:
             yield current[0], [future.result() for future in current[1]]
 
