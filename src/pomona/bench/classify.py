@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from pomona.bench import function_url
-from pomona.bench.floors import eighth_scale_decode, p50, p99, timed_ms, timed_side_by_side_ms
+from pomona.bench.floors import eighth_scale_decode, p50, percentiles, timed_ms, timed_side_by_side_ms
 from pomona.core.settings import Settings
 from pomona.testing.samples import SYNTHETIC_LABELS, fruit_image, large_jpeg
 
@@ -195,13 +195,8 @@ def _measure_in_child(
     )
     decode_ms = timed_ms(lambda: validate_and_decode(large, limits=limits), large_repeats)
     return {
-        "small_p50_ms": round(p50(small_ms), 2),
-        "small_p99_ms": round(p99(small_ms), 2),
-        "large_p50_ms": round(p50(large_ms), 2),
-        "large_p99_ms": round(p99(large_ms), 2),
+        **percentiles(small=small_ms, large=large_ms, eighth_scale_decode=floor_ms),
         "large_decode_p50_ms": round(p50(decode_ms), 2),
-        "eighth_scale_decode_p50_ms": round(p50(floor_ms), 2),
-        "eighth_scale_decode_p99_ms": round(p99(floor_ms), 2),
         "peak_rss_mb": round(_peak_mb(), 1),
         "first_answer_at": first_answer_at,
         "threads": threads,

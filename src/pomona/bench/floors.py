@@ -54,3 +54,12 @@ def p50(times: list[float]) -> float:
 
 def p99(times: list[float]) -> float:
     return statistics.quantiles(times, n=100, method="inclusive")[98]
+
+
+def percentiles(prefix: str = "", **times: list[float]) -> dict[str, float]:
+    """`<prefix><name>_p50_ms` and `…_p99_ms` of each named list of times, rounded to 0.01 ms."""
+    return {
+        f"{prefix}{name}_{q}_ms": round(percentile(ms), 2)
+        for name, ms in times.items()
+        for q, percentile in (("p50", p50), ("p99", p99))
+    }

@@ -17,7 +17,7 @@ from typing import Any
 
 import boto3
 
-from pomona.bench.floors import eighth_scale_decode, p50, p99, timed_ms, timed_side_by_side_ms
+from pomona.bench.floors import eighth_scale_decode, percentiles, timed_ms, timed_side_by_side_ms
 
 
 def measure(
@@ -56,14 +56,7 @@ def measure(
                 )
             finally:
                 endpoint.stdin.close()  # the endpoint stops when its stdin closes
-    return {
-        "url_small_p50_ms": round(p50(small_ms), 2),
-        "url_small_p99_ms": round(p99(small_ms), 2),
-        "url_large_p50_ms": round(p50(large_ms), 2),
-        "url_large_p99_ms": round(p99(large_ms), 2),
-        "url_eighth_scale_decode_p50_ms": round(p50(floor_ms), 2),
-        "url_eighth_scale_decode_p99_ms": round(p99(floor_ms), 2),
-    }
+    return percentiles("url_", small=small_ms, large=large_ms, eighth_scale_decode=floor_ms)
 
 
 def _endpoint_env(weights: str | None, env: dict[str, str]) -> dict[str, str]:
