@@ -72,17 +72,25 @@ def bench_featurize(
         int,
         typer.Option(help="Each image and N-1 re-encoded flips/rotations of it (at most 8).", min=1, max=8),
     ] = 1,
+    seed: Annotated[
+        bool,
+        typer.Option(
+            "--seed/--no-seed",
+            help="Also run the seed project's pattern on the same images (Keras in a pandas UDF, MLlib "
+            "StandardScaler + PCA) and report job_over_seed.",
+        ),
+    ] = True,
     as_json: Annotated[
         bool, typer.Option("--json/--pretty", help="One line of JSON (default), or indented for reading.")
     ] = True,
 ) -> None:
     """Plain-loop vs whole-job images/s and CPU per image by process, per model; agreement with float32 and holdout
-    accuracy; peak RSS per Python worker, Spark start-up, PCA refit time."""
+    accuracy; peak RSS per Python worker, Spark start-up, PCA refit time; the job against the seed's pattern."""
     from pomona.bench import featurize as bench
 
     models = [(name, precision or "auto") for name, _, precision in (b.partition(":") for b in backend or [])]
     with one_line_errors():
-        result = bench.run(images=images, weights=weights, models=models, repeat=repeat)
+        result = bench.run(images=images, weights=weights, models=models, repeat=repeat, seed=seed)
     sys.stdout.write(json.dumps(result, indent=None if as_json else 2) + "\n")
 
 
