@@ -20,7 +20,7 @@ from pomona.core.outputs import features_key, manifest_key, pca_latest_key, pca_
 from pomona.demo.report import read_outputs, write_report
 from pomona.ml.classifier import LabelStats
 from pomona.ml.holdout import Reservoir
-from pomona.ml.pca import PcaModel, PcaState, fit_pca, model_to_npz, state_to_npz
+from pomona.ml.pca import PcaState, fit_pca, model_to_npz, state_to_npz
 from pomona.ml.training import retrain
 
 D = 24  # features are 1280-wide in production; the report does not care
@@ -65,17 +65,17 @@ def _write_pca(out: Path, version: int, x: npt.NDArray[np.float32], labels: list
     folder.mkdir(parents=True)
     (folder / "model.npz").write_bytes(model_to_npz(model))
     (folder / "state.npz").write_bytes(state_to_npz(state))
-    (folder / "quality.json").write_text(json.dumps(_evaluation(model, x, labels)))
+    (folder / "quality.json").write_text(json.dumps(_evaluation(x, labels)))
     (out / pca_latest_key("")).write_text(json.dumps({"version": version}))
 
 
-def _evaluation(model: PcaModel, x: npt.NDArray[np.float32], labels: list[str]) -> dict[str, Any]:
+def _evaluation(x: npt.NDArray[np.float32], labels: list[str]) -> dict[str, Any]:
     """quality.json as the job writes it: a classifier trained on all rows but every sixth, scored on those."""
     held = np.arange(len(labels)) % 6 == 0
     y = np.asarray(labels)
     training = LabelStats.from_rows(x[~held], y[~held].tolist())
     holdout = Reservoir.from_rows([f"{i:064x}" for i in np.flatnonzero(held)], y[held].tolist(), x[held])
-    return retrain(training, holdout, model, gain=1.0, loss=5.0).evaluation
+    return retrain(training, holdout, gain=1.0, loss=5.0).evaluation
 
 
 def _write_sidecar(out: Path, reason: Reason, key: str, **extra: Any) -> None:
