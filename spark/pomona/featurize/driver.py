@@ -49,17 +49,12 @@ from pomona.featurize.manifest import (
     quarantined_by_reason,
 )
 from pomona.featurize.metrics import RunMetrics
-from pomona.featurize.partitions import partition_count, split_evenly, tree_depth
+from pomona.featurize.passes import featurize_pass, projection_pass
 from pomona.featurize.queue import Heartbeat, Received, drain_queue
 from pomona.featurize.tasks import (
     FAILURE_COLUMNS,
-    META_COLUMNS,
-    PartOutcome,
-    combine_outcomes,
-    featurize_partitions,
     file_provenance,
     merge_optional,
-    project_partitions,
 )
 from pomona.ml.backends import choose_model
 from pomona.ml.classifier import (
@@ -210,7 +205,15 @@ class Job:
 
         self._unsettled = True
         with timed(timings, "featurize_s"):
-            outcome = self._featurize([m for m, _ in fresh], batch_id=batch_id, version=version)
+            outcome, self._groups = featurize_pass(
+                self.spark,
+                self.settings,
+                [m for m, _ in fresh],
+                images_per_partition=self.options.images_per_partition,
+                batch_id=batch_id,
+                version=version,
+                provenance=self._provenance,
+            )
         failed = pd.DataFrame(outcome.failures, columns=list(FAILURE_COLUMNS))
         deferred, failures = failed[failed["reason"] == DEFERRED], failed[failed["reason"] != DEFERRED]
         heartbeat.receipts = _receipts_except(received, set(deferred["sha256"]))
@@ -243,12 +246,15 @@ class Job:
                 max_components=self.settings.max_components,
             )
         with timed(timings, "project_s"):
-            projected = self._project(
+            projected = projection_pass(
+                self.spark,
+                self.settings,
                 sorted(outcome.parts),
                 model_to_npz(model),
                 None if retrained.classifier is None else classifier_to_npz(retrained.classifier),
                 batch_id=batch_id,
                 version=version,
+                provenance=self._provenance,
             )
         self.watchdog.step()
 
@@ -349,27 +355,6 @@ class Job:
         self._unsettled = False
         self._fault("after_manifest")
 
-    def _featurize(self, messages: Sequence[ImageMessage], *, batch_id: str, version: int) -> PartOutcome:
-        """Run the featurize pass; its tasks' outcomes, reduced on the executors into one."""
-        rows = [tuple(getattr(m, c) for c in META_COLUMNS) for m in messages]
-        parts = partition_count(
-            len(rows),
-            images_per_partition=self.options.images_per_partition,
-            parallelism=self.spark.sparkContext.defaultParallelism,
-        )
-        # Task i featurizes group i. The groups are broadcast, and the tasks run over a range of task ids.
-        self._groups = parts
-        context = self.spark.sparkContext
-        groups = context.broadcast(split_evenly(rows, parts))
-        featurize = featurize_partitions(
-            self.settings, groups, batch_id=batch_id, pca_version=version, provenance=self._provenance
-        )
-        try:
-            tasks = context.parallelize(range(parts), parts).mapPartitions(featurize)
-            return tasks.treeReduce(combine_outcomes, depth=tree_depth(parts))
-        finally:
-            groups.destroy()
-
     def _refit(self, state: PcaState) -> PcaModel:
         return fit_pca_or_point(
             state,
@@ -377,32 +362,6 @@ class Job:
             max_components=self.settings.max_components,
             n_components=self.settings.n_components,
         )
-
-    def _project(
-        self,
-        parts: Sequence[int],
-        model_npz: bytes,
-        classifier_npz: bytes | None,
-        *,
-        batch_id: str,
-        version: int,
-    ) -> pd.DataFrame:
-        """Run the projection pass, a task per features part file; (sha256, label, projection, distance to the
-        new classifier's nearest label) per image."""
-        if not parts:
-            return pd.DataFrame({"sha256": [], "label": [], "projection": [], "distance": []})
-        project_parts = project_partitions(
-            self.settings,
-            model_npz,
-            parts=parts,
-            batch_id=batch_id,
-            pca_version=version,
-            provenance=self._provenance,
-            classifier_npz=classifier_npz,
-        )
-        # An RDD, as the featurize pass is: DataFrame (Arrow) tasks would start a second pool of Python workers.
-        tasks = self.spark.sparkContext.parallelize(range(len(parts)), len(parts))
-        return pd.concat(tasks.mapPartitions(project_parts).collect(), ignore_index=True)
 
     def _choose_model(self, committed: dict[str, Any] | None) -> None:
         """Make POMONA_BACKEND/PRECISION=auto concrete: the committed lineage's model (`committed`: its version's
