@@ -272,7 +272,7 @@ def distances(classifier: Classifier, features: npt.ArrayLike) -> Array:
 
 
 def projected_distances(classifier: Classifier, projections: npt.ArrayLike) -> Array:
-    """`distances` of rows already projected by the classifier's PCA (n×k), as the job's projection pass gives them."""
+    """`distances` of rows already projected by the classifier's own PCA (n×k)."""
     rows = np.asarray(projections, dtype=np.float64)
     k = classifier.pca_components.shape[0]
     if rows.ndim != 2 or rows.shape[1] != k:

@@ -38,11 +38,10 @@ def familiar_distance(
     """`factor` times the median distance of the held-out images of the labels `classifier` offers; inf (nothing
     refused) while there are fewer than `MIN_FAMILIAR_HOLDOUT` to set it by, or the classifier knows no distances.
 
-    The median, not a high quantile: a quantile at 95-99 % is the holdout's few farthest photos, and on the 540
-    sample photos the demo's ~50 held-out ones put it anywhere in the range where never-taught fruits begin, while
-    their median stays within ~5 % of unseen photos'. The factor then says how far beyond a typical known photo a
-    familiar one may lie: 1.4 keeps 94-98 % of unseen photos of known labels familiar and 0-3 % of never-taught
-    fruits (README, "Open-set figures")."""
+    The median, not a high quantile: a quantile at 95-99 % is the holdout's few farthest photos, a poor guide
+    while the holdout holds tens of photos, and the nearest never-taught fruits begin just beyond the unseen known
+    photos' farthest. The factor says how far beyond a typical known photo a familiar one may lie (its choice,
+    measured: README, "Open-set figures")."""
     if factor <= 0:
         raise ClassifierError(f"expected a familiar factor > 0, got {factor}")
     known = np.isin(holdout.labels, classifier.labels)
