@@ -85,10 +85,10 @@ class JobOptions:
     # How long a stopped run's driver may take to give its messages back before its process exits.
     grace_s: float = 300.0
     wait_s: int = 1  # long-poll seconds per receive; the queue is empty after one empty receive
-    # Each partition costs ~0.4 s here beyond its images (a task, a 13 MB PCA state to the driver): measured on
-    # the 540 sample photos, 2 partitions of 270 took 6.9 s to featurize where 8 of ~67 took 10.0 s (first
-    # session of 2026-11-30, when features still went through Spark's cache; not re-measured since).
-    images_per_partition: int = 512
+    # Each task carries a fixed cost beyond its images (its client and model set-up, two 13 MB scatter matrices
+    # pickled, sent and merged): large groups keep it a small share of a run's CPU; the README's "Where the
+    # job's CPU goes" has the figures. Big batches still get up to 4 rounds of tasks for new executors to take.
+    images_per_partition: int = 2048
 
 
 @dataclass(frozen=True)
