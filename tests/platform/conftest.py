@@ -1,4 +1,4 @@
-"""Platform fixtures: the helm binary and chart rendering.
+"""Platform fixtures: the helm binary, chart rendering, and the CloudFormation template as deployed.
 
 Nothing here needs a Docker engine or a cluster: manifests are rendered by the real helm and checked against the
 schemas the API server would use (see `manifests.py`).
@@ -11,6 +11,7 @@ import shutil
 import sys
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -55,3 +56,11 @@ def render(helm: Path) -> Render:
         return copy.deepcopy(list(_render(files, tuple(sorted((set or {}).items())))))
 
     return render_chart
+
+
+@pytest.fixture(scope="session")
+def template() -> dict[str, Any]:
+    """`deploy/template.yaml` evaluated for the default parameters (`template_stack.stack`)."""
+    from template_stack import stack
+
+    return stack()

@@ -1,4 +1,5 @@
-"""Helpers for rendered manifests: running helm, picking manifests by kind, checking Spark kinds against the CRDs."""
+"""Helpers for the chart: its values files, running helm, picking manifests by kind, checking Spark kinds against
+the CRDs."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ CRD_FILES = {
     "SparkApplication": "sparkoperator.k8s.io_sparkapplications.yaml",
     "ScheduledSparkApplication": "sparkoperator.k8s.io_scheduledsparkapplications.yaml",
 }
+SPARK_KINDS = frozenset(CRD_FILES)
 
 Manifest = dict[str, Any]
 Render = Callable[..., list[Manifest]]
@@ -33,6 +35,26 @@ def run_helm(helm: Path, *args: str) -> str:
     if result.returncode != 0:
         raise HelmError(result.stderr.strip() or result.stdout.strip())
     return result.stdout
+
+
+@cache
+def _values_file(name: str) -> str:
+    return (CHART / name).read_text()
+
+
+def chart_values(name: str = "values.yaml") -> dict[str, Any]:
+    """A values file of the chart, as written (a fresh copy each call)."""
+    return yaml.safe_load(_values_file(name))  # type: ignore[no-any-return]
+
+
+def chart_metadata() -> dict[str, Any]:
+    """The chart's Chart.yaml."""
+    return yaml.safe_load(_values_file("Chart.yaml"))  # type: ignore[no-any-return]
+
+
+def application_spec(manifests: list[Manifest]) -> Manifest:
+    """The SparkApplication spec every run is made from: the ScheduledSparkApplication's template."""
+    return one(manifests, "ScheduledSparkApplication")["spec"]["template"]  # type: ignore[no-any-return]
 
 
 def by_kind(manifests: list[Manifest], kind: str) -> list[Manifest]:

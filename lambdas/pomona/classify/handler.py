@@ -25,15 +25,15 @@ from pomona.classify.answering import UNFAMILIAR, classify_photo
 from pomona.classify.model import LatestModel, ModelUnavailableError
 from pomona.core.aws import RETRIES
 from pomona.core.outputs import S3Files
+from pomona.core.resources import CLASSIFY_SERVICE
 from pomona.core.settings import Settings
 from pomona.validation.checks import Limits
 
 # Named here, not by POWERTOOLS_SERVICE_NAME: a process that hosts both handlers (local mode, the tests) would
 # otherwise give them one logger, and quieting this one would quiet ingestion's.
-SERVICE = "pomona-classify"
-logger = Logger(service=SERVICE)
+logger = Logger(service=CLASSIFY_SERVICE)
 tracer = Tracer()
-metrics = Metrics(namespace=os.getenv("POWERTOOLS_METRICS_NAMESPACE", "Pomona"), service=SERVICE)
+metrics = Metrics(namespace=os.getenv("POWERTOOLS_METRICS_NAMESPACE", "Pomona"), service=CLASSIFY_SERVICE)
 
 DEFAULT_FILE = "photo"
 

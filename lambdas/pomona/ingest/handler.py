@@ -19,12 +19,14 @@ from aws_lambda_powertools.utilities.batch.types import PartialItemFailureRespon
 from aws_lambda_powertools.utilities.data_classes import S3Event, SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from pomona.core.resources import INGEST_SERVICE
 from pomona.ingest.ingestor import Ingestor, ObjectRef
 
-# POWERTOOLS_* variables configure these; the defaults name the service when they are unset (tests, local mode).
-logger = Logger(service=os.getenv("POWERTOOLS_SERVICE_NAME", "pomona-ingest"))
+# Named here, not by POWERTOOLS_SERVICE_NAME: a process that hosts both handlers (local mode, the tests) would
+# otherwise give them one logger. The other POWERTOOLS_* variables configure the rest.
+logger = Logger(service=INGEST_SERVICE)
 tracer = Tracer()
-metrics = Metrics(namespace=os.getenv("POWERTOOLS_METRICS_NAMESPACE", "Pomona"))
+metrics = Metrics(namespace=os.getenv("POWERTOOLS_METRICS_NAMESPACE", "Pomona"), service=INGEST_SERVICE)
 processor = BatchProcessor(event_type=EventType.SQS)
 
 TEST_EVENT = "s3:TestEvent"

@@ -59,11 +59,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--backend", choices=[*sorted(BACKENDS), AUTO], default=None, help="POMONA_BACKEND")
     parser.add_argument("--precision", choices=[*PRECISIONS, AUTO], default=None, help="POMONA_PRECISION")
     parser.add_argument("--master", default=None, help="Spark master when not launched by spark-submit")
+    lease_s = JobOptions().visibility_timeout_s
     parser.add_argument(
         "--visibility-timeout",
         type=int,
         default=None,
-        help="seconds the received messages stay hidden if this run dies (default 300)",
+        help=f"seconds the received messages stay hidden if this run dies (default {lease_s})",
     )
     return parser.parse_args(argv)
 

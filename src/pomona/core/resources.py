@@ -10,6 +10,10 @@ from dataclasses import dataclass
 
 # Queue names are suffixes of the stack's name prefix, e.g. pomona-images, pomona-images-dlq.
 DEFAULT_NAME = "pomona"
+# The powertools service of each Lambda: the `service` key of its logs and dimension of its metrics. The handlers
+# name it in code, and the template and images set POWERTOOLS_SERVICE_NAME to the same (a test checks).
+INGEST_SERVICE = "pomona-ingest"
+CLASSIFY_SERVICE = "pomona-classify"
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pomona.core.errors import SettingsError
+from pomona.core.resources import describe
 
 MIB = 1024 * 1024
 
@@ -61,6 +62,8 @@ PRECISIONS = ("f32", "bf16")
 # POMONA_BACKEND and POMONA_PRECISION's default: the committed lineage's model, or for a new lineage the fastest one
 # whose quality is shown equal on this CPU (`pomona.ml.backends.choose_model`).
 AUTO = "auto"
+# Where things are, by default: the resources of a deployment with the default name.
+_DEPLOYMENT = describe()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -68,16 +71,16 @@ class Settings:
     """Where things are and how far the platform may go; `Settings.from_env()` builds it."""
 
     # -- where
-    bucket: str = "pomona-images"
-    uploads_prefix: str = "uploads/"
-    quarantine_prefix: str = "quarantine/"
+    bucket: str = _DEPLOYMENT.bucket
+    uploads_prefix: str = _DEPLOYMENT.uploads_prefix
+    quarantine_prefix: str = _DEPLOYMENT.quarantine_prefix
     # Outputs (features/, projections/, models/, batches/) live under this prefix; "" is the bucket root.
     output_prefix: str = ""
     events_queue_url: str = ""
     images_queue_url: str = ""
     images_dlq_url: str = ""
-    idempotency_table: str = "pomona-idempotency"
-    seen_table: str = "pomona-seen"
+    idempotency_table: str = _DEPLOYMENT.idempotency.name
+    seen_table: str = _DEPLOYMENT.seen.name
     endpoint_url: str | None = None
     region: str = "us-east-1"
     # -- ingestion limits

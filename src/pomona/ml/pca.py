@@ -14,12 +14,15 @@ import numpy as np
 import numpy.typing as npt
 
 from pomona.core.errors import PomonaError
+from pomona.core.settings import Settings
 from pomona.ml.npz import from_npz, frozen, to_npz
 
 Array = npt.NDArray[np.float64]
 
 # Relative slack on the variance target: cumulative ratios such as 0.6 + 0.3 round to 0.8999999999999999.
 _TARGET_SLACK = 1e-12
+# The job's defaults for how many components a refit keeps.
+_DEFAULTS = Settings()
 
 
 class PcaError(PomonaError, ValueError):
@@ -115,8 +118,8 @@ class PcaModel:
 def fit_pca(
     state: PcaState,
     *,
-    variance_target: float = 0.95,
-    max_components: int = 256,
+    variance_target: float = _DEFAULTS.variance_target,
+    max_components: int = _DEFAULTS.max_components,
     n_components: int | None = None,
 ) -> PcaModel:
     """The PCA of the rows summarised by `state`, the same as scikit-learn's full-SVD PCA on those rows.
@@ -165,8 +168,8 @@ def fit_pca(
 def fit_pca_or_point(
     state: PcaState,
     *,
-    variance_target: float = 0.95,
-    max_components: int = 256,
+    variance_target: float = _DEFAULTS.variance_target,
+    max_components: int = _DEFAULTS.max_components,
     n_components: int | None = None,
 ) -> PcaModel:
     """`fit_pca`, and for a single row the model a point has: its mean, and one axis (the first coordinate

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
 import json
@@ -295,15 +296,31 @@ def test_pillows_own_bomb_limits_never_escape_as_errors_or_warnings() -> None:
         _assert_well_formed(verdict, png, loose)
 
 
-def test_limits_come_from_settings() -> None:
-    # GIVEN settings that allow PNG only, and few pixels
-    limits = Limits.from_settings(Settings(allowed_formats=frozenset({"PNG"}), max_pixels=5000, min_side=8))
+# For each limit, a setting stricter than its default that refuses a 100×100 JPEG, and the reason it gives.
+STRICTER_SETTINGS = [
+    pytest.param("max_bytes", 1000, Reason.TOO_LARGE_BYTES, id="max-bytes"),
+    pytest.param("allowed_formats", frozenset({"PNG"}), Reason.UNSUPPORTED_FORMAT, id="allowed-formats"),
+    pytest.param("max_pixels", 5000, Reason.TOO_MANY_PIXELS, id="max-pixels"),
+    pytest.param("min_side", 200, Reason.TOO_SMALL, id="min-side"),
+    pytest.param("max_decode_mb", 0, Reason.TOO_MANY_PIXELS, id="max-decode-mb"),
+]
 
-    # WHEN / THEN
-    assert limits == Limits(allowed_formats=frozenset({"PNG"}), max_pixels=5000, min_side=8)
-    assert validate_image(fruit_image("Lime", 1), limits=limits).detail.endswith("got 'JPEG'")
-    assert validate_image(fruit_image("Lime", 1, fmt="PNG"), limits=limits).reason == Reason.TOO_MANY_PIXELS
-    assert Limits.from_settings(Settings()) == Limits()
+
+@pytest.mark.parametrize(("name", "value", "reason"), STRICTER_SETTINGS)
+def test_each_limit_comes_from_settings(name: str, value: object, reason: Reason) -> None:
+    # GIVEN a photo the default settings accept
+    photo = fruit_image("Lime", 1)
+    assert validate_image(photo, limits=Limits.from_settings(Settings())).accepted
+
+    # WHEN one setting is stricter than its default
+    limits = Limits.from_settings(Settings(**{name: value}))
+
+    # THEN the photo is refused for that limit: the setting reached the check, not the limit's own default
+    assert validate_image(photo, limits=limits).reason == reason
+
+
+def test_every_limit_is_checked_as_a_setting() -> None:
+    assert {p.values[0] for p in STRICTER_SETTINGS} == {f.name for f in dataclasses.fields(Limits)}
 
 
 # -- accepted details ------------------------------------------------------------------------------------------
