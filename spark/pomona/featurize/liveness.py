@@ -29,7 +29,41 @@ class RunStoppedError(PomonaError, TimeoutError):
     """The run passed its deadline or made no progress for too long; its messages were given back."""
 
 
-class Watchdog:
+class Periodic:
+    """Calls `tick` every `every_s` seconds (first at once with `at_start`) on a daemon thread of its own, from the
+    `with` block's start to its end; a `tick` that returns True ends the thread early. The run's heartbeat and
+    watchdog are two; a tool that watches a run from the side is another."""
+
+    def __init__(self, *, every_s: float, name: str, at_start: bool = False) -> None:
+        self.every_s, self._at_start = every_s, at_start
+        self._exited = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def tick(self) -> bool:
+        """One beat; True to stop beating."""
+        raise NotImplementedError
+
+    def wait_for_exit(self, timeout_s: float) -> bool:
+        """Whether the `with` block ended within `timeout_s`."""
+        return self._exited.wait(timeout_s)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._exited.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        if self._at_start and self.tick():
+            return
+        while not self._exited.wait(self.every_s):
+            if self.tick():
+                return
+
+
+class Watchdog(Periodic):
     """Watches one run from a thread of its own; `stopped` says why it stopped the run, or is None."""
 
     def __init__(
@@ -41,13 +75,11 @@ class Watchdog:
         poll_s: float = 1.0,
         grace_s: float = 300.0,
     ) -> None:
-        self.spark, self.deadline_s, self.stall_s = spark, deadline_s, stall_s
-        self.poll_s, self.grace_s = poll_s, grace_s
+        super().__init__(every_s=poll_s, name="pomona-watchdog")
+        self.spark, self.deadline_s, self.stall_s, self.grace_s = spark, deadline_s, stall_s, grace_s
         self.stopped: str | None = None
         self._started = self._last = time.monotonic()
         self._tasks: tuple[tuple[int, int], ...] = ()
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="pomona-watchdog", daemon=True)
 
     def progress(self) -> None:
         """The run moved on: a message received, a phase done."""
@@ -63,21 +95,13 @@ class Watchdog:
         """Not stopped, and some progress within `stall_s`: whether the run may renew its lock."""
         return self.stopped is None and time.monotonic() - self._last < self.stall_s
 
-    def __enter__(self) -> Self:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._done.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while not self._done.wait(self.poll_s):
-            self._observe_spark()
-            reason = self._overdue()
-            if reason is not None:
-                self._stop(reason)
-                return
+    def tick(self) -> bool:
+        """Take Spark's progress in; stop the run (and end the watch) once it is overdue."""
+        self._observe_spark()
+        reason = self._overdue()
+        if reason is not None:
+            self._stop(reason)
+        return reason is not None
 
     def _observe_spark(self) -> None:
         """A finished task or job is progress."""
@@ -109,7 +133,7 @@ class Watchdog:
         self.stopped = reason
         log.error("Run stopped", extra={"reason": reason})
         self.spark.cancelAllJobs()
-        if not self._done.wait(self.grace_s):
+        if not self.wait_for_exit(self.grace_s):
             log.error(
                 "Run did not come back after its jobs were cancelled; exiting",
                 extra={"grace_s": self.grace_s},

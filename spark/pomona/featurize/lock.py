@@ -3,7 +3,6 @@ on its batch's files, which outlives a takeover of the lock so that recovery nev
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
 from dataclasses import dataclass, field
@@ -12,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
-from pomona.core.aws import is_missing, is_precondition_failed, put_json
+from pomona.core.aws import get_json, is_missing, is_precondition_failed, put_json
 from pomona.core.errors import PomonaError
 
 if TYPE_CHECKING:
@@ -175,18 +174,28 @@ def _read(
     A document that is not one (a hand edit, a bug) is reported and holds until `ttl` has passed since it was
     written: never a permanent block, never taken over at once."""
     try:
-        response = s3.get_object(Bucket=bucket, Key=key)
+        found = get_json(s3, bucket, key)
+        if found is None:
+            return None
+        document, etag = found
+        return document, datetime.fromisoformat(document["expires_at"]), etag
+    except (ValueError, KeyError, TypeError) as err:
+        return _malformed(s3, bucket, key, ttl=ttl, error=err)
+
+
+def _malformed(
+    s3: S3Client, bucket: str, key: str, *, ttl: timedelta, error: Exception
+) -> tuple[dict[str, Any], datetime, str] | None:
+    """A document that is no lock or lease: held until `ttl` after it was written, by its object's metadata."""
+    try:
+        head = s3.head_object(Bucket=bucket, Key=key)
     except ClientError as err:
-        if is_missing(err):
+        if is_missing(err):  # deleted since it was read
             return None
         raise
-    try:
-        document = json.loads(response["Body"].read())
-        return document, datetime.fromisoformat(document["expires_at"]), response["ETag"]
-    except (ValueError, KeyError, TypeError, AttributeError) as err:
-        expires_at = response["LastModified"] + ttl
-        log.error(
-            "Malformed run lock or lease: held until its TTL passes",
-            extra={"key": key, "error": str(err), "expires_at": expires_at.isoformat()},
-        )
-        return {}, expires_at, response["ETag"]
+    expires_at = head["LastModified"] + ttl
+    log.error(
+        "Malformed run lock or lease: held until its TTL passes",
+        extra={"key": key, "error": str(error), "expires_at": expires_at.isoformat()},
+    )
+    return {}, expires_at, head["ETag"]

@@ -7,12 +7,22 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 
 from pomona.core.contract import ImageMessage, check_queued
 from pomona.core.errors import ContractError
-from pomona.core.queues import BATCH_CAP, FAILED_RUNS, FAILURE, SQS_BATCH, Suspicion, in_batches
+from pomona.core.queues import (
+    BATCH_CAP,
+    FAILED_RUNS,
+    FAILURE,
+    SQS_BATCH,
+    Suspicion,
+    batch_with_retry,
+    change_visibility,
+    in_batches,
+)
 from pomona.core.settings import Settings
+from pomona.featurize.liveness import Periodic
 from pomona.featurize.lock import RunLock
 
 if TYPE_CHECKING:
@@ -168,29 +178,17 @@ def delete_messages(
     for i, batch in enumerate(in_batches(receipts)):
         if i and between is not None:
             between()
-        left += _batch_with_retry(
+        failed = batch_with_retry(
             lambda entries: sqs.delete_message_batch(QueueUrl=queue_url, Entries=entries),  # type: ignore[arg-type]
             [{"Id": str(n), "ReceiptHandle": r} for n, r in enumerate(batch)],
         )
+        left += [batch[int(n)] for n in failed]
     if left:
         log.warning("Messages not deleted; they will come back as duplicates", extra={"count": len(left)})
     return left
 
 
-def _batch_with_retry(
-    call: Callable[[list[dict[str, Any]]], Any], entries: list[dict[str, Any]]
-) -> list[str]:
-    """`call(entries)`, then once more for the entries that failed on SQS's side; the receipts still failed."""
-    failed = call(entries).get("Failed", [])
-    retry = {f["Id"] for f in failed if not f.get("SenderFault")}
-    if retry:
-        again = call([e for e in entries if e["Id"] in retry]).get("Failed", [])
-        failed = [f for f in failed if f["Id"] not in retry] + again
-    by_id = {e["Id"]: e["ReceiptHandle"] for e in entries}
-    return [by_id[f["Id"]] for f in failed]
-
-
-class Heartbeat:
+class Heartbeat(Periodic):
     """Keeps held messages invisible and the run lock alive while the job works."""
 
     def __init__(
@@ -203,15 +201,14 @@ class Heartbeat:
         visibility_timeout_s: int,
         progressing: Callable[[], bool] = lambda: True,
     ) -> None:
+        super().__init__(every_s=every_s, name="pomona-heartbeat")
         self.sqs, self.queue_url, self.lock = sqs, queue_url, lock
-        self.every_s, self.visibility_timeout_s = every_s, visibility_timeout_s
+        self.visibility_timeout_s = visibility_timeout_s
         # Whether the run still makes progress: one that does not lets its lock lapse (`pomona.featurize.liveness`).
         self.progressing = progressing
         # The drain adds receipts (`hold`) and the driver replaces them while the beat's thread reads them.
         self._receipts: list[str] = []
         self._receipts_lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="pomona-heartbeat", daemon=True)
 
     @property
     def receipts(self) -> list[str]:
@@ -229,20 +226,12 @@ class Heartbeat:
         with self._receipts_lock:
             self._receipts += receipts
 
-    def __enter__(self) -> Self:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.every_s):
-            try:
-                self.beat()
-            except Exception:  # a missed beat is survivable; the next one retries
-                log.exception("Heartbeat failed")
+    def tick(self) -> bool:
+        try:
+            self.beat()
+        except Exception:  # a missed beat is survivable; the next one retries
+            log.exception("Heartbeat failed")
+        return False
 
     def beat(self) -> None:
         """Renew the lock, then extend every held message's visibility, `BEAT_THREADS` batch calls at a time.
@@ -261,10 +250,4 @@ class Heartbeat:
 
     def _extend(self, batch: Sequence[str]) -> list[str]:
         """One batch call (and its retry); the receipts whose visibility it did not extend."""
-        return _batch_with_retry(
-            lambda e: self.sqs.change_message_visibility_batch(QueueUrl=self.queue_url, Entries=e),  # type: ignore[arg-type]
-            [
-                {"Id": str(i), "ReceiptHandle": r, "VisibilityTimeout": self.visibility_timeout_s}
-                for i, r in enumerate(batch)
-            ],
-        )
+        return change_visibility(self.sqs, self.queue_url, batch, self.visibility_timeout_s)

@@ -14,7 +14,6 @@ import contextlib
 import json
 import os
 import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Mapping
@@ -29,6 +28,7 @@ from pomona.bench.ingest import bench_files
 from pomona.core.errors import PomonaError
 from pomona.core.queues import queue_depth
 from pomona.core.settings import Settings
+from pomona.featurize.liveness import Periodic
 from pomona.local.poller import EventSourcePoller
 from pomona.local.spark_cluster import LOOPBACK, standalone_cluster
 from pomona.local.stack import embedded_stack
@@ -148,32 +148,32 @@ def autoscaling_session(
     return spark
 
 
-class ExecutorSampler:
+class ExecutorSampler(Periodic):
     """Samples the number of live executors (the driver excluded) every `every_s` seconds in a thread."""
 
     def __init__(self, spark: SparkSession, *, every_s: float) -> None:
+        super().__init__(every_s=every_s, name="pomona-executor-sampler", at_start=True)
         context = spark.sparkContext
         if context.uiWebUrl is None:
             raise PomonaError(
                 "expected the Spark UI on (its REST API counts the executors), found it disabled"
             )
         self.url = f"{context.uiWebUrl}/api/v1/applications/{context.applicationId}"
-        self.every_s = every_s
         self.samples: list[tuple[float, int]] = []
         self._started = time.monotonic()
         self._started_at = time.time()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="pomona-executor-sampler", daemon=True)
 
     def __enter__(self) -> Self:
         self.executors()  # the UI's first answer is slow (seconds on a busy machine): not part of the timeline
         self._started, self._started_at = time.monotonic(), time.time()
-        self._thread.start()
-        return self
+        return super().__enter__()
 
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+    def tick(self) -> bool:
+        at = round(self.elapsed(), 1)
+        # A sample missed while the driver is busy leaves a gap; the next one counts.
+        with contextlib.suppress(OSError):
+            self.samples.append((at, self.executors()))
+        return False
 
     def elapsed(self) -> float:
         return time.monotonic() - self._started
@@ -203,15 +203,6 @@ class ExecutorSampler:
         """Seconds from the timeline's start to one of the REST API's times ("2026-11-25T06:29:10.123GMT")."""
         when = datetime.strptime(stamp.replace("GMT", "+0000"), "%Y-%m-%dT%H:%M:%S.%f%z")
         return round(when.timestamp() - self._started_at, 1)
-
-    def _run(self) -> None:
-        while True:
-            at = round(self.elapsed(), 1)
-            # A sample missed while the driver is busy leaves a gap; the next one counts.
-            with contextlib.suppress(OSError):
-                self.samples.append((at, self.executors()))
-            if self._stop.wait(self.every_s):
-                return
 
 
 def _ingest(settings: Settings, images: int) -> int:

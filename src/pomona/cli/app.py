@@ -253,15 +253,7 @@ def status(
     for name, depth in report["queues"].items():
         queues.add_row(name, str(depth.get("visible", "-")), str(depth.get("in_flight", "-")))
     out.print(queues)
-    columns = {"batch_id": "batch", "pca_version": "PCA", "n_seen": "n_seen", "k": "k", "featurized": "featurized",
-               "failed": "failed", "duplicates": "dup", "accuracy": "holdout acc.", "answered_fraction": "answered",
-               "answered_accuracy": "answered acc.", "threshold": "threshold",
-               "net_revenue_per_1000": "revenue/1000", "unfamiliar": "unfamiliar",
-               "refused_unfamiliar": "known refused", "never_taught_answered": "never-taught answered"}  # fmt: skip
-    batches = Table(*columns.values(), title="last committed batches")
-    for b in report["batches"]:
-        batches.add_row(*(_cell(b.get(name)) for name in columns))
-    out.print(batches)
+    _print_batches(out, report["batches"])
     for title, counts in (
         ("images by label", report["labels"]),
         ("quarantined by reason", report["quarantined"]),
@@ -274,6 +266,39 @@ def status(
 
 export_app = typer.Typer(help="Export committed outputs.", no_args_is_help=True)
 app.add_typer(export_app, name="export")
+
+
+# Each batch's figures as `pomona status` shows them: its key in `collect_status`'s batch, and its label.
+_BATCH_FIGURES = {"pca_version": "PCA", "n_seen": "n_seen", "k": "k", "featurized": "featurized", "failed": "failed",
+                  "duplicates": "dup", "accuracy": "holdout acc.", "answered_fraction": "answered",
+                  "answered_accuracy": "answered acc.", "threshold": "threshold",
+                  "net_revenue_per_1000": "revenue/1000", "unfamiliar": "unfamiliar",
+                  "refused_unfamiliar": "known refused", "never_taught_answered": "never-taught answered"}  # fmt: skip
+
+
+def _print_batches(out: Console, batches: list[dict[str, object]]) -> None:
+    """The last committed batches: a table, one row a batch, where the terminal (or the pipe's 80 columns) holds
+    every figure whole; else one block a batch, its id on a line and its figures after it, as many to a line as
+    fit."""
+    from rich.columns import Columns
+    from rich.table import Table
+    from rich.text import Text
+
+    title = "last committed batches"
+    table = Table("batch", *_BATCH_FIGURES.values(), title=title)
+    for b in batches:
+        table.add_row(_cell(b.get("batch_id")), *(_cell(b.get(name)) for name in _BATCH_FIGURES))
+    # The table's width with no cell cut: measured as if the terminal had no edge.
+    if not batches or out.measure(table, options=out.options.update_width(10_000)).maximum <= out.width:
+        out.print(table)
+        return
+    out.print(Text(title, style="italic"), justify="center")
+    for b in batches:
+        out.print(Text(_cell(b.get("batch_id")), style="bold"))
+        figures = [
+            Text.assemble((f"{label} ", "dim"), _cell(b.get(name))) for name, label in _BATCH_FIGURES.items()
+        ]
+        out.print(Columns(figures, padding=(0, 3)))
 
 
 def _cell(value: object) -> str:

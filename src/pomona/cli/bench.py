@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from pomona.cli.errors import console, one_line_errors
+from pomona.cli.errors import one_line_errors, print_error
 
 app = typer.Typer(help="Benchmarks; each prints one JSON object.", no_args_is_help=True)
 
@@ -147,7 +147,7 @@ def bench_ingest(
         )
     sys.stdout.write(json.dumps(result, indent=None if as_json else 2) + "\n")
     if not bench.accounting_holds(result):
-        console.print("[bold red]error:[/] the accounting does not close: see missing and left_on_queues")
+        print_error("the accounting does not close: see missing and left_on_queues")
         raise typer.Exit(1)
 
 

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -12,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 
+from pomona.cli.errors import one_line_errors, print_error
 from pomona.core.errors import PomonaError
 
 if TYPE_CHECKING:
@@ -22,8 +20,7 @@ if TYPE_CHECKING:
 app = typer.Typer(
     help="Run and watch the featurization job on Kubernetes (Spark Operator).", no_args_is_help=True
 )
-console = Console()
-errors = Console(stderr=True)
+out = Console()
 
 Namespace = Annotated[str, typer.Option("--namespace", "-n", help="Namespace of the Helm release.")]
 Name = Annotated[str, typer.Option("--name", help="The ScheduledSparkApplication: the release's full name.")]
@@ -35,32 +32,6 @@ Kubeconfig = Annotated[
     Path | None,
     typer.Option(dir_okay=False, help="kubeconfig file; default: $KUBECONFIG, else ~/.kube/config."),
 ]
-
-
-@contextmanager
-def _one_line_errors() -> Iterator[None]:
-    """API, configuration and AWS errors become one clear line and exit code 1, not a traceback."""
-    from botocore.exceptions import BotoCoreError, ClientError
-    from kubernetes.client.exceptions import ApiException
-    from kubernetes.config.config_exception import ConfigException
-
-    try:
-        yield
-    except ApiException as err:
-        errors.print(f"[bold red]error:[/] Kubernetes API: {_api_message(err)}", soft_wrap=True)
-        raise typer.Exit(1) from err
-    except (PomonaError, ConfigException, BotoCoreError, ClientError) as err:
-        errors.print(f"[bold red]error:[/] {err}", soft_wrap=True)
-        raise typer.Exit(1) from err
-
-
-def _api_message(err: object) -> str:
-    status, reason, body = (getattr(err, attr, None) for attr in ("status", "reason", "body"))
-    try:
-        message = json.loads(body)["message"] if body else ""
-    except (ValueError, KeyError, TypeError):
-        message = ""
-    return f"{status} {reason}" + (f": {message}" if message else "")
 
 
 def _custom_objects(context: str | None, kubeconfig: Path | None) -> CustomObjectsApi:
@@ -89,7 +60,7 @@ def run(
     """Start a run now, from the schedule's own spec. With --wait, exit 1 unless it completes."""
     from pomona.ops import spark_operator as cluster
 
-    with _one_line_errors():
+    with one_line_errors():
         api = _custom_objects(context, kubeconfig)
         outcome = cluster.run_once(
             api,
@@ -97,18 +68,15 @@ def run(
             scheduled_name=name,
             wait=wait,
             timeout=timeout,
-            on_state=lambda state: console.print(f"  {state or 'NEW'}"),
+            on_state=lambda state: out.print(f"  {state or 'NEW'}"),
         )
     if not wait:
-        console.print(f"started [bold]{outcome.name}[/]")
+        out.print(f"started [bold]{outcome.name}[/]")
         return
     if not outcome.succeeded:
-        errors.print(
-            f"[bold red]error:[/] run {outcome.name} {outcome.state}: {outcome.error or 'no message'}",
-            soft_wrap=True,
-        )
+        print_error(f"run {outcome.name} {outcome.state}: {outcome.error or 'no message'}")
         raise typer.Exit(1)
-    console.print(f"[green]run {outcome.name} COMPLETED[/]")
+    out.print(f"[green]run {outcome.name} COMPLETED[/]")
 
 
 @app.command()
@@ -126,14 +94,14 @@ def status(
     from pomona.core.settings import Settings
     from pomona.ops import spark_operator as cluster
 
-    with _one_line_errors():
+    with one_line_errors():
         runs = cluster.status(
             _custom_objects(context, kubeconfig), namespace=namespace, scheduled_name=name, limit=limit
         )
         settings = Settings.from_env()
-    console.print(f"backlog: {_backlog(settings)}")
+    out.print(f"backlog: {_backlog(settings)}")
     if not runs:
-        console.print(f"no runs of {namespace}/{name} yet")
+        out.print(f"no runs of {namespace}/{name} yet")
         return
     table = Table("run", "state", "by", "started (UTC)", "finished (UTC)", "duration")
     for r in runs:
@@ -145,7 +113,7 @@ def status(
             f"{r.finished:%Y-%m-%d %H:%M:%S}" if r.finished else "",
             str(r.duration) if r.duration is not None else "",
         )
-    console.print(table)
+    out.print(table)
 
 
 def _backlog(settings: Settings) -> str:
@@ -182,7 +150,7 @@ def trigger(
     from pomona.core.settings import Settings
     from pomona.ops import spark_operator as cluster
 
-    with _one_line_errors():
+    with one_line_errors():
         settings = Settings.from_env()
         if not settings.images_queue_url:
             raise PomonaError("expected POMONA_IMAGES_QUEUE_URL to name the images queue, found it unset")
@@ -196,4 +164,4 @@ def trigger(
             max_wait=timedelta(seconds=max_wait),
         )
     verdict = f"started [bold]{outcome.started}[/]" if outcome.started else "no run started"
-    console.print(f"{verdict}: {outcome.decision.reason}")
+    out.print(f"{verdict}: {outcome.decision.reason}")

@@ -1,5 +1,5 @@
 """`pomona dlq …`: look into the dead-letter queues and move their messages back. Thin: parse, call
-`pomona.ops.dlq`, print."""
+`pomona.ops.dlq_describe` and `pomona.ops.dlq_redrive`, print."""
 
 from __future__ import annotations
 
@@ -11,19 +11,19 @@ from typing import TYPE_CHECKING, Annotated, Literal
 import typer
 from rich.console import Console
 
-from pomona.cli.errors import one_line_errors
+from pomona.cli.errors import console, one_line_errors, print_error
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
 
     from pomona.core.settings import Settings
-    from pomona.ops.dlq import Listing, QueueName
+    from pomona.ops.dlq import QueueName
+    from pomona.ops.dlq_describe import Listing
 
 app = typer.Typer(
     help="The dead-letter queues of the images and events queues: look without consuming, move messages back.",
     no_args_is_help=True,
 )
-errors = Console(stderr=True)
 
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
 
@@ -42,12 +42,13 @@ def list_messages(
     there, where that can be known.
 
     The messages looked at are made visible again at once. SQS counts the look as a receive."""
-    from pomona.ops.dlq import QUEUES, find_dlq, peek
+    from pomona.ops.dlq import QUEUES, find_dlq, source_url
+    from pomona.ops.dlq_describe import PEEK_VISIBILITY_S, peek
 
     listings: dict[str, Listing] = {}
     with one_line_errors():
         settings, sqs, _ = _clients()
-        names: list[QueueName] = [queue] if queue else [n for n in QUEUES if _source_url(settings, n)]
+        names: list[QueueName] = [queue] if queue else [n for n in QUEUES if source_url(settings, n)]
         if not names:
             names = ["images"]  # neither is configured: say what the images queue lacks
         for name in names:
@@ -58,9 +59,9 @@ def list_messages(
         _print_listings(listings)
     for listing in listings.values():
         if listing.not_released:
-            errors.print(
+            console.print(
                 f"[yellow]warning:[/] {listing.not_released} messages of {listing.dlq.url} could not be made "
-                "visible again now; they return within 30 s",
+                f"visible again now; they return within {PEEK_VISIBILITY_S} s",
                 soft_wrap=True,
             )
 
@@ -82,19 +83,19 @@ def redrive(
     SQS's message move task does it where the endpoint has one; elsewhere (moto) each message is copied, body and
     message attributes, and deleted from the DLQ only once its copy was sent."""
     from pomona.ops.dlq import find_dlq
-    from pomona.ops.dlq import redrive as move_back
+    from pomona.ops.dlq_redrive import redrive as move_back
 
     with one_line_errors():
         settings, sqs, task_sqs = _clients()
         dlq = find_dlq(sqs, settings, queue)
-        errors.print(f"moving {dlq.url} → {dlq.source_url}", soft_wrap=True)
+        console.print(f"moving {dlq.url} → {dlq.source_url}", soft_wrap=True)
         result = move_back(
             sqs,
             dlq,
             max_messages=max_messages,
             task_sqs=task_sqs,
             timeout_s=timeout,
-            on_status=lambda line: errors.print(f"  {line}", soft_wrap=True),
+            on_status=lambda line: console.print(f"  {line}", soft_wrap=True),
         )
     if as_json:
         sys.stdout.write(json.dumps(dataclasses.asdict(result), indent=2) + "\n")
@@ -104,10 +105,9 @@ def redrive(
             f"moved {result.moved} messages to the {queue} queue by {how}; {result.failed} failed"
         )
     if not result.succeeded:
-        errors.print(
-            f"[bold red]error:[/] redrive {result.status}: {result.failed} messages not moved"
-            + (f" ({result.detail})" if result.detail else ""),
-            soft_wrap=True,
+        print_error(
+            f"redrive {result.status}: {result.failed} messages not moved"
+            + (f" ({result.detail})" if result.detail else "")
         )
         raise typer.Exit(1)
 
@@ -125,10 +125,6 @@ def _clients() -> tuple[Settings, SQSClient, SQSClient]:
     sqs = boto3.client("sqs", endpoint_url=settings.endpoint_url, config=RETRIES)
     once = Config(retries={"mode": "standard", "max_attempts": 1})
     return settings, sqs, boto3.client("sqs", endpoint_url=settings.endpoint_url, config=once)
-
-
-def _source_url(settings: Settings, name: str) -> str:
-    return settings.images_queue_url if name == "images" else settings.events_queue_url
 
 
 def _print_listings(listings: dict[str, Listing]) -> None:

@@ -1,8 +1,8 @@
-"""SQS as every unit and tool uses it: batches of at most 10 entries, and a queue's depth."""
+"""SQS as every unit and tool uses it: batches of at most 10 entries, retried entry by entry, and a queue's depth."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -19,6 +19,37 @@ def in_batches(items: Sequence[_T], size: int = SQS_BATCH) -> Iterator[Sequence[
     """`items` in order, `size` at a time (the last batch may be shorter)."""
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+def batch_with_retry(
+    call: Callable[[list[dict[str, Any]]], Any], entries: list[dict[str, Any]]
+) -> dict[str, str]:
+    """`call(entries)` (a batch call: send, delete, change visibility), then once more for the entries that failed
+    on SQS's side; the Ids still failed, each with SQS's code and message.
+
+    SQS answers a batch call entry by entry, so one call can half succeed; an entry refused for the sender's fault
+    would be refused again and is not retried."""
+    if not entries:
+        return {}
+    failed = call(entries).get("Failed", [])
+    retry = {f["Id"] for f in failed if not f.get("SenderFault")}
+    if retry:
+        again = call([e for e in entries if e["Id"] in retry]).get("Failed", [])
+        failed = [f for f in failed if f["Id"] not in retry] + again
+    return {f["Id"]: f"{f.get('Code', '')} {f.get('Message', '')}".strip() for f in failed}
+
+
+def change_visibility(sqs: SQSClient, url: str, receipts: Sequence[str], timeout_s: int) -> list[str]:
+    """Set the visibility timeout of held messages (0 gives them back now), one batch call per 10, each retried
+    once; the receipts whose visibility did not change."""
+    left: list[str] = []
+    for batch in in_batches(receipts):
+        failed = batch_with_retry(
+            lambda e: sqs.change_message_visibility_batch(QueueUrl=url, Entries=e),  # type: ignore[arg-type]
+            [{"Id": str(i), "ReceiptHandle": r, "VisibilityTimeout": timeout_s} for i, r in enumerate(batch)],
+        )
+        left += [batch[int(i)] for i in failed]
+    return left
 
 
 def queue_depth(sqs: SQSClient, url: str) -> dict[str, int]:

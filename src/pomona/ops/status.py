@@ -51,10 +51,10 @@ def collect_status(
                 "k": m["k"],
                 "featurized": m["counts"]["featurized"],
                 "failed": sum(m["counts"]["failed"].values()),
-                # Left on the queue for redelivery, by S3 error code (manifests before deferral have none).
-                "deferred": m["counts"].get("deferred", {}),
+                # Left on the queue for redelivery, by S3 error code.
+                "deferred": m["counts"]["deferred"],
                 "duplicates": m["counts"]["duplicates"],
-                "unfamiliar": m["counts"].get("unfamiliar"),
+                "unfamiliar": m["counts"]["unfamiliar"],
                 **_holdout_figures(m),
             }
             for m in manifests[-last:]
@@ -94,10 +94,6 @@ def _holdout_figures(manifest: dict[str, Any]) -> dict[str, Any]:
     threshold and their accuracy, net revenue per 1000 images, the threshold, and how many held-out images
     scored it. All None when it was not evaluated, with `skipped` saying why."""
     quality = manifest.get("quality") or {}
-    if "folds" in quality:
-        # The per-batch probe of manifests written before the holdout; between the two, its scores rode in
-        # `classifier`. A probe's figures are not the holdout's and are not shown as such.
-        quality = manifest.get("classifier") or {}
     return {
         "accuracy": quality.get("accuracy"),
         "answered_fraction": quality.get("answered_fraction"),

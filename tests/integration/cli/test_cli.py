@@ -1,14 +1,23 @@
-"""The everyday commands as a user runs them: `pomona validate --json`, `pomona upload`, `pomona status --json`."""
+"""The everyday commands as a user runs them: `pomona validate --json`, `pomona upload`, `pomona status` (as JSON,
+and as tables at any width)."""
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
+import boto3
 import pytest
 from typer.testing import CliRunner
 
 from pomona.cli.app import _VALIDATE_KEYS, app
+from pomona.core.aws import put_json
+from pomona.core.outputs import manifest_key
 from pomona.core.settings import Settings
 from pomona.ingest import handler
 from pomona.local.poller import EventSourcePoller
@@ -67,3 +76,87 @@ def test_status_against_an_unreachable_endpoint_is_one_line(monkeypatch: pytest.
     assert result.exit_code == 1
     assert result.stderr.startswith("error: AWS said: Could not connect to the endpoint URL")
     assert "Traceback" not in result.output
+
+
+def _manifest(batch_id: str, version: int, featurized: int) -> dict[str, Any]:
+    """A committed batch's manifest, with the fields `pomona status` reads."""
+    return {
+        "batch_id": batch_id,
+        "pca_version": version,
+        "created_at": "2026-12-06T11:00:00+00:00",
+        "n_seen": 1000 * version + featurized,
+        "k": 40 + version,
+        "counts": {
+            "featurized": featurized,
+            "failed": {"not_an_image": 2, "fetch_failed": 1},
+            "deferred": {},
+            "duplicates": 17,
+            "labels": {"Lime": featurized},
+            "unfamiliar": 4,
+        },
+        "quality": {"n": 54, "accuracy": 0.98, "answered_fraction": 0.9, "best_threshold": 0.9967},
+    }
+
+
+BATCHES = [("20261206T110000Z-1a2b3c4d", 1, 1234), ("20261206T120000Z-5e6f7a8b", 2, 56789)]
+
+
+@pytest.mark.parametrize("how", ["columns-80", "piped"])
+def test_status_shows_each_batch_whole_in_80_columns(deployment: Settings, how: str) -> None:
+    # GIVEN two committed batches
+    s3 = boto3.client("s3", endpoint_url=deployment.endpoint_url)
+    for batch_id, version, featurized in BATCHES:
+        put_json(
+            s3,
+            deployment.bucket,
+            manifest_key(deployment.output_prefix, batch_id),
+            _manifest(batch_id, version, featurized),
+        )
+
+    # WHEN status is asked for in an 80-column terminal, or with its output piped (no terminal, no COLUMNS)
+    if how == "piped":
+        env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+        pomona = Path(sys.executable).with_name("pomona")
+        done = subprocess.run(
+            [pomona, "status"], capture_output=True, text=True, env=env, check=False, timeout=120
+        )
+        code, out = done.returncode, done.stdout
+    else:
+        result = CliRunner().invoke(app, ["status"], env={"COLUMNS": "80"})
+        code, out = result.exit_code, result.stdout
+
+    # THEN every line fits, and each batch's id and figures are there whole, not cut to "bat…", "n_s…"
+    assert code == 0, out
+    assert max(len(line) for line in out.splitlines()) <= 80
+    assert "…" not in out
+    for batch_id, version, featurized in BATCHES:
+        assert re.search(rf"^{batch_id}$", out, re.MULTILINE), out
+        for label, value in [("PCA", version), ("n_seen", 1000 * version + featurized), ("k", 40 + version),
+                             ("featurized", featurized), ("failed", 3), ("dup", 17), ("unfamiliar", 4),
+                             ("holdout acc.", 0.98), ("threshold", 0.9967)]:  # fmt: skip
+            assert re.search(rf"(^|\s){re.escape(label)} {value}(\s|$)", out, re.MULTILINE), (label, out)
+
+
+def test_status_in_a_wide_terminal_is_one_table_row_a_batch(deployment: Settings) -> None:
+    s3 = boto3.client("s3", endpoint_url=deployment.endpoint_url)
+    batch_id, version, featurized = BATCHES[1]
+    put_json(
+        s3,
+        deployment.bucket,
+        manifest_key(deployment.output_prefix, batch_id),
+        _manifest(batch_id, version, featurized),
+    )
+
+    result = CliRunner().invoke(app, ["status"], env={"COLUMNS": "250"})
+
+    assert result.exit_code == 0, result.output
+    row = next(line for line in result.stdout.splitlines() if batch_id in line)
+    assert [cell.strip() for cell in row.strip("│ ").split("│")][:7] == [
+        batch_id,
+        "2",
+        "58789",
+        "42",
+        "56789",
+        "3",
+        "17",
+    ]

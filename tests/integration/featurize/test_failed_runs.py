@@ -19,7 +19,8 @@ from pomona.core.outputs import CommittedOutputs
 from pomona.core.queues import FAILED_RUNS, FAILURE, Suspicion
 from pomona.core.settings import Settings
 from pomona.featurize.liveness import EXIT_STOPPED
-from pomona.ops.dlq import find_dlq, peek
+from pomona.ops.dlq import find_dlq
+from pomona.ops.dlq_describe import peek
 from pomona.testing.samples import SYNTHETIC_LABELS, fruit_image
 
 pytestmark = pytest.mark.slow

@@ -1,4 +1,5 @@
-"""What a failed run says of the messages it gives back (`Suspicion`), as message attributes."""
+"""SQS batch calls retried entry by entry (`batch_with_retry`), and what a failed run says of the messages it gives
+back (`Suspicion`), as message attributes."""
 
 from __future__ import annotations
 
@@ -7,7 +8,47 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pomona.core.queues import BATCH_CAP, FAILED_RUNS, FAILURE, MAX_FAILURE_CHARS, Suspicion
+from pomona.core.queues import BATCH_CAP, FAILED_RUNS, FAILURE, MAX_FAILURE_CHARS, Suspicion, batch_with_retry
+
+
+class _BatchCall:
+    """A batch call whose answers are laid out in advance, one `Failed` list per call; it records what it was sent."""
+
+    def __init__(self, *answers: list[dict[str, Any]]) -> None:
+        self.answers = list(answers)
+        self.sent: list[list[str]] = []
+
+    def __call__(self, entries: list[dict[str, Any]]) -> dict[str, Any]:
+        self.sent.append([e["Id"] for e in entries])
+        return {"Failed": self.answers.pop(0)}
+
+
+def _entries(n: int) -> list[dict[str, Any]]:
+    return [{"Id": str(i), "ReceiptHandle": f"r{i}"} for i in range(n)]
+
+
+def test_entries_failed_on_sqss_side_are_sent_once_more_and_those_still_failed_returned() -> None:
+    # GIVEN a call where SQS fails two entries on its side and one for the sender's fault, then one again
+    call = _BatchCall(
+        [
+            {"Id": "1", "SenderFault": False, "Code": "InternalError", "Message": "try again"},
+            {"Id": "2", "SenderFault": True, "Code": "ReceiptHandleIsInvalid", "Message": "bad"},
+            {"Id": "3", "SenderFault": False, "Code": "InternalError"},
+        ],
+        [{"Id": "3", "SenderFault": False, "Code": "InternalError", "Message": "still"}],
+    )
+
+    failed = batch_with_retry(call, _entries(4))
+
+    # THEN only SQS's failures are retried, and each still failed comes back with SQS's code and message
+    assert call.sent == [["0", "1", "2", "3"], ["1", "3"]]
+    assert failed == {"2": "ReceiptHandleIsInvalid bad", "3": "InternalError still"}
+
+
+def test_no_entries_make_no_call() -> None:
+    call = _BatchCall()
+    assert batch_with_retry(call, []) == {}
+    assert call.sent == []
 
 
 def _received(attributes: dict[str, Any]) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""What `pomona status` shows of each batch's classifier: its evaluation on the holdout, never a probe's."""
+"""What `pomona status` shows of each batch's classifier (its evaluation on the holdout), and its health line."""
 
 from __future__ import annotations
 
@@ -31,7 +31,6 @@ SHOWN = {
     "skipped": None,
 }
 NOTHING = dict.fromkeys(SHOWN)
-PROBE = {"accuracy": 0.5, "net_revenue_per_1000": -10.0, "folds": 5, "coverage_at_best": 0.1, "skipped": None}
 
 
 @pytest.mark.parametrize(
@@ -42,10 +41,6 @@ PROBE = {"accuracy": 0.5, "net_revenue_per_1000": -10.0, "folds": 5, "coverage_a
             {"quality": {"skipped": "expected held-out images"}, "classifier": {"labels": 2}},
             NOTHING | {"skipped": "expected held-out images"},
             id="not-evaluated",
-        ),
-        pytest.param({"quality": PROBE}, NOTHING, id="probe-before-the-classifier"),
-        pytest.param(
-            {"quality": PROBE, "classifier": EVALUATED | {"labels": 18}}, SHOWN, id="probe-beside-it"
         ),
         pytest.param({}, NOTHING, id="no-quality"),
     ],
