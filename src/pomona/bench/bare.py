@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pomona.bench.cpu import peak_rss_mb
 from pomona.core.settings import PRECISIONS
 from pomona.ml.backends import BACKENDS, get_backend
 from pomona.ml.featurizer import make_featurizer
@@ -85,20 +86,6 @@ def _cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def peak_rss_mb() -> float:
-    """This process's peak resident set size in MiB.
-
-    VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss over exec, so a child started by a large
-    process (a test runner with TensorFlow loaded) would report its parent's peak.
-    """
-    status = Path("/proc/self/status")
-    if status.is_file():
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024  # kB
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # no /proc: KiB on Linux, as a fallback
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -110,18 +97,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=None, help="default: the job's for the backend")
     parser.add_argument("--num-threads", type=int, default=2)
     parser.add_argument("--cache-dir", type=Path, default=None)
-    args = parser.parse_args(argv)
-    images = sorted(path for folder in args.folders for path in folder.rglob("*.jpg"))
-    result = run(
-        images,
-        weights=args.weights,
-        backend=args.backend,
-        precision=args.precision,
-        batch_size=args.batch_size,
-        num_threads=args.num_threads,
-        cache_dir=args.cache_dir,
-    )
-    print(json.dumps(result))
+    options = vars(parser.parse_args(argv))  # every option but the folders is one of `run`'s keywords
+    images = sorted(path for folder in options.pop("folders") for path in folder.rglob("*.jpg"))
+    print(json.dumps(run(images, **options)))
 
 
 if __name__ == "__main__":

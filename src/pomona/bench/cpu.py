@@ -1,38 +1,39 @@
-"""CPU time per process, from /proc: where every CPU-millisecond of a benchmark went.
+"""CPU time and peak memory per process: where every CPU-millisecond and megabyte of a benchmark went.
 
 A process's time is its user + system time, plus that of its children it has reaped (a pyspark daemon's forked
-workers, once they exit). Linux only: elsewhere the figures are absent rather than wrong.
+workers, once they exit). psutil reads both the times and the process tree, on any platform it supports.
 """
 
 from __future__ import annotations
 
 import os
+import resource
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-_PROC = Path("/proc")
+import psutil
+
+# The Spark Python workers: the daemon and its forks (pyspark's `-m pyspark.daemon`, or its script path).
+SPARK_WORKER_MARKERS = ("pyspark.daemon", "pyspark/daemon")
 
 
 def cpu_s(pid: int, *, reaped: bool = True) -> float:
-    """User + system CPU seconds of process `pid` (and, with `reaped`, of the children it has waited for)."""
-    fields = (_PROC / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
-    # After the command's closing parenthesis: state is field 3, utime 14, stime 15, cutime 16, cstime 17.
-    utime, stime, cutime, cstime = (int(fields[i - 3]) for i in (14, 15, 16, 17))
-    ticks = utime + stime + ((cutime + cstime) if reaped else 0)
-    return ticks / os.sysconf("SC_CLK_TCK")
+    """User + system CPU seconds of process `pid` (and, with `reaped`, of the children it has waited for).
+    Raises ProcessLookupError when the process is gone."""
+    try:
+        times = psutil.Process(pid).cpu_times()
+    except psutil.Error as err:  # NoSuchProcess, AccessDenied: the process ended or is no longer ours to read
+        raise ProcessLookupError(pid) from err
+    reaped_s = times.children_user + times.children_system if reaped else 0.0
+    return float(times.user + times.system + reaped_s)
 
 
 def parents() -> dict[int, int]:
     """Every live process's parent: pid → ppid."""
-    found = {}
-    for proc in _PROC.iterdir():
-        if proc.name.isdigit():
-            try:
-                found[int(proc.name)] = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-    return found
+    return {
+        proc.pid: proc.info["ppid"] for proc in psutil.process_iter(["ppid"]) if proc.info["ppid"] is not None
+    }
 
 
 def descendants(pid: int, tree: dict[int, int]) -> list[int]:
@@ -48,9 +49,36 @@ def descendants(pid: int, tree: dict[int, int]) -> list[int]:
 def runs(pid: int, marker: bytes) -> bool:
     """Whether process `pid`'s command line contains `marker`."""
     try:
-        return marker in (_PROC / str(pid) / "cmdline").read_bytes()
-    except OSError:
+        return marker.decode() in " ".join(psutil.Process(pid).cmdline())
+    except psutil.Error:
         return False
+
+
+def spark_python_workers() -> list[int]:
+    """The pids of every live Spark Python worker on this machine."""
+    return [
+        proc.pid
+        for proc in psutil.process_iter(["cmdline"])
+        if any(marker in arg for arg in proc.info["cmdline"] or () for marker in SPARK_WORKER_MARKERS)
+    ]
+
+
+def peak_rss_mb(pid: int | None = None) -> float:
+    """Process `pid`'s (default: this one's) peak resident set size in MiB.
+
+    Linux's VmHWM, which psutil does not report; not getrusage's ru_maxrss, which Linux carries over exec, so a
+    child started by a large process (a test runner with TensorFlow loaded) would report its parent's peak.
+    """
+    status = Path(f"/proc/{'self' if pid is None else pid}/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    if pid is None:
+        return (
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        )  # no /proc: KiB on Linux, as a fallback
+    raise FileNotFoundError(f"expected a VmHWM line in {status}, found none")
 
 
 @dataclass(frozen=True)

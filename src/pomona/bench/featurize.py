@@ -9,7 +9,7 @@ For each model (a backend and a precision; LiteRT float32 and OpenVINO bf16 in e
 The embedded stack runs in a process of its own (`pomona.local.stack_process`), so `cpu_ms_per_image` can say
 where the CPU went during the run, per process: the emulator, the driver (its Python and its JVM) and the Spark
 Python workers; `job` is all but the emulator, and `bare` the plain loop's own.
-Peak RSS per Python worker is read from /proc for the Spark Python workers while their session is alive.
+Peak RSS per Python worker is read for the Spark Python workers while their session is alive.
 Then, once per run on the same images, the seed project's pattern (`pomona.bench.seed_pattern`), and the headline
 job's images/s over the seed's.
 """
@@ -267,18 +267,11 @@ def _start_python_workers(spark: Any) -> None:
 
 
 def _python_worker_peak_rss_mb() -> list[float]:
-    """Peak RSS (VmHWM) of each live Spark Python worker process on this machine."""
+    """Peak RSS of each live Spark Python worker process on this machine."""
+    from pomona.bench.cpu import peak_rss_mb, spark_python_workers
+
     peaks = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes()
-            if b"pyspark.daemon" not in cmdline and b"pyspark/daemon" not in cmdline:
-                continue
-            for line in (proc / "status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    peaks.append(round(int(line.split()[1]) / 1024, 1))
-        except OSError:
-            continue
+    for pid in spark_python_workers():
+        with contextlib.suppress(OSError):  # gone since it was listed
+            peaks.append(round(peak_rss_mb(pid), 1))
     return peaks

@@ -74,14 +74,11 @@ def _post(url: str, body: bytes) -> None:
 
 
 def main() -> None:
+    from pomona.local.stack_process import serve_until_stdin_closes
     from pomona.local.up import classify_endpoint
 
     server = classify_endpoint(port=0)
-    print(server.url, flush=True)
-    try:
-        sys.stdin.read()  # until the bench closes our stdin, or dies
-    finally:
-        server.stop()
+    serve_until_stdin_closes(server.url, server.stop)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,14 @@
 """The report's HTML: the overview, the summary and business-metric tables, and the figures' captions around the
-PNGs `pomona.demo.report` draws."""
+PNGs `pomona.demo.report` draws. The markup is `templates/report.html.j2`; this module works out the text it shows.
+"""
 
 from __future__ import annotations
 
-import html
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+import jinja2
 
 from pomona.demo.run import HOLDOUT_FIGURES
 
@@ -16,65 +19,59 @@ REPORT_DIR = "report"  # the PNGs, beside report.html
 MAX_REJECTION_ROWS = 20
 MAX_RECALL_ROWS = 30  # the labels recalled worst; the rest are summarised
 _SHOWN_ELSEWHERE = frozenset({"weights_note", "holdout"})  # the banner and the business metric
+# The summary's figures (`demo.run.HOLDOUT_FIGURES`), and how many held-out images had no label to answer with.
+_HOLDOUT_FIGURES = (*HOLDOUT_FIGURES, "not_offered")
 
-_CSS = """
-body { font: 15px/1.5 system-ui, sans-serif; color: #222; max-width: 980px; margin: 2em auto; padding: 0 1em; }
-h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: 0.2em; margin-top: 1.8em; }
-.banner { background: #fff4d6; border: 2px solid #e0a800; border-radius: 6px; padding: 0.8em 1em;
-  font-weight: 600; }
-.warning { background: #fde8e8; border-left: 4px solid #d62728; padding: 0.6em 1em; }
-.muted { color: #666; }
-table { border-collapse: collapse; margin: 0.6em 0; }
-th, td { text-align: left; padding: 0.25em 1em 0.25em 0; border-bottom: 1px solid #eee; vertical-align: top; }
-td.num { font-variant-numeric: tabular-nums; }
-figure { margin: 1.5em 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
-figcaption { color: #444; font-size: 0.93em; margin-top: 0.3em; }
-code { font-size: 0.9em; }
-"""
+# Autoescape: every piece of text from the summary or the bucket (labels, keys, notes) is shown, never run.
+_TEMPLATES = jinja2.Environment(
+    loader=jinja2.PackageLoader("pomona.demo", "templates"),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+    keep_trailing_newline=True,
+)
+
+
+@dataclass(frozen=True)
+class _SummaryRow:
+    name: str
+    shown: str
+    numeric: bool
+
+
+@dataclass(frozen=True)
+class _Metric:
+    """The business-metric section: the classifier's evaluation on the holdout, or why there is none."""
+
+    explanation: str
+    skipped: str | None = None
+    rows: dict[str, str] = field(default_factory=dict)
+    recall: list[tuple[str, str]] = field(default_factory=list)  # the worst-recalled labels, worst first
+    recall_in_full: int = 0  # every label recalled in full: how many labels
+    recall_rest: int = 0  # labels left out of `recall`
+    recall_rest_floor: str = ""  # the lowest recall among them
 
 
 def render_html(summary: Mapping[str, Any], outputs: ReportInputs, panels: Sequence[Panel]) -> str:
-    """The report page; every piece of text from the summary or the bucket goes through `html.escape`."""
-    e = html.escape
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>Pomona demo report</title><style>{_CSS}</style></head><body>",
-        "<h1>Pomona demo report</h1>",
-    ]
-    if summary.get("weights_note"):
-        parts.append(f'<p class="banner">⚠ {e(str(summary["weights_note"]))}</p>')
-    parts.append(_overview(outputs))
-    if outputs.missing_files:
-        listed = ", ".join(f"<code>{e(k)}</code>" for k in outputs.missing_files[:5])
-        parts.append(
-            f'<p class="warning">{len(outputs.missing_files)} part file(s) named by committed manifests are '
-            f"missing from this folder and were left out: {listed}</p>"
-        )
-    parts += ["<h2>Summary</h2>", _summary_table(summary)]
-    parts += ["<h2>Business metric</h2>", _metric_section(summary, outputs.quality)]
-    parts.append("<h2>Figures</h2>")
-    for panel in panels:
-        if panel.figure is None:
-            parts.append(f'<h3>{e(panel.title)}</h3><p class="muted">{e(panel.caption)}</p>')
-        else:
-            parts.append(
-                f'<figure><img src="{REPORT_DIR}/{e(panel.name)}.png" alt="{e(panel.title)}">'
-                f"<figcaption><strong>{e(panel.title)}.</strong> {e(panel.caption)}</figcaption></figure>"
-            )
-    if outputs.rejections:
-        parts += ["<h2>Rejected images</h2>", _rejections_table(outputs.rejections)]
-    parts.append("</body></html>")
-    return "\n".join(parts) + "\n"
+    """The report page."""
+    return _TEMPLATES.get_template("report.html.j2").render(
+        weights_note=summary.get("weights_note"),
+        overview=_overview(outputs),
+        missing_files=outputs.missing_files,
+        summary_rows=_summary_rows(summary),
+        metric=_metric(summary, outputs.quality),
+        panels=panels,
+        report_dir=REPORT_DIR,
+        rejections=outputs.rejections,
+        max_rejection_rows=MAX_REJECTION_ROWS,
+    )
 
 
-def _overview(outputs: ReportInputs) -> str:
+def _overview(outputs: ReportInputs) -> str | None:
+    """One line on what is committed; None when nothing is."""
     if not outputs.batch_ids:
-        return (
-            '<p class="warning">No committed batches yet: nothing has been featurized, so there are no '
-            "features, projections or classifier to show.</p>"
-        )
+        return None
     text = f"{len(outputs.labels):,} images in {len(outputs.batch_ids)} committed batch(es)"
     if outputs.model is not None:
         model = outputs.model
@@ -82,10 +79,10 @@ def _overview(outputs: ReportInputs) -> str:
             f"; PCA version {outputs.pca_version} keeps k = {model.n_components} component(s), explaining "
             f"{model.explained_variance_ratio.sum():.1%} of the variance of {model.n_seen:,} images"
         )
-    return f"<p>{html.escape(text)}.</p>"
+    return text
 
 
-def _summary_table(summary: Mapping[str, Any]) -> str:
+def _summary_rows(summary: Mapping[str, Any]) -> list[_SummaryRow]:
     rows = []
     for name, value in summary.items():
         if name in _SHOWN_ELSEWHERE:
@@ -97,14 +94,12 @@ def _summary_table(summary: Mapping[str, Any]) -> str:
         else:
             continue  # mappings are drawn as figures
         numeric = isinstance(value, int | float) and not isinstance(value, bool)
-        cell = '<td class="num">' if numeric else "<td>"
-        rows.append(f"<tr><th>{html.escape(name.replace('_', ' '))}</th>{cell}{html.escape(shown)}</td></tr>")
-    return f"<table>{''.join(rows)}</table>"
+        rows.append(_SummaryRow(name.replace("_", " "), shown, numeric))
+    return rows
 
 
-def _metric_section(summary: Mapping[str, Any], quality: Mapping[str, Any] | None) -> str:
+def _metric(summary: Mapping[str, Any], quality: Mapping[str, Any] | None) -> _Metric:
     """The classifier's evaluation on the holdout: LATEST's quality.json, else the summary's figures."""
-    e = html.escape
     quality = quality or {}
     holdout = summary.get("holdout") or {}
     figures = {name: quality.get(name, holdout.get(name)) for name in _HOLDOUT_FIGURES}
@@ -121,9 +116,8 @@ def _metric_section(summary: Mapping[str, Any], quality: Mapping[str, Any] | Non
     )
     why = quality.get("skipped") or holdout.get("skipped")
     if why or all(v is None for v in figures.values()):
-        why = why or "no committed evaluation"
-        return f'<p>No holdout evaluation: {e(str(why))}.</p><p class="muted">{e(explanation)}</p>'
-    shown = {
+        return _Metric(explanation, skipped=str(why or "no committed evaluation"))
+    rows = {
         "held-out images": format_value(figures["n"]),
         "accuracy (every held-out image answered)": format_percent(figures["accuracy"]),
         "macro F1": format_value(figures["macro_f1"], ".3f"),
@@ -139,53 +133,22 @@ def _metric_section(summary: Mapping[str, Any], quality: Mapping[str, Any] | Non
     }
     never_taught = (quality.get("leave_labels_out") or {}).get("never_taught_answered")
     if never_taught is not None:
-        shown["never-taught labels' photos answered (leave-labels-out)"] = format_percent(never_taught)
+        rows["never-taught labels' photos answered (leave-labels-out)"] = format_percent(never_taught)
     if figures["not_offered"]:
-        shown["held-out images of labels not offered"] = format_value(figures["not_offered"])
-    rows = "".join(
-        f'<tr><th>{e(name)}</th><td class="num">{e(value)}</td></tr>' for name, value in shown.items()
-    )
-    return f"<table>{rows}</table><p>{e(explanation)}</p>{_recall_table(quality.get('per_label_recall'))}"
-
-
-# The summary's figures (`demo.run.HOLDOUT_FIGURES`), and how many held-out images had no label to answer with.
-_HOLDOUT_FIGURES = (*HOLDOUT_FIGURES, "not_offered")
-
-
-def _recall_table(recall: Mapping[str, float] | None) -> str:
-    """Per-label recall on the holdout, worst first: which fruits the classifier gets wrong."""
-    if not recall:
-        return ""
-    if min(recall.values()) == 1.0:
-        return f"<p>Every one of the {len(recall)} label(s) is recalled in full on the holdout.</p>"
+        rows["held-out images of labels not offered"] = format_value(figures["not_offered"])
+    recall: Mapping[str, float] = quality.get("per_label_recall") or {}
+    if recall and min(recall.values()) == 1.0:
+        return _Metric(explanation, rows=rows, recall_in_full=len(recall))
+    # Per-label recall on the holdout, worst first: which fruits the classifier gets wrong.
     ranked = sorted(recall.items(), key=lambda item: (item[1], item[0]))
-    rows = "".join(
-        f'<tr><td>{html.escape(label)}</td><td class="num">{html.escape(format_percent(value))}</td></tr>'
-        for label, value in ranked[:MAX_RECALL_ROWS]
-    )
     rest = ranked[MAX_RECALL_ROWS:]
-    tail = (
-        f'<p class="muted">… and {len(rest)} more label(s), recalled at {format_percent(rest[0][1])} or better.</p>'
-        if rest
-        else ""
+    return _Metric(
+        explanation,
+        rows=rows,
+        recall=[(label, format_percent(value)) for label, value in ranked[:MAX_RECALL_ROWS]],
+        recall_rest=len(rest),
+        recall_rest_floor=format_percent(rest[0][1]) if rest else "",
     )
-    return (
-        "<h3>Recall per label</h3><p>The share of each label's held-out images whose most probable label is "
-        "the right one, worst first.</p>"
-        f"<table><tr><th>label</th><th>recall</th></tr>{rows}</table>{tail}"
-    )
-
-
-def _rejections_table(rejections: Sequence[Mapping[str, Any]]) -> str:
-    e = html.escape
-    rows = "".join(
-        f"<tr><td>{e(str(r['stage']))}</td><td>{e(str(r['reason']))}</td>"
-        f"<td><code>{e(str(r.get('original_key', '?')))}</code></td><td>{e(str(r.get('detail', '')))}</td></tr>"
-        for r in rejections[:MAX_REJECTION_ROWS]
-    )
-    more = len(rejections) - MAX_REJECTION_ROWS
-    tail = f'<p class="muted">… and {more} more under <code>quarantine/</code>.</p>' if more > 0 else ""
-    return f"<table><tr><th>stage</th><th>reason</th><th>key</th><th>detail</th></tr>{rows}</table>{tail}"
 
 
 def _is_scalar(value: object) -> bool:

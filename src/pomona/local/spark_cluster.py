@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from pomona.core.errors import PomonaError
 
 log = logging.getLogger(__name__)
@@ -205,33 +207,20 @@ def _free_port() -> int:
 
 
 def _descendants(roots: set[int]) -> set[int]:
-    """`roots` and their descendants, from /proc's parent ids (where there is no /proc: `roots` alone)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):  # the process ended while we looked
-            continue
-        children.setdefault(ppid, []).append(int(stat.parent.name))
-    found: set[int] = set()
-    todo = list(roots)
-    while todo:
-        pid = todo.pop()
-        if pid not in found:
-            found.add(pid)
-            todo += children.get(pid, [])
+    """`roots` and their descendants still alive."""
+    found = set(roots)
+    for pid in roots:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            found.update(child.pid for child in psutil.Process(pid).children(recursive=True))
     return found
 
 
 def is_running(pid: int) -> bool:
     """Whether process `pid` exists and has not exited (a zombie has: it holds no port and runs nothing)."""
-    stat = Path(f"/proc/{pid}/stat")
-    if stat.exists():
-        try:
-            return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
-        except OSError:
-            return False
-    return _signal(pid, 0)
+    try:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
 
 
 def _signal(pid: int, signum: int) -> bool:

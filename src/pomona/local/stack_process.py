@@ -10,7 +10,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -50,15 +50,21 @@ def stack_process() -> Iterator[StackProcess]:
             child.stdin.close()  # the stack stops when its stdin closes
 
 
+def serve_until_stdin_closes(announce: str, stop: Callable[[], None]) -> None:
+    """In a child process: print `announce` for the parent, serve until the parent closes our stdin (or dies),
+    then `stop`."""
+    print(announce, flush=True)
+    try:
+        sys.stdin.read()
+    finally:
+        stop()
+
+
 def main() -> None:
     from pomona.local.stack import start_stack
 
     stack = start_stack()
-    print(json.dumps(stack.env()), flush=True)
-    try:
-        sys.stdin.read()  # until the parent closes our stdin, or dies
-    finally:
-        stack.stop()
+    serve_until_stdin_closes(json.dumps(stack.env()), stack.stop)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,14 @@
 """Model weights: a POMONA_WEIGHTS value turned into a local file and an id written into every output's metadata.
 
-"imagenet" downloads Keras' own file once into the cache (production images bake it in at build time, so a run
-downloads nothing); `s3://bucket/key` is fetched by ETag; a path is used as it is; "random" needs no file.
+"imagenet" downloads Keras' own file once into the cache, checked against the sha256 in MOBILENET_V2_SHA256
+(production images bake it in at build time, checked against the same build argument, so a run downloads
+nothing); `s3://bucket/key` is fetched by ETag; a path is used as it is; "random" needs no file.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import tempfile
 import urllib.request
 from dataclasses import dataclass
@@ -18,6 +20,9 @@ from pomona.core.errors import PomonaError
 # (keras/src/applications/mobilenet_v2.py). Fetched directly so resolving weights never imports TensorFlow.
 IMAGENET_FILE = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
 IMAGENET_URL = f"https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/{IMAGENET_FILE}"
+# The file's sha256: the variable the images' builds take it from (Dockerfile.spark and Dockerfile.classify's
+# build argument), so a download here is checked against the value the images were built with.
+IMAGENET_SHA256_VARIABLE = "MOBILENET_V2_SHA256"
 
 
 class WeightsError(PomonaError, ValueError):
@@ -59,16 +64,29 @@ def _file_id(path: Path) -> str:
 
 def _download_imagenet(cache_dir: Path) -> Path:
     target = cache_dir / "weights" / IMAGENET_FILE
-    if target.is_file():
+    if target.is_file():  # baked by an image build, or downloaded and checked here
         return target
+    expected = os.environ.get(IMAGENET_SHA256_VARIABLE, "").strip().lower()
+    if not expected:
+        raise WeightsError(
+            f"expected {IMAGENET_SHA256_VARIABLE}=<sha256 of {IMAGENET_URL}> to check the download against, "
+            "got none; or set POMONA_WEIGHTS to a local .weights.h5 path or an s3:// URI"
+        )
     try:
         with urllib.request.urlopen(IMAGENET_URL, timeout=60) as response:
-            write_atomically(target, response.read())
+            data = response.read()
     except OSError as err:  # URLError, timeouts, DNS: every offline failure is an OSError
         raise WeightsError(
             f"expected to download the ImageNet weights from {IMAGENET_URL}, got {err}; "
             "offline, set POMONA_WEIGHTS to a local .weights.h5 path or an s3:// URI"
         ) from err
+    found = hashlib.sha256(data).hexdigest()
+    if found != expected:  # nothing is cached: a later run downloads again rather than trust this file
+        raise WeightsError(
+            f"expected the ImageNet weights from {IMAGENET_URL} to have sha256 {expected} "
+            f"({IMAGENET_SHA256_VARIABLE}), found {found}: refused"
+        )
+    write_atomically(target, data)
     return target
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 import numpy as np
+import numpy.typing as npt
 
 from pomona.core.errors import PomonaError
 from pomona.core.outputs import CommittedOutputs
@@ -41,10 +42,30 @@ def latest_model(outputs: CommittedOutputs) -> tuple[int, PcaModel]:
     return version, model
 
 
+def features_matrix(column: pa.ChunkedArray) -> npt.NDArray[np.float32]:
+    """A list column of n rows of d values as an n×d float32 matrix, flattened by Arrow (no Python object per
+    value). Every row must hold d values."""
+    import pyarrow.compute as pc
+
+    if not len(column):
+        return np.empty((0, 0), dtype=np.float32)
+    if column.null_count:
+        raise PomonaError(f"expected features in every row, found {column.null_count} row(s) without")
+    lengths = pc.list_value_length(column).to_numpy()
+    d = int(lengths[0])
+    if (wrong := np.flatnonzero(lengths != d)).size:
+        found = sorted({int(n) for n in lengths[wrong]})
+        raise PomonaError(
+            f"expected {d} feature values in every row, found {found[:5]} in {wrong.size} row(s), "
+            f"the first at row {int(wrong[0])}"
+        )
+    values = [chunk.flatten().to_numpy(zero_copy_only=False) for chunk in column.chunks]
+    return np.concatenate(values).astype(np.float32, copy=False).reshape(len(column), d)
+
+
 def write_csv(table: pa.Table, model: PcaModel, out: TextIO) -> int:
     """key, label, pc_1 … pc_k for each row of `table`; returns the number of rows written."""
-    features = np.asarray(table.column("features").to_pylist(), dtype=np.float32)
-    projected = project(model, features)
+    projected = project(model, features_matrix(table.column("features")))
     writer = csv.writer(out)
     writer.writerow(["key", "label", *(f"pc_{i + 1}" for i in range(model.n_components))])
     for key, label, row in zip(
