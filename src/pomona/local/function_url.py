@@ -1,7 +1,8 @@
 """A Lambda Function URL on loopback: HTTP requests in, payload-2.0 events to a real handler, its response out.
 
 `pomona local up` serves the classify Lambda's handler this way, so the app's developers call it as they would
-the deployed URL (without the SigV4 signature, which only AWS checks).
+the deployed URL (without the SigV4 signature, which only AWS checks). Given a `page`, a browser's GET of `/` gets
+that HTML instead (`pomona.local.page`); every other request, the app's included, reaches the handler.
 """
 
 from __future__ import annotations
@@ -24,6 +25,17 @@ log = logging.getLogger(__name__)
 # AWS caps a synchronous invocation's event at 6 MB, and the event carries the body base64-encoded (4 bytes per 3):
 # a body above ~4.5 MB gets a 413 there, so here too.
 MAX_PAYLOAD_BYTES = 6 * 1024 * 1024 * 3 // 4
+# The page may run only its own inline style and script, show the photo picked (a blob: URL) and call this server.
+PAGE_POLICY = (
+    "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src blob:; "
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+
+
+def wants_page(method: str, target: str, accept: str) -> bool:
+    """A browser opening `/`: a GET that asks for HTML. The app, curl and urllib do not ask for it, so they get the
+    handler's own answer to a GET (405), as from the deployed URL."""
+    return method == "GET" and (urlsplit(target).path or "/") == "/" and "text/html" in accept.lower()
 
 
 def function_url_event(method: str, target: str, headers: dict[str, str], body: bytes) -> dict[str, Any]:
@@ -60,10 +72,20 @@ def function_url_event(method: str, target: str, headers: dict[str, str], body: 
 
 
 class FunctionUrlServer:
-    """`handler` behind http://127.0.0.1:`port`/ until `stop()`; port 0 picks a free one."""
+    """`handler` behind http://127.0.0.1:`port`/ until `stop()`; port 0 picks a free one. With `page`, browsers
+    opening `/` get that HTML."""
 
-    def __init__(self, handler: Handler, *, port: int = 0, function_name: str = "pomona-classify") -> None:
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), _request_handler(handler, function_name))
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        port: int = 0,
+        function_name: str = "pomona-classify",
+        page: bytes | None = None,
+    ) -> None:
+        self._server = ThreadingHTTPServer(
+            ("127.0.0.1", port), _request_handler(handler, function_name, page)
+        )
         self._thread = threading.Thread(target=self._server.serve_forever, name="function-url", daemon=True)
 
     @property
@@ -80,11 +102,21 @@ class FunctionUrlServer:
         self._server.server_close()
 
 
-def _request_handler(handler: Handler, function_name: str) -> type[BaseHTTPRequestHandler]:
+def _request_handler(
+    handler: Handler, function_name: str, page: bytes | None
+) -> type[BaseHTTPRequestHandler]:
     lock = threading.Lock()  # one invocation at a time, as one Lambda container runs them
 
     class FunctionUrlRequest(BaseHTTPRequestHandler):
         def _invoke(self) -> None:
+            if page is not None and wants_page(self.command, self.path, self.headers.get("Accept") or ""):
+                headers = {
+                    "content-type": "text/html; charset=utf-8",
+                    "cache-control": "no-store",  # a restarted stack may serve a newer page
+                    "content-security-policy": PAGE_POLICY,
+                }
+                self._send(200, headers, page)
+                return
             length = self.headers.get("Content-Length") or "0"
             if not length.isdigit() or int(length) > MAX_PAYLOAD_BYTES:
                 self._error(

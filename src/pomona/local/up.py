@@ -65,7 +65,10 @@ def serve(
     handler._ingestor.cache_clear()
     poller = EventSourcePoller(settings.events_queue_url, handler.lambda_handler, retry_after_s=5)
     classify = classify_endpoint(port=classify_port)
-    console.print(f"classify endpoint [bold]{classify.url}[/] (POST a photo; 503 until a batch is committed)")
+    console.print(
+        f"classify endpoint [bold]{classify.url}[/] (POST a photo, or open it in a browser; 503 until a batch"
+        " is committed)"
+    )
     spark: Any = None
     next_run = time.monotonic() + every.total_seconds()
     try:
@@ -99,13 +102,15 @@ def serve(
 
 
 def classify_endpoint(*, port: int) -> FunctionUrlServer:
-    """The classify Lambda's handler behind a local Function URL, quiet: its logs and metrics are CloudWatch's."""
+    """The classify Lambda's handler behind a local Function URL, quiet: its logs and metrics are CloudWatch's.
+    A browser opening `/` gets the classify page, which asks that same handler."""
     from pomona.classify import handler
+    from pomona.local.page import classify_page
 
     handler.logger.setLevel(logging.WARNING)
     os.environ["POWERTOOLS_METRICS_DISABLED"] = "true"  # read at each flush
     handler._served.cache_clear()  # built from this stack's environment on the first request
-    return FunctionUrlServer(handler.lambda_handler, port=port).start()
+    return FunctionUrlServer(handler.lambda_handler, port=port, page=classify_page()).start()
 
 
 def _told(result: BatchResult) -> str:
