@@ -1,13 +1,15 @@
 """The classifier as served: the latest committed one, with the featurizer of its lineage, reloaded when LATEST moves.
 
-A committed PCA version's folder holds `classifier.npz` beside `metadata.json`, which names the lineage: the
-weights (`weights`, `weights_id`) and the backend its features were made with. Serving makes features with the
-same weights file and backend, so an answer is computed with the numerics the holdout was scored with; weights
-whose id differs from the lineage's are refused rather than used.
+LATEST (`pomona.core.outputs.Latest`) names the committed version; its folder holds `classifier.npz` beside
+`metadata.json` (`VersionMetadata`), which names the weights spec and the lineage its features were made with
+(`Lineage`: weights id, backend, precision). Serving makes features with the same weights, backend and precision,
+so an answer is computed with the numerics the holdout was scored with; weights whose id differs from the
+lineage's are refused rather than used.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
@@ -20,9 +22,16 @@ from botocore.exceptions import ClientError
 
 from pomona.core.aws import error_code
 from pomona.core.errors import PomonaError, SettingsError
-from pomona.core.outputs import CLASSIFIER_FILE, METADATA_FILE, Files, pca_latest_key, pca_prefix
+from pomona.core.outputs import (
+    CLASSIFIER_FILE,
+    METADATA_FILE,
+    Files,
+    Latest,
+    Lineage,
+    read_latest,
+    read_version_metadata,
+)
 from pomona.core.settings import Settings, configured
-from pomona.ml.backends import choose_model
 from pomona.ml.classifier import Classifier, ClassifierError, load_classifier
 from pomona.ml.featurizer import Featurizer, get_featurizer
 
@@ -39,87 +48,59 @@ class ModelUnavailableError(PomonaError, RuntimeError):
 
 @dataclass(frozen=True, eq=False)
 class ServedModel:
-    """A committed classifier and the featurizer of its lineage."""
+    """A committed classifier, the version it belongs to, and the featurizer of its lineage."""
 
     classifier: Classifier
     featurizer: Featurizer
-    version: int
-    batch_id: str | None
-    weights_id: str
-    backend: str
-    precision: str = "f32"
+    committed: Latest
+    lineage: Lineage
 
     @property
     def model_version(self) -> str:
         """`v<N>-<batch id>`, the committed version's folder name."""
-        return f"v{self.version}" if self.batch_id is None else f"v{self.version}-{self.batch_id}"
-
-
-@dataclass(frozen=True)
-class Pointer:
-    """Where LATEST points: the committed version and its batch."""
-
-    version: int
-    batch_id: str | None
-
-
-def read_pointer(files: Files, prefix: str) -> Pointer | None:
-    """LATEST, or None before the first commit."""
-    body = read_optional(files, pca_latest_key(prefix))
-    if body is None:
-        return None
-    latest = json.loads(body)
-    return Pointer(int(latest["version"]), latest.get("batch_id"))
+        return self.committed.name
 
 
 def load_served_model(
-    files: Files, pointer: Pointer, settings: Settings, *, weights: str | None = None, num_threads: int = 1
+    files: Files, committed: Latest, settings: Settings, *, weights: str | None = None, num_threads: int = 1
 ) -> ServedModel:
-    """The classifier of committed version `pointer` in `files`, and its lineage's featurizer.
+    """The classifier of `committed` in `files`, and its lineage's featurizer.
 
     The weights are `weights` when given, else POMONA_WEIGHTS when set, else the spec the job recorded."""
-    folder = pca_prefix(settings.output_prefix, pointer.version, pointer.batch_id)
-    metadata_body = read_optional(files, folder + METADATA_FILE)
+    folder = committed.folder(settings.output_prefix)
+    metadata = read_version_metadata(_reader(files), settings.output_prefix, committed)
     classifier_body = read_optional(files, folder + CLASSIFIER_FILE)
-    if metadata_body is None or classifier_body is None:
+    if metadata is None or classifier_body is None:
         raise ModelUnavailableError(
             f"expected {METADATA_FILE} and {CLASSIFIER_FILE} in {files.location}{folder}, found "
-            f"{'neither' if metadata_body is None and classifier_body is None else 'only one'}: no classifier is "
+            f"{'neither' if metadata is None and classifier_body is None else 'only one'}: no classifier is "
             "committed yet (a run commits one once 2 labels have 5 training images each)"
         )
-    metadata: dict[str, Any] = json.loads(metadata_body)
     try:
         classifier = load_classifier(classifier_body)
     except ClassifierError as err:
         raise ModelUnavailableError(f"expected a classifier in {files.location}{folder}: {err}") from err
-    spec = weights or configured("weights") or metadata.get("weights") or settings.weights
-    # Versions record their backend; the settings' (`auto`: a new lineage's) stand in where one does not.
-    backend = str(metadata.get("backend") or choose_model(settings.backend, "f32")[0])
-    precision = str(metadata.get("precision") or "f32")  # versions written before precision was recorded: f32
+    spec = weights or configured("weights") or metadata.weights or settings.weights
+    lineage = metadata.lineage
     try:
         featurizer = get_featurizer(
-            spec, backend, precision=precision, cache_dir=settings.model_cache_dir, num_threads=num_threads
+            spec,
+            lineage.backend,
+            precision=lineage.precision,
+            cache_dir=settings.model_cache_dir,
+            num_threads=num_threads,
         )
     except (SettingsError, ImportError) as err:  # a backend or precision this image or CPU cannot run
         raise ModelUnavailableError(
-            f"expected to run version {pointer.version}'s lineage (backend {backend}, precision {precision}) "
-            f"here, got: {err}"
+            f"expected to run version {committed.version}'s lineage (backend {lineage.backend}, precision "
+            f"{lineage.precision}) here, got: {err}"
         ) from err
-    lineage = metadata.get("weights_id")
-    if lineage is not None and featurizer.weights_id != lineage:
+    if featurizer.weights_id != lineage.weights_id:
         raise ModelUnavailableError(
-            f"expected weights with id {lineage} (the ones version {pointer.version} was trained on), got "
-            f"{featurizer.weights_id} from {spec!r}: set POMONA_WEIGHTS (or --weights) to the lineage's weights"
+            f"expected weights with id {lineage.weights_id} (the ones version {committed.version} was trained on), "
+            f"got {featurizer.weights_id} from {spec!r}: set POMONA_WEIGHTS (or --weights) to the lineage's weights"
         )
-    return ServedModel(
-        classifier=classifier,
-        featurizer=featurizer,
-        version=pointer.version,
-        batch_id=pointer.batch_id,
-        weights_id=featurizer.weights_id,
-        backend=backend,
-        precision=precision,
-    )
+    return ServedModel(classifier=classifier, featurizer=featurizer, committed=committed, lineage=lineage)
 
 
 @dataclass
@@ -159,16 +140,16 @@ class LatestModel:
                 return current
 
     def _refresh(self, current: ServedModel | None) -> ServedModel:
-        pointer = read_pointer(self.files, self.settings.output_prefix)
-        if pointer is None:
+        latest = read_latest(_reader(self.files), self.settings.output_prefix)
+        if latest.version == 0:
             raise ModelUnavailableError(
                 f"expected a committed model under {self.files.location}{self.settings.output_prefix}models/, "
-                "found no models/pca/LATEST: no batch has been committed yet"
+                "found no models/pca/LATEST naming one: no batch has been committed yet"
             )
-        if current is not None and (current.version, current.batch_id) == (pointer.version, pointer.batch_id):
+        if current is not None and current.committed == latest:
             return current
         loaded = load_served_model(
-            self.files, pointer, self.settings, weights=self.weights, num_threads=self.num_threads
+            self.files, latest, self.settings, weights=self.weights, num_threads=self.num_threads
         )
         self._model = loaded
         self._catalog.clear()
@@ -192,6 +173,11 @@ class LatestModel:
                     entry = None
                 self._catalog[label] = entry
             return self._catalog[label]
+
+
+def _reader(files: Files) -> Callable[[str], bytes | None]:
+    """`files.read`, a refused read taken as absent (`read_optional`)."""
+    return functools.partial(read_optional, files)
 
 
 def read_optional(files: Files, key: str) -> bytes | None:

@@ -40,11 +40,10 @@ from pomona.core.contract import (
     QuarantineSidecar,
     Reason,
     label_from_key,
-    quarantine_key,
-    sidecar_key,
     utc_now,
 )
 from pomona.core.errors import BadKeyError
+from pomona.core.quarantine import quarantine_object
 from pomona.core.settings import Settings
 from pomona.validation.checks import ImageVerdict, Limits, validate_image
 
@@ -250,12 +249,6 @@ class Ingestor:
     def _quarantine(
         self, source: dict[str, Any], reason: Reason, detail: str, *, sha256: str | None
     ) -> dict[str, Any]:
-        target = quarantine_key(
-            reason,
-            source["key"],
-            version_id=source["version_id"],
-            quarantine_prefix=self.settings.quarantine_prefix,
-        )
         sidecar = QuarantineSidecar(
             reason=reason,
             detail=detail,
@@ -269,18 +262,12 @@ class Ingestor:
         # Copy, sidecar, then retire: a crash in between leaves the original, and the retry redoes it all. An
         # upload over max_bytes is not copied (gigabytes inside a 30 s Lambda): the sidecar names its version,
         # which the bucket keeps as a noncurrent version once the delete marker below hides it.
-        if reason is not Reason.TOO_LARGE_BYTES:
-            copy_source: Any = {
-                "Bucket": source["bucket"],
-                "Key": source["key"],
-                **_version(source["version_id"]),
-            }
-            self.s3.copy(copy_source, source["bucket"], target)
-        self.s3.put_object(
-            Bucket=source["bucket"],
-            Key=sidecar_key(target),
-            Body=sidecar.to_json(),
-            ContentType="application/json",
+        target = quarantine_object(
+            self.s3,
+            sidecar,
+            bucket=source["bucket"],
+            quarantine_prefix=self.settings.quarantine_prefix,
+            copy=reason is not Reason.TOO_LARGE_BYTES,
         )
         self._retire(source)
         self.log.warning(

@@ -1,8 +1,8 @@
 """The featurization job's driver: one run, read as the list of its phases.
 
-Recover, drain the images queue, drop images already committed (`index`), featurize in the executors (`tasks`),
-refit the exact PCA, retrain the classifier and score it on the holdout (`pomona.ml.training`), project, then
-commit (`commit`) and delete the messages. One run at a time (`lock`), its messages kept invisible and its lease
+Recover (`recovery`), drain the images queue, drop images already committed (`index`), featurize in the executors
+(`tasks`), refit the exact PCA, retrain the classifier and score it on the holdout (`pomona.ml.training`), project,
+then commit (`commit`) and delete the messages. One run at a time (`lock`), its messages kept invisible and its lease
 alive by a heartbeat (`queue`) from recovery on, and a watchdog (`liveness`) stops it past its deadline. The model
 is the committed lineage's (`lineage`); the manifest is put together in `manifest`; the messages the run holds are
 settled, or given back after a failure, by `held`. Each image's outcome is its own: committed, quarantined with a
@@ -28,13 +28,16 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pomona.core.aws import RETRIES, error_code
 from pomona.core.contract import ImageMessage, Reason
 from pomona.core.outputs import (
+    Latest,
+    Lineage,
+    VersionMetadata,
     features_key,
     lease_key,
     lock_key,
     new_batch_id,
 )
 from pomona.core.settings import Settings, injected_fault
-from pomona.featurize.commit import Committer, Latest
+from pomona.featurize.commit import Committer
 from pomona.featurize.dedupe import split_duplicates
 from pomona.featurize.fetch import DEFERRED
 from pomona.featurize.held import HeldMessages
@@ -51,6 +54,7 @@ from pomona.featurize.manifest import (
 from pomona.featurize.metrics import RunMetrics
 from pomona.featurize.passes import featurize_pass, projection_pass
 from pomona.featurize.queue import Heartbeat, Received, drain_queue
+from pomona.featurize.recovery import Recovery
 from pomona.featurize.tasks import (
     FAILURE_COLUMNS,
     file_provenance,
@@ -117,6 +121,7 @@ class Job:
         self.sqs: SQSClient = boto3.client("sqs", endpoint_url=settings.endpoint_url, config=RETRIES)
         dynamodb = boto3.client("dynamodb", endpoint_url=settings.endpoint_url, config=RETRIES)
         self.committer = committer or Committer(self.s3, settings, SeenIndex(dynamodb, settings.seen_table))
+        self.recovery = Recovery(self.committer)
         # Named up front: the run's lease on it exists before any of its files.
         self.batch_id = new_batch_id(entropy=os.urandom(8))
         # Whether files of this batch may exist uncommitted: its lease then stays, for recovery to find them.
@@ -150,14 +155,9 @@ class Job:
                     progressing=self.watchdog.progressing,
                 ) as heartbeat,
             ):
-                recovered, committed = self.committer.recover()
+                recovered, committed = self.recovery.recover()
                 self._choose_model(committed)
-                check_lineage(
-                    committed,
-                    weights_id=self._provenance["pomona.weights_id"],
-                    backend=self.settings.backend,
-                    precision=self.settings.precision,
-                )
+                check_lineage(committed, self._lineage)
                 # The chosen model, checked against the lineage, before any receive.
                 prepare_model(self.settings)
                 self.watchdog.progress()
@@ -282,7 +282,7 @@ class Job:
             timings=timings,
             n_fresh=len(fresh),
             settings=self.settings,
-            weights_id=self._provenance["pomona.weights_id"],
+            lineage=self._lineage,
             files={kind: self.committer.batch_keys(kind, batch_id) for kind in ("features", "projections")},
         )
         files = classifier_files(retrained, training, holdout)
@@ -320,8 +320,8 @@ class Job:
         the index holds committed."""
         latest = self.committer.read_latest()
         # A run past the lock committed since recovery: finish its commit before looking.
-        if latest[:2] != recovered[:2]:
-            self.committer.roll_forward(latest)
+        if latest != recovered:
+            self.recovery.roll_forward(latest)
         seen = self.committer.index.committed(m.sha256 for m, _ in received.messages)
         fresh, duplicates = split_duplicates(received.messages, seen)
         return latest, fresh, duplicates
@@ -363,10 +363,11 @@ class Job:
             n_components=self.settings.n_components,
         )
 
-    def _choose_model(self, committed: dict[str, Any] | None) -> None:
+    def _choose_model(self, committed: VersionMetadata | None) -> None:
         """Make POMONA_BACKEND/PRECISION=auto concrete: the committed lineage's model (`committed`: its version's
         metadata), or a new lineage's."""
-        backend, precision = choose_model(self.settings.backend, self.settings.precision, lineage=committed)
+        lineage = None if committed is None else committed.lineage
+        backend, precision = choose_model(self.settings.backend, self.settings.precision, lineage=lineage)
         self.settings = self.settings.replace(backend=backend, precision=precision)
 
     def _refuse(self, received: Received) -> int:
@@ -446,11 +447,16 @@ class Job:
             os._exit(137)
 
     @functools.cached_property
-    def _provenance(self) -> dict[str, str]:
+    def _lineage(self) -> Lineage:
+        """This run's model, once `_choose_model` made the settings concrete."""
         weights = resolve_weights(self.settings.weights, cache_dir=self.settings.model_cache_dir)
-        return file_provenance(
+        return Lineage(
             weights_id=weights.weights_id, backend=self.settings.backend, precision=self.settings.precision
         )
+
+    @property
+    def _provenance(self) -> dict[str, str]:
+        return file_provenance(self._lineage)
 
 
 def _receipts_except(received: Received, shas: set[str]) -> list[str]:

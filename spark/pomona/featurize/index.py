@@ -5,8 +5,8 @@ second is a duplicate. A run looks up only its own batch (BatchGetItem, 100 keys
 committed images (BatchWriteItem, 25 items a call): its cost follows the batch, never the history.
 
 The index holds committed images only: a batch's items are written after LATEST names the batch (step 4 of
-`pomona.featurize.commit`), and recovery writes them again from the batch's projections when a crash came in
-between. Writes are idempotent puts of the same item, so a roll-forward and a late first attempt agree.
+`pomona.featurize.commit`), and recovery (`pomona.featurize.recovery`) writes them again from the batch's
+projections when a crash came in between. Writes are idempotent puts of the same item, so a roll-forward and a late first attempt agree.
 """
 
 from __future__ import annotations

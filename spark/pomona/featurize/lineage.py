@@ -3,9 +3,8 @@ lineage's (weights, backend, precision), since one PCA never mixes features of t
 
 from __future__ import annotations
 
-from typing import Any
-
 from pomona.core.errors import PomonaError
+from pomona.core.outputs import Lineage, VersionMetadata
 from pomona.core.settings import Settings
 from pomona.ml.backends import choose_model, get_backend
 from pomona.ml.weights import resolve_weights
@@ -15,29 +14,17 @@ class LineageError(PomonaError, ValueError):
     """This run's model (weights, backend, precision) is not the one whose features the committed PCA holds."""
 
 
-def check_lineage(committed: dict[str, Any] | None, *, weights_id: str, backend: str, precision: str) -> None:
+def check_lineage(committed: VersionMetadata | None, ours: Lineage) -> None:
     """Refuse, before a message is received, to merge features of another model into the committed PCA
     (`committed`: its version's metadata)."""
-    if committed is None:
+    if committed is None or committed.lineage == ours:
         return
-    theirs = {
-        "weights_id": committed["weights_id"],
-        "backend": committed["backend"],
-        "precision": committed.get("precision", "f32"),  # written before precision joined the lineage
-    }
-    ours = {
-        "weights_id": weights_id,
-        "backend": backend,
-        "precision": precision,
-    }
-    if theirs != ours:
-        raise LineageError(
-            f"expected features from the model of PCA v{committed['version']} (weights {theirs['weights_id']}, backend "
-            f"{theirs['backend']}, precision {theirs['precision']}), got weights {ours['weights_id']}, backend "
-            f"{ours['backend']}, precision {ours['precision']}: one PCA never mixes features of two models. Run "
-            "with that model's POMONA_WEIGHTS, POMONA_BACKEND and POMONA_PRECISION, or start a new lineage under "
-            "a new POMONA_OUTPUT_PREFIX; nothing was received or written"
-        )
+    raise LineageError(
+        f"expected features from the model of PCA v{committed.version} ({committed.lineage.describe()}), got "
+        f"{ours.describe()}: one PCA never mixes features of two models. Run with that model's POMONA_WEIGHTS, "
+        "POMONA_BACKEND and POMONA_PRECISION, or start a new lineage under a new POMONA_OUTPUT_PREFIX; nothing "
+        "was received or written"
+    )
 
 
 def prepare_model(settings: Settings) -> str:

@@ -10,7 +10,7 @@ from typing import Any
 import pandas as pd
 
 from pomona.core.contract import Reason, utc_now
-from pomona.core.outputs import CLASSIFIER_FILE, HOLDOUT_FILE, TRAINING_FILE
+from pomona.core.outputs import CLASSIFIER_FILE, HOLDOUT_FILE, TRAINING_FILE, Lineage
 from pomona.core.settings import Settings
 from pomona.ml.classifier import LabelStats, classifier_to_npz, label_stats_to_npz
 from pomona.ml.holdout import Reservoir, reservoir_to_npz
@@ -72,11 +72,11 @@ def batch_manifest(
     timings: dict[str, float],
     n_fresh: int,
     settings: Settings,
-    weights_id: str,
+    lineage: Lineage,
     files: dict[str, list[str]],
 ) -> dict[str, Any]:
-    """The batch's manifest: its PCA version, the model that made its features, its counts and timings, the
-    classifier and its evaluation, and the part files it commits."""
+    """The batch's manifest: its PCA version, the model that made its features (`lineage`, and the weights spec
+    of `settings`), its counts and timings, the classifier and its evaluation, and the part files it commits."""
     return {
         "batch_id": batch_id,
         "created_at": utc_now(),
@@ -84,10 +84,8 @@ def batch_manifest(
         "n_seen": model.n_seen,
         "k": model.n_components,
         "explained_variance": float(model.explained_variance_ratio.sum()),
-        "weights_id": weights_id,
+        **lineage.to_json(),
         "weights": settings.weights,
-        "backend": settings.backend,
-        "precision": settings.precision,
         "counts": counts,
         "timings": {k: round(v, 3) for k, v in timings.items()},
         "images_per_s": round(n_fresh / max(timings["featurize_s"] + timings["project_s"], 1e-9), 2),

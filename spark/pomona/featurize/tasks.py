@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from pomona.core.aws import RETRIES
 from pomona.core.contract import Reason
-from pomona.core.outputs import features_key, projections_key
+from pomona.core.outputs import Lineage, features_key, projections_key
 from pomona.core.settings import Settings, injected_fault
 from pomona.featurize.fetch import Fetched, ImageStores, fetch_image
 from pomona.ml.backends import get_backend
@@ -293,10 +293,10 @@ def project_partitions(
     return run
 
 
-def file_provenance(*, weights_id: str, backend: str, precision: str) -> dict[str, str]:
+def file_provenance(lineage: Lineage) -> dict[str, str]:
     """Key-value metadata of every part file: which weights, backend and precision made its features (`random`
     shows)."""
-    return {"pomona.weights_id": weights_id, "pomona.backend": backend, "pomona.precision": precision}
+    return {f"pomona.{name}": value for name, value in lineage.to_json().items()}
 
 
 def _part_table(

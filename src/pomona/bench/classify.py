@@ -111,8 +111,8 @@ def run(
         "peak_rss_mb": child["peak_rss_mb"],
         "threads": child["threads"],
         "model_version": child["model_version"],
-        "weights_id": served.weights_id,
-        "backend": served.backend,
+        "weights_id": served.lineage.weights_id,
+        "backend": served.lineage.backend,
         "model": str(model) if model else "trained on synthetic fruit",
     }
 
@@ -129,7 +129,17 @@ def write_model(
     """A committed `version` under `root`, as the job lays it out: its folder's classifier (trained on synthetic
     fruit of `labels`) and metadata, and LATEST moved to it. `weights_id` overrides the lineage's recorded id."""
     from pomona.core.aws import json_bytes
-    from pomona.core.outputs import CLASSIFIER_FILE, METADATA_FILE, pca_latest_key, pca_prefix
+    from pomona.core.contract import utc_now
+    from pomona.core.outputs import (
+        CLASSIFIER_FILE,
+        METADATA_FILE,
+        FolderFiles,
+        Latest,
+        Lineage,
+        VersionMetadata,
+        pca_latest_key,
+        read_latest,
+    )
     from pomona.ml.backends import choose_model
     from pomona.ml.classifier import LabelStats, classifier_to_npz, fit_classifier
     from pomona.ml.featurizer import get_featurizer
@@ -143,20 +153,26 @@ def write_model(
     rows = [label for label in labels for _ in range(TRAINING_PER_LABEL)]
     pixels, _ = preprocess_batch([fruit_image(label, i) for i, label in enumerate(rows)])
     stats = LabelStats.from_rows(featurizer(pixels), rows)
-    classifier = fit_classifier(stats, fit_pca(stats.total))
-    folder = root / pca_prefix(settings.output_prefix, version, batch_id)
+    pca = fit_pca(stats.total)
+    classifier = fit_classifier(stats, pca)
+    committed = Latest(version, batch_id)
+    metadata = VersionMetadata(
+        version=version,
+        batch_id=batch_id,
+        parent=read_latest(FolderFiles(root).read, settings.output_prefix),  # what this version replaces
+        lineage=Lineage(weights_id=weights_id or featurizer.weights_id, backend=backend, precision=precision),
+        weights=settings.weights,
+        n_seen=pca.n_seen,
+        k=pca.n_components,
+        explained_variance_ratio=tuple(pca.explained_variance_ratio.tolist()),
+        created_at=utc_now(),
+        manifest={"batch_id": batch_id, "pca_version": version, "files": {"features": [], "projections": []}},
+    )
+    folder = root / committed.folder(settings.output_prefix)
     folder.mkdir(parents=True)
     (folder / CLASSIFIER_FILE).write_bytes(classifier_to_npz(classifier))
-    metadata = {
-        "backend": backend,
-        "precision": precision,
-        "weights": settings.weights,
-        "weights_id": weights_id or featurizer.weights_id,
-    }
-    (folder / METADATA_FILE).write_bytes(json_bytes(metadata))
-    (root / pca_latest_key(settings.output_prefix)).write_bytes(
-        json_bytes({"version": version, "batch_id": batch_id})
-    )
+    (folder / METADATA_FILE).write_bytes(json_bytes(metadata.to_json()))
+    (root / pca_latest_key(settings.output_prefix)).write_bytes(json_bytes(committed.to_json()))
     return root
 
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from pomona.core.aws import RETRIES
 from pomona.core.contract import utc_now
-from pomona.core.outputs import new_batch_id
+from pomona.core.outputs import Lineage, new_batch_id
 from pomona.core.settings import Settings
 from pomona.featurize.commit import Committer
 from pomona.featurize.index import SeenIndex
@@ -70,9 +70,8 @@ def build_history(settings: Settings, *, seen: int, batch_images: int = BATCH_IM
             "pca_version": version,
             "n_seen": start + count,
             "k": model.n_components,
-            "weights_id": weights_id,
-            "backend": backend,
-            "precision": precision,
+            **Lineage(weights_id=weights_id, backend=backend, precision=precision).to_json(),
+            "weights": settings.weights,
             "counts": {"received": count, "featurized": count, "synthetic": True},
             "files": {"features": [], "projections": []},
         }

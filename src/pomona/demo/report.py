@@ -25,6 +25,7 @@ from matplotlib.ticker import MaxNLocator, PercentFormatter, StrMethodFormatter
 from pomona.core.outputs import EVALUATION_FILE, CommittedOutputs, FolderFiles
 from pomona.demo.report_html import REPORT_DIR, format_value, render_html
 from pomona.ml.pca import PcaModel, PcaState, fit_pca, load_model, load_state
+from pomona.ops.export import features_matrix
 
 MAX_SCATTER_POINTS = 20_000  # beyond this a scatter is a blot; a fixed-seed sample shows the same shape
 MAX_CONFUSION_LABELS = 60  # beyond this the matrix's cells are below a pixel; per-label recall says it better
@@ -66,9 +67,7 @@ def read_outputs(out: Path) -> ReportInputs:
     table, missing = outputs.read_parts("features", ["label", "features"], manifests)
     labels: list[str] = [] if table is None else table.column("label").to_pylist()
     features = (
-        np.stack(table.column("features").to_numpy(zero_copy_only=False)).astype(np.float32)
-        if table is not None and table.num_rows
-        else np.empty((0, 0), dtype=np.float32)
+        np.empty((0, 0), dtype=np.float32) if table is None else features_matrix(table.column("features"))
     )
     version, model, state, quality = None, None, None, None
     if latest := outputs.latest_version():
@@ -372,6 +371,3 @@ def _style(i: int) -> dict[str, Any]:
 def _plain(text: str) -> str:
     """Text matplotlib shows as is: a `$` would otherwise start mathtext (and an odd one fails to draw)."""
     return text.replace("$", r"\$")
-
-
-# -- HTML --------------------------------------------------------------------------------------------------------

@@ -138,11 +138,11 @@ class Classifier:
     threshold: float = 0.0
     withheld_labels: tuple[str, ...] = ()
     temperature: float = 1.0
-    # None: not known (files written before they were stored), taken as zeros: the priors are tempered with the rest.
+    # None: taken as zeros (the priors are then tempered with the rest of the score).
     log_priors: Array | None = None
     # Familiarity (`distances`): the offered labels' means in the PCA space (C×k) and the whitening (k×k) under which
     # distances are Mahalanobis under the shared covariance; a photo farther than `familiar_distance` from every
-    # label is unfamiliar. None / inf: not known (files written before), nothing refused as unfamiliar.
+    # label is unfamiliar. None / inf: no familiarity, nothing refused as unfamiliar.
     class_means: Array | None = None
     whiten: Array | None = None
     familiar_distance: float = float("inf")
@@ -364,13 +364,12 @@ def load_classifier(data: bytes) -> Classifier:
         shrinkage=float(arrays["shrinkage"]),
         threshold=float(arrays["threshold"]),
         withheld_labels=tuple(arrays["withheld_labels"].tolist()),
-        # Files written before calibration have none: their scores were untempered.
-        temperature=float(arrays.get("temperature", 1.0)),
-        log_priors=arrays.get("log_priors"),
-        # Files written before familiarity have none: nothing is refused as unfamiliar.
+        temperature=float(arrays["temperature"]),
+        log_priors=arrays["log_priors"],
+        # A classifier without familiarity is saved without its means and whitening (`classifier_to_npz`).
         class_means=arrays.get("class_means"),
         whiten=arrays.get("whiten"),
-        familiar_distance=float(arrays.get("familiar_distance", np.inf)),
+        familiar_distance=float(arrays["familiar_distance"]),
     )
 
 
@@ -411,5 +410,8 @@ _CLASSIFIER_ARRAYS = (
     "shrinkage",
     "threshold",
     "withheld_labels",
+    "temperature",
+    "log_priors",
+    "familiar_distance",
 )
 _STATS_ARRAYS = ("total_n", "total_mean", "total_scatter", "labels", "counts", "means")

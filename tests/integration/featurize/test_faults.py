@@ -35,13 +35,21 @@ from job_process import (
 
 from fault_proxy import TRANSIENT, Call, Fault, FlakyProxy, Plan
 from pomona.core.aws import get_json, put_json
-from pomona.core.outputs import CommittedOutputs, leases_prefix, lock_key, pca_latest_key, pca_prefix
+from pomona.core.outputs import (
+    CommittedOutputs,
+    Latest,
+    leases_prefix,
+    lock_key,
+    pca_latest_key,
+    pca_prefix,
+)
 from pomona.core.settings import Settings
-from pomona.featurize.commit import Committer, Latest
+from pomona.featurize.commit import Committer
 from pomona.featurize.driver import BatchResult, Job, JobOptions, run_job
 from pomona.featurize.entry import EXIT_CONCURRENT_RUN
 from pomona.featurize.index import SeenIndex
 from pomona.featurize.lock import ConcurrentRunError, RunLock
+from pomona.featurize.recovery import Recovery
 from pomona.ml.pca import load_state
 from pomona.testing.samples import SYNTHETIC_LABELS
 
@@ -236,7 +244,7 @@ def test_recovery_never_deletes_files_once_another_run_moved_latest(
     _expire_lock(settings)
 
     # WHEN a recovery reads LATEST, and another run moves LATEST before the recovery fences it
-    class Overtaken(Committer):
+    class Overtaken(Recovery):
         def _fence(self, latest: Latest) -> bool:
             put_json(
                 s3,
@@ -246,8 +254,7 @@ def test_recovery_never_deletes_files_once_another_run_moved_latest(
             )
             return super()._fence(latest)
 
-    committer = Overtaken(s3, settings, SeenIndex(boto3.client("dynamodb"), settings.seen_table))
-    committer.recover()
+    Overtaken(Committer(s3, settings, SeenIndex(boto3.client("dynamodb"), settings.seen_table))).recover()
 
     # THEN the fence fails and recovery deletes nothing: the orphan's files wait for a later recovery
     assert orphaned in _batch_ids(settings)

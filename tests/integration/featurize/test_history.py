@@ -5,24 +5,19 @@ Against the moto server's S3 and DynamoDB; the job's runs on local[2] Spark.
 
 from __future__ import annotations
 
-import io
-import json
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
 import boto3
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from pomona.bench.history_data import build_history, committer_for, synthetic_shas
-from pomona.core.aws import json_bytes
-from pomona.core.outputs import CommittedOutputs, pca_latest_key, pca_prefix
+from pomona.core.outputs import CommittedOutputs, pca_prefix
 from pomona.core.settings import Settings
-from pomona.featurize.commit import Committer
 from pomona.featurize.driver import JobOptions, run_job
+from pomona.featurize.recovery import Recovery
 from pomona.ingest import handler
 from pomona.local.poller import EventSourcePoller
 from pomona.ml.pca import load_model, load_state, project
@@ -76,9 +71,9 @@ class Requests:
         self.calls[model.name] += 1
 
 
-def _counted_committer(settings: Settings) -> tuple[Committer, Requests]:
+def _counted_recovery(settings: Settings) -> tuple[Recovery, Requests]:
     committer = committer_for(settings)
-    return committer, Requests(committer.s3, committer.index.dynamodb)
+    return Recovery(committer), Requests(committer.s3, committer.index.dynamodb)
 
 
 # -- the dedupe index -------------------------------------------------------------------------------------------
@@ -112,44 +107,17 @@ def test_recovery_and_lookups_cost_the_same_whatever_the_history(ingest: Setting
     for batches in (2, 6):
         settings = ingest.replace(output_prefix=f"h{batches}/")
         build_history(settings, seen=batches * 10, batch_images=10)
-        committer, counted = _counted_committer(settings)
+        recovery, counted = _counted_recovery(settings)
 
         # WHEN a run recovers and looks up a batch of 20 images, half of them committed
-        committer.recover()
-        found = committer.index.committed(synthetic_shas(0, 10) + synthetic_shas(10_000, 10))
+        recovery.recover()
+        found = recovery.committer.index.committed(synthetic_shas(0, 10) + synthetic_shas(10_000, 10))
         assert found == set(synthetic_shas(0, 10))
         requests.append(counted.calls)
 
     # THEN it made the same requests after 6 batches as after 2
     assert requests[0] == requests[1]
     assert requests[0]["ListObjectsV2"] == 1  # the leases, and nothing else is listed
-
-
-def test_history_from_before_the_index_is_recorded_in_it_once(ingest: Settings) -> None:
-    # GIVEN a LATEST version written before the index: its seen.parquet lists every committed image
-    committer = committer_for(ingest)
-    build_history(ingest, seen=5, batch_images=5)
-    latest = committer.read_latest()
-    base = pca_prefix(ingest.output_prefix, latest.version, latest.batch_id)
-    old = [f"{i:064x}" for i in range(40)]
-    s3 = boto3.client("s3")
-    metadata = json.loads(s3.get_object(Bucket=ingest.bucket, Key=base + "metadata.json")["Body"].read())
-    del metadata["dedupe"]
-    s3.put_object(Bucket=ingest.bucket, Key=base + "metadata.json", Body=json_bytes(metadata))
-    sink = io.BytesIO()
-    pq.write_table(pa.table({"sha256": old}), sink)
-    s3.put_object(Bucket=ingest.bucket, Key=base + "seen.parquet", Body=sink.getvalue())
-
-    # WHEN runs recover twice
-    first, first_requests = _counted_committer(ingest)
-    first.recover()
-    second, second_requests = _counted_committer(ingest)
-    second.recover()
-
-    # THEN the first recorded every listed image in the index, and the second recorded nothing again
-    assert first.index.committed(old) == set(old)
-    assert first_requests.calls["BatchWriteItem"] >= 2
-    assert second_requests.calls["BatchWriteItem"] == 0
 
 
 # -- retention --------------------------------------------------------------------------------------------------
@@ -201,8 +169,9 @@ def test_retention_keeps_the_latest_state_and_what_readers_of_every_version_need
         assert again.shape == expected.shape
         np.testing.assert_allclose(again, expected, atol=1e-4)
     # AND the next run starts from the latest state
-    latest = json.loads(s3.get_object(Bucket=settings.bucket, Key=pca_latest_key(""))["Body"].read())
-    state = s3.get_object(Bucket=settings.bucket, Key=pca_prefix("", 3, latest["batch_id"]) + "state.npz")
+    latest = outputs.latest()
+    assert latest.version == 3
+    state = s3.get_object(Bucket=settings.bucket, Key=latest.folder("") + "state.npz")
     assert load_state(state["Body"].read()).n == 12
     _upload(settings, 4, offset=12)
     fourth = run_job(spark, settings, job_options).manifest  # type: ignore[arg-type]

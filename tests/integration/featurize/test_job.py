@@ -315,10 +315,10 @@ def test_a_run_in_another_precision_refuses_before_receiving_anything(
     )
 
 
-def test_a_version_written_before_precision_counts_as_f32(
+def test_a_version_without_a_precision_counts_as_f32(
     spark: object, ingest: Settings, job_options: JobOptions
 ) -> None:
-    # GIVEN a PCA version whose metadata names no precision (written before precision joined the lineage)
+    # GIVEN a PCA version whose metadata names no precision (`Lineage.from_json` reads it as f32)
     _upload(ingest, _synthetic(6))
     assert run_job(spark, ingest, job_options).manifest is not None  # type: ignore[arg-type]
     _edit_committed_metadata(ingest, lambda metadata: metadata.pop("precision"))

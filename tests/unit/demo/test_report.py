@@ -24,6 +24,7 @@ from pomona.ml.pca import PcaState, fit_pca, model_to_npz, state_to_npz
 from pomona.ml.training import retrain
 
 D = 24  # features are 1280-wide in production; the report does not care
+LATEST_BATCH = "20260102T000000Z-bbbbbbbb"  # the batch that wrote the full tree's LATEST PCA version
 
 
 def _clusters(labels: list[str], *, per_class: int, seed: int) -> tuple[npt.NDArray[np.float32], list[str]]:
@@ -58,15 +59,17 @@ def _write_batch(
     return key
 
 
-def _write_pca(out: Path, version: int, x: npt.NDArray[np.float32], labels: list[str], **fit: Any) -> None:
+def _write_pca(
+    out: Path, version: int, batch_id: str, x: npt.NDArray[np.float32], labels: list[str], **fit: Any
+) -> None:
     state = PcaState.from_rows(x)
     model = fit_pca(state, **fit)
-    folder = out / pca_prefix("", version, None)
+    folder = out / pca_prefix("", version, batch_id)
     folder.mkdir(parents=True)
     (folder / "model.npz").write_bytes(model_to_npz(model))
     (folder / "state.npz").write_bytes(state_to_npz(state))
     (folder / "quality.json").write_text(json.dumps(_evaluation(x, labels)))
-    (out / pca_latest_key("")).write_text(json.dumps({"version": version}))
+    (out / pca_latest_key("")).write_text(json.dumps({"version": version, "batch_id": batch_id}))
 
 
 def _evaluation(x: npt.NDArray[np.float32], labels: list[str]) -> dict[str, Any]:
@@ -84,7 +87,10 @@ def _write_sidecar(out: Path, reason: Reason, key: str, **extra: Any) -> None:
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
-        json.dumps({"reason": reason.value, "detail": "expected …, got …", "original_key": key} | extra)
+        json.dumps(
+            {"reason": reason.value, "stage": "ingest", "detail": "expected …, got …", "original_key": key}
+            | extra
+        )
     )
 
 
@@ -122,10 +128,10 @@ def full_tree(tmp_path: Path) -> Path:
     labels = ["Apple", "Banana", "Cherry", "Lime $\\frac$", *(f"Fruit {i}" for i in range(8))]
     x, y = _clusters(labels, per_class=6, seed=0)
     _write_batch(out, "20260101T000000Z-aaaaaaaa", x[:36], y[:36])
-    _write_batch(out, "20260102T000000Z-bbbbbbbb", x[36:], y[36:])
+    _write_batch(out, LATEST_BATCH, x[36:], y[36:])
     ghost_x, ghost_y = _clusters(["Ghost"], per_class=5, seed=1)
     _write_batch(out, "20260103T000000Z-cccccccc", ghost_x, ghost_y, committed=False)
-    _write_pca(out, 2, x, y, n_components=3)
+    _write_pca(out, 2, LATEST_BATCH, x, y, n_components=3)
     _write_sidecar(out, Reason.CORRUPT, "uploads/Apple/<b>bad</b>.jpg")
     _write_sidecar(out, Reason.DECODE_FAILED, "uploads/Pear/odd.jpg", stage="featurize")
     return out
@@ -166,7 +172,7 @@ def test_full_report_draws_every_figure(full_tree: Path) -> None:
 
 def test_the_business_metric_is_the_classifier_on_the_holdout(full_tree: Path) -> None:
     # GIVEN LATEST's quality.json: the classifier's evaluation on its held-out images
-    quality = json.loads((full_tree / pca_prefix("", 2, None) / "quality.json").read_text())
+    quality = json.loads((full_tree / pca_prefix("", 2, LATEST_BATCH) / "quality.json").read_text())
 
     # WHEN the report is written
     text = write_report(full_tree, _summary()).read_text()
@@ -189,7 +195,7 @@ def test_the_business_metric_is_the_classifier_on_the_holdout(full_tree: Path) -
 
 def test_labels_recalled_worst_are_listed_first(full_tree: Path) -> None:
     # GIVEN a holdout on which some labels are recalled less than others
-    path = full_tree / pca_prefix("", 2, None) / "quality.json"
+    path = full_tree / pca_prefix("", 2, LATEST_BATCH) / "quality.json"
     recall = {"Apple": 1.0, "Banana": 0.5, "Cherry": 0.75, "Lime <x>": 0.5}
     path.write_text(json.dumps(json.loads(path.read_text()) | {"per_label_recall": recall}))
 
@@ -219,10 +225,28 @@ def test_page_is_self_contained(full_tree: Path) -> None:
 def test_text_from_the_summary_and_bucket_is_escaped(full_tree: Path) -> None:
     text = write_report(full_tree, _summary()).read_text()
 
-    assert "random weights: features carry &lt;no&gt; meaning &amp; that&#x27;s expected" in text
+    assert "random weights: features carry &lt;no&gt; meaning &amp; that" in text
     assert "<no>" not in text
     assert "uploads/Apple/&lt;b&gt;bad&lt;/b&gt;.jpg" in text
     assert "<b>bad</b>" not in text
+
+
+def test_a_label_that_is_markup_is_shown_as_text(full_tree: Path) -> None:
+    # GIVEN a label that is a script tag, recalled on the holdout and in a quarantined upload's key
+    label = "<script>alert(1)</script>"
+    path = full_tree / pca_prefix("", 2, LATEST_BATCH) / "quality.json"
+    path.write_text(
+        json.dumps(json.loads(path.read_text()) | {"per_label_recall": {label: 0.5, "Apple": 1.0}})
+    )
+    _write_sidecar(full_tree, Reason.CORRUPT, f"uploads/{label}/a.jpg")
+
+    # WHEN the report is written
+    text = write_report(full_tree, _summary()).read_text()
+
+    # THEN the page shows the tag as text, in the recall table and the rejections, and runs nothing
+    assert "<script" not in text
+    assert f'<tr><td>{html.escape(label)}</td><td class="num">50.0%</td></tr>' in text
+    assert f"<code>uploads/{html.escape(label)}/a.jpg</code>" in text
 
 
 def test_only_committed_batches_are_read(full_tree: Path) -> None:
@@ -279,7 +303,7 @@ def test_single_label_and_one_component(tmp_path: Path) -> None:
     out = tmp_path / "out"
     x, labels = _clusters(["Apple"], per_class=12, seed=2)
     _write_batch(out, "20260101T000000Z-aaaaaaaa", x, labels)
-    _write_pca(out, 1, x, labels, n_components=1)
+    _write_pca(out, 1, "20260101T000000Z-aaaaaaaa", x, labels, n_components=1)
 
     # WHEN the report is written
     page = write_report(out, _summary(k=1, holdout={"skipped": "the summary's reason"}))

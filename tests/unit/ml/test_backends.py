@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from pomona.core.errors import SettingsError
+from pomona.core.outputs import Lineage
 from pomona.ml.backends import BACKENDS, choose_model, get_backend
 from pomona.ml.backends import openvino as openvino_backend
 from pomona.ml.featurizer import make_featurizer
@@ -62,12 +63,12 @@ def test_auto_gives_a_new_lineage_litert_f32_and_bf16_only_when_asked_for() -> N
 @pytest.mark.parametrize(
     ("lineage", "expected"),
     [
-        ({"backend": "litert"}, ("litert", "f32")),  # written before precision joined the lineage
-        ({"backend": "openvino", "precision": "bf16"}, ("openvino", "bf16")),
-        ({"backend": "tensorflow", "precision": "f32"}, ("tensorflow", "f32")),
+        (Lineage(weights_id="w", backend="litert", precision="f32"), ("litert", "f32")),
+        (Lineage(weights_id="w", backend="openvino", precision="bf16"), ("openvino", "bf16")),
+        (Lineage(weights_id="w", backend="tensorflow", precision="f32"), ("tensorflow", "f32")),
     ],
 )
-def test_auto_keeps_the_committed_lineage(lineage: dict[str, str], expected: tuple[str, str]) -> None:
+def test_auto_keeps_the_committed_lineage(lineage: Lineage, expected: tuple[str, str]) -> None:
     assert choose_model("auto", "auto", lineage=lineage) == expected
     # an explicit value is kept as given: the job's lineage check refuses a mismatch before receiving anything
     assert choose_model("litert", "auto", lineage=lineage) == ("litert", expected[1])

@@ -117,13 +117,14 @@ def test_the_chosen_threshold_is_never_below_the_floor_even_on_a_clean_holdout()
     assert floored["answered_accuracy"] == 1.0
 
 
-def test_the_temperature_round_trips_and_older_files_read_as_untempered() -> None:
+def test_the_temperature_round_trips_and_a_file_without_it_is_refused() -> None:
     rng = np.random.default_rng(6)
     classifier = dataclasses.replace(_fitted(rng)[0], temperature=7.5)
     assert load_classifier(classifier_to_npz(classifier)).temperature == 7.5
     arrays = from_npz(classifier_to_npz(classifier), (), what="classifier", error=ClassifierError)
     del arrays["temperature"]
-    assert load_classifier(to_npz(**arrays)).temperature == 1.0
+    with pytest.raises(ClassifierError, match=r"expected arrays \[.*'temperature'.*\], got \["):
+        load_classifier(to_npz(**arrays))
 
 
 @pytest.mark.parametrize("temperature", [0.0, -1.0, float("nan"), float("inf")])

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from pomona.ml.classifier import (
     Classifier,
+    ClassifierError,
     LabelStats,
     answer,
     classifier_to_npz,
@@ -153,7 +154,7 @@ def test_the_evaluation_counts_refusals_of_known_photos_as_unanswered() -> None:
     ] == pytest.approx(unfamiliar.mean())
 
 
-def test_familiarity_is_saved_with_the_classifier_and_absent_from_older_files() -> None:
+def test_familiarity_is_saved_with_the_classifier_and_a_file_without_it_is_refused() -> None:
     classifier, _, _, _ = _fitted()
     classifier = dataclasses.replace(classifier, familiar_distance=7.5)
     loaded = load_classifier(classifier_to_npz(classifier))
@@ -162,12 +163,11 @@ def test_familiarity_is_saved_with_the_classifier_and_absent_from_older_files() 
     np.testing.assert_allclose(distances(loaded, rows), distances(classifier, rows))
 
     with np.load(io.BytesIO(classifier_to_npz(classifier))) as saved:
-        before_familiarity = {
+        without = {
             k: saved[k] for k in saved.files if k not in {"class_means", "whiten", "familiar_distance"}
         }
-    older = load_classifier(to_npz(**before_familiarity))
-    assert older.familiar_distance == float("inf")
-    assert not answer(older, np.eye(D)[0] * 60.0).unfamiliar
+    with pytest.raises(ClassifierError, match=r"expected arrays \[.*'familiar_distance'.*\], got \["):
+        load_classifier(to_npz(**without))
 
 
 def test_leave_labels_out_answers_few_never_taught_photos_and_most_known_ones() -> None:

@@ -9,11 +9,12 @@ and returns the function the featurizer calls on chunks of at most `batch_size` 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
 from pomona.core.errors import SettingsError
+from pomona.core.outputs import Lineage
 from pomona.core.settings import AUTO
 from pomona.ml.backends.litert import LITERT
 from pomona.ml.backends.openvino import OPENVINO
@@ -59,32 +60,24 @@ def get_backend(name: str) -> Backend:
         raise SettingsError(f"POMONA_BACKEND: expected one of {sorted(BACKENDS)}, got {name!r}") from None
 
 
-# A new lineage's model: the fastest whose quality is shown equal here (README, "Backends: which one, and why").
-# LiteRT float32 ran the whole job fastest on this project's machine (AVX-512 BF16, no AMX): 175 img/s against
-# OpenVINO bf16's 161 and float32's 121, 2,160 photos, one run; bf16's 1.4-2.1x faster model is lost in the job's
-# per-image overhead, and its answered photos were right less often (2 of 25 splits below 99 %). bf16 is opt-in.
+# A new lineage's model: the one that ran the whole job fastest with quality shown equal (the README's "Backends:
+# which one, and why" has the figures). bf16 is opt-in: its faster model call is lost in the job's per-image
+# overhead, and its answers were right less often.
 NEW_LINEAGE = ("litert", "f32")
 
 
-def choose_model(
-    backend: str, precision: str, *, lineage: Mapping[str, str] | None = None
-) -> tuple[str, str]:
+def choose_model(backend: str, precision: str, *, lineage: Lineage | None = None) -> tuple[str, str]:
     """The backend and precision a run computes in, given POMONA_BACKEND and POMONA_PRECISION (either may be
-    `auto`) and the committed `lineage`'s (its "backend" and "precision"; None for a new lineage).
+    `auto`) and the committed `lineage` (None for a new lineage).
 
     `auto` keeps the lineage's choice, so a lineage never changes model whatever the default becomes; for a new
     lineage it is NEW_LINEAGE's (f32 whatever the backend: bf16 is asked for, never assumed). A value given
     explicitly is kept as given: the job's lineage check refuses it if it differs from the lineage's.
     """
-    if lineage is not None:
-        lineage_precision = lineage.get("precision") or "f32"  # written before precision joined the lineage
-        return (
-            lineage["backend"] if backend == AUTO else backend,
-            lineage_precision if precision == AUTO else precision,
-        )
+    chosen = NEW_LINEAGE if lineage is None else (lineage.backend, lineage.precision)
     return (
-        NEW_LINEAGE[0] if backend == AUTO else backend,
-        NEW_LINEAGE[1] if precision == AUTO else precision,
+        chosen[0] if backend == AUTO else backend,
+        chosen[1] if precision == AUTO else precision,
     )
 
 
