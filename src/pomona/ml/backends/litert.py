@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class LiteRtBackend:
     name: str = "litert"
-    # XNNPACK's kernels stay in cache at one image (measured: 1 → 135 img/s on one thread, 8 → 112, 16 → 99).
+    # XNNPACK's kernels stay in cache at one image: larger batches ran slower (README, "Backends and precisions").
     best_batch: int = 1
 
     def prepare(self, weights: WeightsRef, *, cache_dir: Path) -> None:

@@ -27,20 +27,16 @@ from pomona.ml.weights import WeightsRef
 
 logger = logging.getLogger(__name__)
 
-# Images per infer request. Measured on the 540 sample photos with 2 threads (THROUGHPUT: 2 streams of one thread,
-# OPTIMAL_NUMBER_OF_INFER_REQUESTS 2), model alone, median of 6 runs on this project's 2-core AMD EPYC (Zen 5:
-# AVX-512 BF16, no AMX) while other sessions' tests ran (load ~3): bf16 1 → 604 img/s, 2 → 577, 4 → 594, 8 → 492;
-# f32 1 → 375, 4 → 275. One image per request is as fast as any (as XNNPACK's kernels, they stay in cache) and never
-# pads. The requests in flight are what keep both cores busy: bf16 with a single request, 342 img/s.
+# Images per infer request: one is as fast as any (the kernels stay in cache) and never pads; the requests in
+# flight keep the cores busy (README, "Backends and precisions").
 REQUEST_BATCH = 1
 
 
 @dataclass(frozen=True)
 class OpenVinoBackend:
     name: str = "openvino"
-    # Images per call, spread over the infer requests; the cores idle only at a call's tail. Bare loop (decode, then
-    # the model), bf16, 2 threads, median of 5 runs as above: 8 → 362 img/s, 16 → 415, 32 → 423, 64 → 389 (peak RSS
-    # 160, 172, 215, 254 MB). In the same runs LiteRT f32 at its batch of 1: 186 img/s; OpenVINO f32 at 32: 241.
+    # Images per call, spread over the infer requests; the cores idle only at a call's tail. 16 to 32 ran fastest in
+    # the bare loop (README, "Backends and precisions").
     best_batch: int = 32
 
     def check(self, precision: str) -> None:
