@@ -225,6 +225,7 @@ class Ingestor:
         assert verdict.width
         assert verdict.height
         assert verdict.mode
+        assert verdict.sha256  # validate_image always digests
         message = ImageMessage(
             bucket=source["bucket"],
             key=source["key"],

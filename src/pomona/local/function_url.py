@@ -108,6 +108,10 @@ def _request_handler(
     lock = threading.Lock()  # one invocation at a time, as one Lambda container runs them
 
     class FunctionUrlRequest(BaseHTTPRequestHandler):
+        # Headers and body go out as two writes: with Nagle's algorithm on, the second waits for the client's
+        # delayed ACK of the first (tens of ms on loopback), as the deployed URL never makes the app wait.
+        disable_nagle_algorithm = True
+
         def _invoke(self) -> None:
             if page is not None and wants_page(self.command, self.path, self.headers.get("Accept") or ""):
                 headers = {
