@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
+from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
@@ -58,6 +59,19 @@ log = logging.getLogger(__name__)
 
 # What a version past retention's window loses: what only the next refit needs.
 RETIRED_FILES = (STATE_FILE, TRAINING_FILE, HOLDOUT_FILE)
+
+
+class CommitState(Enum):
+    """How far a run's batch got: what its lease's release needs to know."""
+
+    NOTHING_WRITTEN = "nothing written"  # no file of the batch exists: the lease goes
+    UNCOMMITTED = "uncommitted"  # files of the batch may exist: the lease stays, for recovery to find them
+    COMMITTED = "committed"  # its manifest is written: the lease goes
+
+    @property
+    def settled(self) -> bool:
+        """Whether the batch left nothing uncommitted (it committed, or wrote nothing)."""
+        return self is not CommitState.UNCOMMITTED
 
 
 class Committer:

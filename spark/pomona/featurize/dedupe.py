@@ -4,20 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from pomona.core.contract import ImageMessage
+from pomona.featurize.queue import Held
 
 
-def split_duplicates(
-    messages: Sequence[tuple[ImageMessage, str]], seen: set[str]
-) -> tuple[list[tuple[ImageMessage, str]], list[tuple[ImageMessage, str]]]:
+def split_duplicates(messages: Sequence[Held], seen: set[str]) -> tuple[list[Held], list[Held]]:
     """(first occurrence of each image not yet committed, the rest). Images are identified by sha256."""
-    fresh: list[tuple[ImageMessage, str]] = []
-    duplicates: list[tuple[ImageMessage, str]] = []
+    fresh: list[Held] = []
+    duplicates: list[Held] = []
     taken = set(seen)
-    for message, receipt in messages:
-        if message.sha256 in taken:
-            duplicates.append((message, receipt))
+    for held in messages:
+        if held.message.sha256 in taken:
+            duplicates.append(held)
         else:
-            taken.add(message.sha256)
-            fresh.append((message, receipt))
+            taken.add(held.message.sha256)
+            fresh.append(held)
     return fresh, duplicates

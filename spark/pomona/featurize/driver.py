@@ -5,14 +5,13 @@ Recover (`recovery`), drain the images queue, drop images already committed (`in
 then commit (`commit`) and delete the messages. One run at a time (`lock`), its messages kept invisible and its lease
 alive by a heartbeat (`queue`) from recovery on, and a watchdog (`liveness`) stops it past its deadline. The model
 is the committed lineage's (`lineage`); the manifest is put together in `manifest`; the messages the run holds are
-settled, or given back after a failure, by `held`. Each image's outcome is its own: committed, quarantined with a
-reason, or deferred (its message left for redelivery); one image never fails the run.
+settled, or given back after a failure, by `held`. Each image's outcome is its own value (`outcome`): committed,
+quarantined with a reason, or deferred (its message left for redelivery); one image never fails the run.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import os
 import time
@@ -22,11 +21,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import boto3
-import pandas as pd
 from botocore.exceptions import BotoCoreError, ClientError
 
 from pomona.core.aws import RETRIES, error_code
-from pomona.core.contract import ImageMessage, Reason
+from pomona.core.contract import Reason
 from pomona.core.outputs import (
     Latest,
     Lineage,
@@ -36,10 +34,10 @@ from pomona.core.outputs import (
     lock_key,
     new_batch_id,
 )
+from pomona.core.resources import describe
 from pomona.core.settings import Settings, injected_fault
-from pomona.featurize.commit import Committer
+from pomona.featurize.commit import CommitState, Committer
 from pomona.featurize.dedupe import split_duplicates
-from pomona.featurize.fetch import DEFERRED
 from pomona.featurize.held import HeldMessages
 from pomona.featurize.index import SeenIndex
 from pomona.featurize.lineage import check_lineage, prepare_model
@@ -52,14 +50,11 @@ from pomona.featurize.manifest import (
     quarantined_by_reason,
 )
 from pomona.featurize.metrics import RunMetrics
+from pomona.featurize.outcome import ImageFailure, Settled, merge_optional
 from pomona.featurize.passes import featurize_pass, projection_pass
-from pomona.featurize.queue import Heartbeat, Received, drain_queue
+from pomona.featurize.queue import Heartbeat, Held, Received, drain_queue
 from pomona.featurize.recovery import Recovery
-from pomona.featurize.tasks import (
-    FAILURE_COLUMNS,
-    file_provenance,
-    merge_optional,
-)
+from pomona.featurize.tasks import file_provenance
 from pomona.ml.backends import choose_model
 from pomona.ml.classifier import (
     LabelStats,
@@ -84,7 +79,7 @@ log = logging.getLogger(__name__)
 class JobOptions:
     """How the job works its queue; what it works on (weights, backend, max_images) is in `Settings`."""
 
-    visibility_timeout_s: int = 300
+    visibility_timeout_s: int = describe().images.visibility_timeout_s
     heartbeat_s: float = 60.0
     # How long a stopped run's driver may take to give its messages back before its process exits.
     grace_s: float = 300.0
@@ -124,12 +119,11 @@ class Job:
         self.recovery = Recovery(self.committer)
         # Named up front: the run's lease on it exists before any of its files.
         self.batch_id = new_batch_id(entropy=os.urandom(8))
-        # Whether files of this batch may exist uncommitted: its lease then stays, for recovery to find them.
-        self._unsettled = False
+        # How far this run's batch got: the lease stays while its files may exist uncommitted.
+        self.outputs = CommitState.NOTHING_WRITTEN
         cloudwatch = boto3.client("cloudwatch", endpoint_url=settings.endpoint_url, config=RETRIES)
         self.metrics = RunMetrics(cloudwatch, namespace=settings.metrics_namespace, bucket=settings.bucket)
         self.held = HeldMessages(self.sqs, settings, between=lambda: self._fault("mid_delete"))
-        self._groups = 0  # message groups (tasks) of the featurize pass
 
     def run(self) -> BatchResult:
         started = time.monotonic()
@@ -156,13 +150,13 @@ class Job:
                 ) as heartbeat,
             ):
                 recovered, committed = self.recovery.recover()
-                self._choose_model(committed)
-                check_lineage(committed, self._lineage)
+                lineage = self._choose_model(committed)
+                check_lineage(committed, lineage)
                 # The chosen model, checked against the lineage, before any receive.
-                prepare_model(self.settings)
+                prepare_model(_featurizing(self.settings, lineage))
                 self.watchdog.progress()
                 try:
-                    result = self._run_batch(heartbeat, recovered, started)
+                    result = self._run_batch(heartbeat, recovered, lineage, started)
                 except ConcurrentRunError:
                     raise  # another run took over, and may hold these messages by now: they are its to settle
                 except Exception as err:
@@ -176,14 +170,16 @@ class Job:
             self.metrics.run_failed()
             raise
         finally:
-            lock.release(settled=not self._unsettled)
+            lock.release(settled=self.outputs.settled)
         counts = {} if result.manifest is None else result.manifest["counts"]
         self.metrics.run_succeeded(
             committed=counts.get("featurized", 0), unfamiliar=counts.get("unfamiliar") or 0
         )
         return result
 
-    def _run_batch(self, heartbeat: Heartbeat, recovered: Latest, started: float) -> BatchResult:
+    def _run_batch(
+        self, heartbeat: Heartbeat, recovered: Latest, lineage: Lineage, started: float
+    ) -> BatchResult:
         timings: dict[str, float] = {}
         with timed(timings, "drain_s"):
             received = self._drain(heartbeat)
@@ -197,36 +193,34 @@ class Job:
 
         latest, fresh, duplicates = self._dedupe(received, recovered)
         if not fresh:
-            self.held.delete([r for _, r in duplicates])
+            self.held.delete([h.receipt for h in duplicates])
             return BatchResult(manifest=None, skipped=f"all {len(duplicates)} images already committed")
         stored_state = self.committer.load_state(latest)
         stored_training, stored_holdout = self.committer.load_classifier_state(latest)
         version, batch_id = latest.version + 1, self.batch_id
 
-        self._unsettled = True
+        self.outputs = CommitState.UNCOMMITTED
         with timed(timings, "featurize_s"):
-            outcome, self._groups = featurize_pass(
+            outcome, groups = featurize_pass(
                 self.spark,
-                self.settings,
-                [m for m, _ in fresh],
+                _featurizing(self.settings, lineage),
+                [h.message for h in fresh],
                 images_per_partition=self.options.images_per_partition,
                 batch_id=batch_id,
                 version=version,
-                provenance=self._provenance,
+                provenance=file_provenance(lineage),
             )
-        failed = pd.DataFrame(outcome.failures, columns=list(FAILURE_COLUMNS))
-        deferred, failures = failed[failed["reason"] == DEFERRED], failed[failed["reason"] != DEFERRED]
-        heartbeat.receipts = _receipts_except(received, set(deferred["sha256"]))
-        self._drop_stale_parts(outcome.parts, batch_id=batch_id)
+        heartbeat.receipts = _receipts_except(received, {f.sha256 for f in outcome.failures if f.deferred})
+        self._drop_stale_parts(outcome.parts, groups=groups, batch_id=batch_id)
         self._phase_done("after_features")
         if outcome.state is None:
-            self._unsettled = False  # no part file was written
-            left, by_code = self._settle(failures, deferred, fresh)
-            self.held.settle(received, duplicates, failures, deferred, left)
+            self.outputs = CommitState.NOTHING_WRITTEN  # no part file was written
+            settled = self._settle(outcome.failures)
+            self.held.settle(received, duplicates, settled)
             return BatchResult(
                 manifest=None,
-                skipped=f"no image featurized: {len(failures) - len(left)} quarantined, "
-                f"{by_code.total()} deferred",
+                skipped=f"no image featurized: {len(settled.quarantined)} quarantined, "
+                f"{len(settled.deferred)} deferred",
             )
         with timed(timings, "refit_s"):
             state = merge_pca_state(stored_state or PcaState.empty(FEATURE_DIM), outcome.state)
@@ -254,20 +248,20 @@ class Job:
                 None if retrained.classifier is None else classifier_to_npz(retrained.classifier),
                 batch_id=batch_id,
                 version=version,
-                provenance=self._provenance,
+                provenance=file_provenance(lineage),
             )
         self.watchdog.step()
 
         committing = time.monotonic()
-        left, by_code = self._settle(failures, deferred, fresh)
+        settled = self._settle(outcome.failures)
         unfamiliar = count_unfamiliar(retrained, projected)
         counts = {
             "received": len(received.messages) + received.malformed + refused,
             "malformed": received.malformed,
             "duplicates": len(duplicates),
             "featurized": len(projected),
-            "failed": quarantined_by_reason(failures, left, refused=refused),
-            "deferred": dict(by_code),
+            "failed": quarantined_by_reason(settled, refused=refused),
+            "deferred": dict(settled.deferred_by_code()),
             "labels": dict(Counter(projected["label"])),
             # Scored unfamiliar by the classifier trained with them: the first sign of fruits the catalogue lacks.
             "unfamiliar": unfamiliar,
@@ -282,7 +276,7 @@ class Job:
             timings=timings,
             n_fresh=len(fresh),
             settings=self.settings,
-            lineage=self._lineage,
+            lineage=lineage,
             files={kind: self.committer.batch_keys(kind, batch_id) for kind in ("features", "projections")},
         )
         files = classifier_files(retrained, training, holdout)
@@ -290,7 +284,8 @@ class Job:
         self._commit(
             heartbeat.lock, latest, model, state, manifest, evaluation, files, images=projected["sha256"]
         )
-        self.held.settle(received, duplicates, failures, deferred, left)
+        self.outputs = CommitState.COMMITTED
+        self.held.settle(received, duplicates, settled)
         self._retire(version, batch_id)
         manifest["timings"]["commit_s"] = round(time.monotonic() - committing, 3)
         log.info("Batch committed", extra={"batch_id": batch_id, "pca_version": version, **counts})
@@ -310,19 +305,17 @@ class Job:
         self.held.hold(received)
         if received.excess:  # past a suspect message's batch cap: back to the queue, uncharged
             self.held.move(received.excess)
-            heartbeat.receipts = [*received.receipts, *(r for _, r, _ in received.refused)]
+            heartbeat.receipts = [*received.receipts, *(r.receipt for r in received.refused)]
         return received
 
-    def _dedupe(
-        self, received: Received, recovered: Latest
-    ) -> tuple[Latest, list[tuple[ImageMessage, str]], list[tuple[ImageMessage, str]]]:
+    def _dedupe(self, received: Received, recovered: Latest) -> tuple[Latest, list[Held], list[Held]]:
         """LATEST, and the received messages split into (fresh images, duplicates): of each other, or of images
         the index holds committed."""
         latest = self.committer.read_latest()
         # A run past the lock committed since recovery: finish its commit before looking.
         if latest != recovered:
             self.recovery.roll_forward(latest)
-        seen = self.committer.index.committed(m.sha256 for m, _ in received.messages)
+        seen = self.committer.index.committed(h.message.sha256 for h in received.messages)
         fresh, duplicates = split_duplicates(received.messages, seen)
         return latest, fresh, duplicates
 
@@ -352,7 +345,6 @@ class Job:
         self.committer.record(batch_id, images)
         self._fault("after_index")
         self.committer.write_manifest(manifest)
-        self._unsettled = False
         self._fault("after_manifest")
 
     def _refit(self, state: PcaState) -> PcaModel:
@@ -363,57 +355,59 @@ class Job:
             n_components=self.settings.n_components,
         )
 
-    def _choose_model(self, committed: VersionMetadata | None) -> None:
-        """Make POMONA_BACKEND/PRECISION=auto concrete: the committed lineage's model (`committed`: its version's
-        metadata), or a new lineage's."""
+    def _choose_model(self, committed: VersionMetadata | None) -> Lineage:
+        """This run's model, POMONA_BACKEND/PRECISION=auto made concrete: the committed lineage's model
+        (`committed`: its version's metadata), or a new lineage's."""
         lineage = None if committed is None else committed.lineage
         backend, precision = choose_model(self.settings.backend, self.settings.precision, lineage=lineage)
-        self.settings = self.settings.replace(backend=backend, precision=precision)
+        weights = resolve_weights(self.settings.weights, cache_dir=self.settings.model_cache_dir)
+        return Lineage(weights_id=weights.weights_id, backend=backend, precision=precision)
 
     def _refuse(self, received: Received) -> int:
         """Quarantine, by a sidecar alone, each message the drain refused (it names what ingestion would not have
         queued), and delete it: nothing it names is fetched. One S3 would not let us quarantine stays, for the DLQ."""
         done = []
-        for message, receipt, detail in received.refused:
+        for refused in received.refused:
             try:
-                self.committer.quarantine(message, Reason.BAD_MESSAGE, detail, copy=False)
-                done.append(receipt)
+                self.committer.quarantine(refused.message, Reason.BAD_MESSAGE, refused.detail, copy=False)
+                done.append(refused.receipt)
             except ClientError as err:
-                log.warning("Quarantine failed", extra={"key": message.key, "error_code": error_code(err)})
+                log.warning(
+                    "Quarantine failed", extra={"key": refused.message.key, "error_code": error_code(err)}
+                )
         self.held.delete(done)
         return len(done)
 
-    def _settle(
-        self, failures: pd.DataFrame, deferred: pd.DataFrame, fresh: Sequence[tuple[ImageMessage, str]]
-    ) -> tuple[dict[str, str], Counter[str]]:
-        """Quarantine each failed image. Those S3 would not let us quarantine now are left for redelivery, as the
-        deferred images are: (their sha256 → the error code, every deferred image counted by error code)."""
-        by_sha = {m.sha256: m for m, _ in fresh}
-        left: dict[str, str] = {}
-        for failure in failures.itertuples(index=False):
+    def _settle(self, failures: Sequence[ImageFailure]) -> Settled:
+        """Quarantine each failed image that is not deferred. Those S3 would not let us quarantine now are
+        deferred too, under S3's error code: their messages come back."""
+        quarantined: list[ImageFailure] = []
+        deferred: list[ImageFailure] = []
+        for failure in failures:
+            if failure.reason is None:
+                deferred.append(failure)
+                continue
             try:
                 self.committer.quarantine(
-                    by_sha[failure.sha256],
-                    Reason(failure.reason),
-                    failure.detail,
-                    error_type=failure.error_code,
+                    failure.image, failure.reason, failure.detail, error_type=failure.error_code
                 )
+                quarantined.append(failure)
             except ClientError as err:
-                left[failure.sha256] = error_code(err) or "ClientError"
+                deferred.append(failure.defer(error_code(err) or "ClientError"))
                 log.warning(
                     "Quarantine failed; the image is deferred",
-                    extra={"key": by_sha[failure.sha256].key, "error_code": left[failure.sha256]},
+                    extra={"key": failure.image.key, "error_code": deferred[-1].error_code},
                 )
-        by_code = Counter(deferred["error_code"]) + Counter(left.values())
-        if by_code:  # their messages come back; an access error comes back until someone fixes it
+        settled = Settled(quarantined, deferred)
+        if by_code := settled.deferred_by_code():  # an access error comes back until someone fixes it
             log.warning("Images deferred", extra={"by_error_code": dict(by_code)})
-        return left, by_code
+        return settled
 
-    def _drop_stale_parts(self, parts: Sequence[int], *, batch_id: str) -> None:
+    def _drop_stale_parts(self, parts: Sequence[int], *, groups: int, batch_id: str) -> None:
         """Delete the features part file of each group that featurized no image: an earlier attempt of its task may
         have written one before its images went away, and the manifest lists the folder. (The executors may not
         delete: their role only reads uploads and writes part files.)"""
-        written, groups = set(parts), self._groups
+        written = set(parts)
         for part in (p for p in range(groups) if p not in written):
             self.s3.delete_object(
                 Bucket=self.settings.bucket, Key=features_key(self.settings.output_prefix, batch_id, part)
@@ -446,22 +440,15 @@ class Job:
             log.error("Injected fault", extra={"phase": phase})
             os._exit(137)
 
-    @functools.cached_property
-    def _lineage(self) -> Lineage:
-        """This run's model, once `_choose_model` made the settings concrete."""
-        weights = resolve_weights(self.settings.weights, cache_dir=self.settings.model_cache_dir)
-        return Lineage(
-            weights_id=weights.weights_id, backend=self.settings.backend, precision=self.settings.precision
-        )
 
-    @property
-    def _provenance(self) -> dict[str, str]:
-        return file_provenance(self._lineage)
+def _featurizing(settings: Settings, lineage: Lineage) -> Settings:
+    """The settings the executors featurize with: this run's backend and precision, never `auto`."""
+    return settings.replace(backend=lineage.backend, precision=lineage.precision)
 
 
 def _receipts_except(received: Received, shas: set[str]) -> list[str]:
     """The receipts of every valid message but those of the images `shas` (duplicates within the batch too)."""
-    return [r for m, r in received.messages if m.sha256 not in shas]
+    return [h.receipt for h in received.messages if h.message.sha256 not in shas]
 
 
 def run_job(spark: SparkSession, settings: Settings, options: JobOptions | None = None) -> BatchResult:

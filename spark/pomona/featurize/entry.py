@@ -38,7 +38,7 @@ def spark_session(master: str | None = None, app_name: str = "pomona-featurize")
         builder = builder.master(master)
     if master and (master == "local" or master.startswith("local[")):
         # One short-lived JVM is driver and executor: C2's compilations cost more CPU than they pay back in a run
-        # (JVM CPU per 540-image run measured 5.3 s with tiered C2, 2.7 s with C1 alone), on cores the model needs.
+        # (about half the JVM's CPU; the README's "Where the job's CPU goes"), on cores the model needs.
         # Set in code, so it replaces a spark-defaults.conf value for local runs.
         builder = builder.config("spark.driver.extraJavaOptions", "-XX:TieredStopAtLevel=1")
     return (

@@ -9,13 +9,12 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
-import pandas as pd
 from botocore.exceptions import BotoCoreError, ClientError
 
-from pomona.core.contract import ImageMessage
 from pomona.core.queues import MAX_FAILURE_CHARS, Suspicion
 from pomona.core.settings import Settings
-from pomona.featurize.queue import Received, delete_messages, move_messages
+from pomona.featurize.outcome import Settled
+from pomona.featurize.queue import Held, Received, delete_messages, move_messages
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
@@ -29,30 +28,29 @@ class HeldMessages:
 
     def __init__(self, sqs: SQSClient, settings: Settings, *, between: Callable[[], None]) -> None:
         self.sqs, self.settings, self.between = sqs, settings, between
-        self.messages: list[tuple[ImageMessage, str]] = []
+        self.messages: list[Held] = []
         self.suspicion: dict[str, Suspicion] = {}
 
     def hold(self, received: Received) -> None:
         """Hold what the drain took."""
         self.messages, self.suspicion = list(received.messages), received.suspicion
 
-    def settle(
-        self,
-        received: Received,
-        duplicates: Sequence[tuple[ImageMessage, str]],
-        failures: pd.DataFrame,
-        deferred: pd.DataFrame,
-        left: Mapping[str, str],
-    ) -> None:
+    def settle(self, received: Received, duplicates: Sequence[Held], settled: Settled) -> None:
         """Delete the message of every image now committed or quarantined, and of every duplicate of a committed
         image. A duplicate within the batch whose representative was quarantined (its own version gone or changed,
         its bytes undecodable) is given back instead: it names another upload, which is retried on its own. Deferred
         images' messages stay held, to come back."""
-        waiting = set(deferred["sha256"]) | left.keys()
-        quarantined = set(failures["sha256"]) - left.keys()
-        retried = [(m, r) for m, r in duplicates if m.sha256 in quarantined]
-        again = {r for _, r in retried}
-        self.delete([r for m, r in received.messages if m.sha256 not in waiting and r not in again])
+        waiting = settled.waiting()
+        quarantined = {f.sha256 for f in settled.quarantined}
+        retried = [h for h in duplicates if h.message.sha256 in quarantined]
+        again = {h.receipt for h in retried}
+        self.delete(
+            [
+                h.receipt
+                for h in received.messages
+                if h.message.sha256 not in waiting and h.receipt not in again
+            ]
+        )
         self.move(retried)
 
     def give_back(self, err: Exception) -> None:
@@ -64,14 +62,13 @@ class HeldMessages:
             return
         log.error("Run failed; giving its messages back", extra={"messages": len(held), "error": failure})
         try:
-            suspicion = [
-                (m, r, self.suspicion.get(r, Suspicion()).after_failure(len(held), failure)) for m, r in held
-            ]
+            suspicion = {
+                h.receipt: self.suspicion.get(h.receipt, Suspicion()).after_failure(len(held), failure)
+                for h in held
+            }
             target = self.settings.images_dlq_url if len(held) == 1 else self.settings.images_queue_url
             if target:
-                self.move(
-                    [(m, r) for m, r, _ in suspicion], suspicion={r: s for _, r, s in suspicion}, to=target
-                )
+                self.move(held, suspicion=suspicion, to=target)
         except (ClientError, BotoCoreError):  # they come back after their visibility timeout, charged
             log.exception("Messages not given back")
 
@@ -81,7 +78,7 @@ class HeldMessages:
 
     def move(
         self,
-        messages: Sequence[tuple[ImageMessage, str]],
+        messages: Sequence[Held],
         *,
         suspicion: Mapping[str, Suspicion] | None = None,
         to: str | None = None,
@@ -90,12 +87,12 @@ class HeldMessages:
         given): back on the queue, their receive count started again."""
         said = self.suspicion if suspicion is None else suspicion
         queue = self.settings.images_queue_url
-        entries = [(m, r, said.get(r, Suspicion())) for m, r in messages]
+        entries = [(h, said.get(h.receipt, Suspicion())) for h in messages]
         left = move_messages(self.sqs, queue, to or queue, entries)
-        self._let_go({r for _, r in messages} - set(left))
+        self._let_go({h.receipt for h in messages} - set(left))
 
     def _let_go(self, receipts: set[str]) -> None:
-        self.messages = [(m, r) for m, r in self.messages if r not in receipts]
+        self.messages = [h for h in self.messages if h.receipt not in receipts]
 
 
 def _one_line(err: BaseException) -> str:

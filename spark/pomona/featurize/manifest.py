@@ -12,6 +12,7 @@ import pandas as pd
 from pomona.core.contract import Reason, utc_now
 from pomona.core.outputs import CLASSIFIER_FILE, HOLDOUT_FILE, TRAINING_FILE, Lineage
 from pomona.core.settings import Settings
+from pomona.featurize.outcome import Settled
 from pomona.ml.classifier import LabelStats, classifier_to_npz, label_stats_to_npz
 from pomona.ml.holdout import Reservoir, reservoir_to_npz
 from pomona.ml.pca import PcaModel
@@ -26,9 +27,9 @@ def count_unfamiliar(retrained: Retrained, projected: pd.DataFrame) -> int | Non
     return int((projected["distance"].to_numpy() > classifier.familiar_distance).sum())
 
 
-def quarantined_by_reason(failures: pd.DataFrame, left: dict[str, str], *, refused: int) -> dict[str, int]:
+def quarantined_by_reason(settled: Settled, *, refused: int) -> dict[str, int]:
     """Quarantined images by reason: the executors' failures (but those deferred instead) and refused messages."""
-    quarantined = Counter(failures.loc[~failures["sha256"].isin(list(left)), "reason"])
+    quarantined = Counter(str(f.reason) for f in settled.quarantined)
     return dict(quarantined + Counter({Reason.BAD_MESSAGE.value: refused}))
 
 

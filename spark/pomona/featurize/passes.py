@@ -12,14 +12,9 @@ import pandas as pd
 
 from pomona.core.contract import ImageMessage
 from pomona.core.settings import Settings
+from pomona.featurize.outcome import PartOutcome, combine_outcomes
 from pomona.featurize.partitions import partition_count, split_evenly, tree_depth
-from pomona.featurize.tasks import (
-    META_COLUMNS,
-    PartOutcome,
-    combine_outcomes,
-    featurize_partitions,
-    project_partitions,
-)
+from pomona.featurize.tasks import featurize_partitions, project_partitions
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -36,13 +31,12 @@ def featurize_pass(
     provenance: dict[str, str],
 ) -> tuple[PartOutcome, int]:
     """The tasks' outcomes, reduced on the executors into one, and how many message groups (tasks) there were."""
-    rows = [tuple(getattr(m, c) for c in META_COLUMNS) for m in messages]
     context = spark.sparkContext
     parts = partition_count(
-        len(rows), images_per_partition=images_per_partition, parallelism=context.defaultParallelism
+        len(messages), images_per_partition=images_per_partition, parallelism=context.defaultParallelism
     )
     # Task i featurizes group i. The groups are broadcast, and the tasks run over a range of task ids.
-    groups = context.broadcast(split_evenly(rows, parts))
+    groups = context.broadcast(split_evenly(messages, parts))
     featurize = featurize_partitions(
         settings, groups, batch_id=batch_id, pca_version=version, provenance=provenance
     )

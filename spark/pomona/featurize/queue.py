@@ -7,7 +7,7 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pomona.core.contract import ImageMessage, check_queued
 from pomona.core.errors import ContractError
@@ -36,25 +36,40 @@ log = logging.getLogger(__name__)
 BEAT_THREADS = 8
 
 
+class Held(NamedTuple):
+    """A valid message the run holds, and the receipt that deletes, moves or hides it."""
+
+    message: ImageMessage
+    receipt: str
+
+
+class Refused(NamedTuple):
+    """A message the drain refused: it names what ingestion would not have queued (`detail` says what)."""
+
+    message: ImageMessage
+    receipt: str
+    detail: str
+
+
 @dataclass
 class Received:
     """What the drain took off the queue: valid messages with their receipts, messages it refused (with their
     receipts and why), and how many it could not read at all (left for the DLQ)."""
 
-    messages: list[tuple[ImageMessage, str]] = field(default_factory=list)
-    refused: list[tuple[ImageMessage, str, str]] = field(default_factory=list)
+    messages: list[Held] = field(default_factory=list)
+    refused: list[Refused] = field(default_factory=list)
     malformed: int = 0
     # What failed runs said of the valid messages that carry a suspicion, by receipt.
     suspicion: dict[str, Suspicion] = field(default_factory=dict)
     # Valid messages past the batch cap a suspect message set: the driver gives them back untouched.
-    excess: list[tuple[ImageMessage, str]] = field(default_factory=list)
+    excess: list[Held] = field(default_factory=list)
 
     def suspicion_of(self, receipt: str) -> Suspicion:
         return self.suspicion.get(receipt, Suspicion())
 
     @property
     def receipts(self) -> list[str]:
-        return [receipt for _, receipt in self.messages]
+        return [held.receipt for held in self.messages]
 
 
 def drain_queue(
@@ -107,13 +122,13 @@ def drain_queue(
             held.append(message["ReceiptHandle"])
             try:
                 check_queued(image, settings)
-                received.messages.append((image, message["ReceiptHandle"]))
+                received.messages.append(Held(image, message["ReceiptHandle"]))
                 suspicion = Suspicion.of(message)
                 if suspicion.failed_runs:
                     received.suspicion[message["ReceiptHandle"]] = suspicion
                     limit = min(limit, suspicion.batch_cap or limit)
             except ContractError as err:
-                received.refused.append((image, message["ReceiptHandle"], str(err)))
+                received.refused.append(Refused(image, message["ReceiptHandle"], str(err)))
                 log.warning("Message refused", extra={"message_id": message["MessageId"], "error": str(err)})
         if held and on_receive is not None:
             on_receive(held)
@@ -121,14 +136,14 @@ def drain_queue(
     return received
 
 
-def _within_cap(
-    received: Received, limit: int
-) -> tuple[list[tuple[ImageMessage, str]], list[tuple[ImageMessage, str]]]:
+def _within_cap(received: Received, limit: int) -> tuple[list[Held], list[Held]]:
     """(the `limit` most suspect messages, the rest), each in the order received."""
     if len(received.messages) <= limit:
         return received.messages, []
     cap = {r: s.batch_cap or limit for r, s in received.suspicion.items()}
-    order = sorted(range(len(received.messages)), key=lambda i: (cap.get(received.messages[i][1], limit), i))
+    order = sorted(
+        range(len(received.messages)), key=lambda i: (cap.get(received.messages[i].receipt, limit), i)
+    )
     kept = set(order[:limit])
     return (
         [m for i, m in enumerate(received.messages) if i in kept],
@@ -140,7 +155,7 @@ def move_messages(
     sqs: SQSClient,
     source_url: str,
     target_url: str,
-    messages: Sequence[tuple[ImageMessage, str, Suspicion]],
+    messages: Sequence[tuple[Held, Suspicion]],
 ) -> list[str]:
     """Send a copy of each message to `target_url` (the images queue itself, or its DLQ) carrying its suspicion,
     then delete each original whose copy was sent: SQS's receive count starts again with the copy, so a run that
@@ -149,15 +164,15 @@ def move_messages(
     left: list[str] = []
     for batch in in_batches(messages):
         entries: list[dict[str, Any]] = []
-        for n, (image, _, suspicion) in enumerate(batch):
-            entry: dict[str, Any] = {"Id": str(n), "MessageBody": image.to_json()}
+        for n, (held, suspicion) in enumerate(batch):
+            entry: dict[str, Any] = {"Id": str(n), "MessageBody": held.message.to_json()}
             if attributes := suspicion.attributes():
                 entry["MessageAttributes"] = attributes
             entries.append(entry)
         answer = sqs.send_message_batch(QueueUrl=target_url, Entries=entries)  # type: ignore[arg-type]
         failed = {f["Id"] for f in answer.get("Failed", [])}
-        sent = [receipt for n, (_, receipt, _) in enumerate(batch) if str(n) not in failed]
-        left += [receipt for n, (_, receipt, _) in enumerate(batch) if str(n) in failed]
+        sent = [held.receipt for n, (held, _) in enumerate(batch) if str(n) not in failed]
+        left += [held.receipt for n, (held, _) in enumerate(batch) if str(n) in failed]
         left += delete_messages(sqs, source_url, sent)
     if left:
         log.warning(

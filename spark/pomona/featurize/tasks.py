@@ -1,9 +1,9 @@
 """What runs in the executors: the featurize pass and the projection pass, one Spark task per message group.
 
 The featurize pass fetches the exact object versions the messages name, decodes and featurizes them, writes each
-group's features part file, and reports the failures and the part's PCA statistics as a `PartOutcome`. The
-outcomes are merged on the executors (`combine_outcomes`, a tree reduction), so the driver receives a few PCA
-states per run whatever the number of partitions. The features stay in S3, where the projection pass reads them
+group's features part file, and reports its failed images and the part's statistics as a `PartOutcome`
+(`pomona.featurize.outcome`). The outcomes are merged on the executors (a tree reduction), so the driver receives a
+few PCA states per run whatever the number of partitions. The features stay in S3, where the projection pass reads them
 back after the driver's refit.
 """
 
@@ -14,9 +14,9 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import boto3
 import numpy as np
@@ -25,15 +25,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pomona.core.aws import RETRIES
-from pomona.core.contract import Reason
+from pomona.core.contract import ImageMessage, Reason
 from pomona.core.outputs import Lineage, features_key, projections_key
 from pomona.core.settings import Settings, injected_fault
 from pomona.featurize.fetch import Fetched, ImageStores, fetch_image
+from pomona.featurize.outcome import ImageFailure, PartOutcome, part_statistics
 from pomona.ml.backends import get_backend
-from pomona.ml.classifier import LabelStats, distances, load_classifier, merge_label_stats
+from pomona.ml.classifier import distances, load_classifier
 from pomona.ml.featurizer import get_featurizer
-from pomona.ml.holdout import Reservoir, is_holdout, merge_reservoir
-from pomona.ml.pca import PcaState, load_model, merge_pca_state, project
+from pomona.ml.pca import load_model, project
 from pomona.ml.preprocess import DecodeLimits, preprocess_batch
 
 if TYPE_CHECKING:
@@ -44,53 +44,20 @@ log = logging.getLogger(__name__)
 
 CHUNK = 64  # images decoded and featurized together in an executor
 FETCH_THREADS = 8  # concurrent GETs per Python worker: S3 latency hides behind the model
-META_COLUMNS = ("sha256", "key", "label", "version_id", "etag", "bucket")
-# One row per image that failed: its sha256, reason, detail, and the S3 error code of a deferred one (the exception's
-# type of a decode failure).
-FAILURE_COLUMNS = ("sha256", "reason", "detail", "error_code")
-
-
-class PartOutcome(NamedTuple):
-    """What featurize tasks tell the driver besides the part files they wrote: their failed images (rows of
-    FAILURE_COLUMNS), the part files' numbers, the PCA statistics of their features (None: no features), the
-    classifier's statistics of the training images among them and the held-out ones (`pomona.ml.holdout`)."""
-
-    failures: list[tuple[str, str, str, str | None]]
-    parts: list[int]
-    state: PcaState | None
-    training: LabelStats | None = None
-    holdout: Reservoir | None = None
-
-
-def combine_outcomes(a: PartOutcome, b: PartOutcome) -> PartOutcome:
-    """Two outcomes as one: associative, so Spark may reduce them in any tree."""
-    return PartOutcome(
-        a.failures + b.failures,
-        a.parts + b.parts,
-        merge_optional(a.state, b.state, merge_pca_state),
-        merge_optional(a.training, b.training, merge_label_stats),
-        merge_optional(a.holdout, b.holdout, merge_reservoir),
-    )
-
-
-_S = TypeVar("_S")
-
-
-def merge_optional(a: _S | None, b: _S | None, merge: Callable[[_S, _S], _S]) -> _S | None:
-    """`merge(a, b)`, or whichever of them is there: statistics of no rows are None, not empty."""
-    return a if b is None else b if a is None else merge(a, b)
+# Each image's identity in a part file, beside its vector.
+IDENTITY_COLUMNS = ("sha256", "key", "label", "version_id")
 
 
 def featurize_partitions(
     settings: Settings,
-    groups: Broadcast[list[list[tuple[str, ...]]]],
+    groups: Broadcast[list[list[ImageMessage]]],
     *,
     batch_id: str,
     pca_version: int,
     provenance: dict[str, str],
 ) -> Callable[[Iterable[int]], Iterator[PartOutcome]]:
     """The executor function, over the task ids `i` of an RDD of `range(len(groups))`: fetch, decode and featurize
-    the images of message group `i` (rows of META_COLUMNS), write features part file `i` if any image succeeded,
+    the images of message group `i`, write features part file `i` if any image succeeded,
     and yield its outcome."""
 
     def run(parts: Iterable[int]) -> Iterator[PartOutcome]:
@@ -114,7 +81,7 @@ def featurize_partitions(
                 stores,
                 featurizer,
                 limits,
-                pd.DataFrame(groups.value[part], columns=META_COLUMNS),
+                groups.value[part],
                 bucket=settings.bucket,
                 key=features_key(settings.output_prefix, batch_id, part),
                 part=part,
@@ -131,13 +98,13 @@ def featurize_partitions(
     return run
 
 
-def _inject_fault(rows: Sequence[tuple[str, ...]]) -> None:
+def _inject_fault(images: Sequence[ImageMessage]) -> None:
     """Tests only (POMONA_FAULT): `hang_in_task`, a stage that never ends; `crash_on:<sha256>`, the Python worker
     dies on that image, as an out-of-memory kill would."""
     fault = injected_fault()
     if fault == "hang_in_task":
         time.sleep(24 * 3600)
-    if fault.startswith("crash_on:") and any(row[0] == fault.removeprefix("crash_on:") for row in rows):
+    if fault.startswith("crash_on:") and any(m.sha256 == fault.removeprefix("crash_on:") for m in images):
         log.error("Injected fault", extra={"fault": fault})
         os._exit(137)
 
@@ -156,7 +123,7 @@ def _featurize_group(
     stores: ImageStores,
     featurizer: Any,
     limits: DecodeLimits,
-    messages: pd.DataFrame,
+    images: Sequence[ImageMessage],
     *,
     bucket: str,
     key: str,
@@ -167,81 +134,60 @@ def _featurize_group(
 ) -> PartOutcome:
     """Fetch, decode and featurize one group; write its features to `key` if any image succeeded (else make sure
     no file of an earlier attempt is left there); its outcome."""
-    chunks = (messages.iloc[i : i + CHUNK] for i in range(0, len(messages), CHUNK))
+    chunks = (images[i : i + CHUNK] for i in range(0, len(images), CHUNK))
+    featurized: list[tuple[ImageMessage, np.ndarray]] = []
+    failures: list[ImageFailure] = []
     with ThreadPoolExecutor(max_workers=FETCH_THREADS) as pool:
-        result = pd.concat(
-            [
-                _featurize_chunk(chunk, fetched, featurizer, limits)
-                for chunk, fetched in _fetch_ahead(s3, stores, chunks, pool)
-            ],
-            ignore_index=True,
-        )
-    ok = result[result["reason"].isna()]
-    failed = result.loc[result["reason"].notna(), list(FAILURE_COLUMNS)].astype(object)
-    failures = [tuple(row) for row in failed.where(failed.notna(), None).itertuples(index=False)]
-    if not len(ok):
+        for chunk, fetched in _fetch_ahead(s3, stores, chunks, pool):
+            ok, failed = _featurize_chunk(chunk, fetched, featurizer, limits)
+            featurized += ok
+            failures += failed
+    if not featurized:
         # An earlier attempt of this task may have written the file before its images went away: the manifest
         # lists the folder, so a stale file must not stay there.
         s3.delete_object(Bucket=bucket, Key=key)
         return PartOutcome(failures, [], None)
-    vectors = [np.asarray(f, dtype=np.float32) for f in ok["features"]]
+    done = [image for image, _ in featurized]
+    vectors = [np.asarray(f, dtype=np.float32) for _, f in featurized]
+    identity = {c: [getattr(image, c) for image in done] for c in IDENTITY_COLUMNS}
     table = _part_table(
-        ok, "features", vectors, batch_id=batch_id, pca_version=pca_version, provenance=provenance
+        identity, "features", vectors, batch_id=batch_id, pca_version=pca_version, provenance=provenance
     )
     put_parquet(s3, bucket, key, table)
-    rows = np.stack(vectors)
-    held = np.array([is_holdout(sha) for sha in ok["sha256"]], dtype=bool)
-    labels = np.asarray(ok["label"], dtype=np.str_)
-    return PartOutcome(
-        failures,
-        [part],
-        PcaState.from_rows(rows),
-        LabelStats.from_rows(rows[~held], labels[~held].tolist()),
-        Reservoir.from_rows(ok["sha256"][held].tolist(), labels[held].tolist(), rows[held]),
-    )
+    state, training, holdout = part_statistics(done, np.stack(vectors))
+    return PartOutcome(failures, [part], state, training, holdout)
 
 
 def _fetch_ahead(
-    s3: S3Client, stores: ImageStores, chunks: Iterator[pd.DataFrame], pool: ThreadPoolExecutor
-) -> Iterator[tuple[pd.DataFrame, list[Fetched]]]:
+    s3: S3Client, stores: ImageStores, chunks: Iterator[Sequence[ImageMessage]], pool: ThreadPoolExecutor
+) -> Iterator[tuple[Sequence[ImageMessage], list[Fetched]]]:
     """Each chunk with its images fetched, the next chunk's GETs in flight while the caller works on this one."""
-    ahead: tuple[pd.DataFrame, list[Future[Fetched]]] | None = None
+    ahead: tuple[Sequence[ImageMessage], list[Future[Fetched]]] | None = None
     for chunk in itertools.chain(chunks, [None]):
         current = ahead
         if chunk is not None:
-            ahead = (
-                chunk,
-                [pool.submit(fetch_image, stores, s3, row) for row in chunk.itertuples(index=False)],
-            )
+            ahead = (chunk, [pool.submit(fetch_image, stores, s3, image) for image in chunk])
         if current is not None:
             yield current[0], [future.result() for future in current[1]]
 
 
 def _featurize_chunk(
-    chunk: pd.DataFrame, fetched: list[Fetched], featurizer: Any, limits: DecodeLimits
-) -> pd.DataFrame:
-    """One row per image: its features, or the reason (and detail, error code) it has none."""
-    batch, decode_errors = preprocess_batch([f.body for f in fetched if f.body is not None], limits)
+    chunk: Sequence[ImageMessage], fetched: list[Fetched], featurizer: Any, limits: DecodeLimits
+) -> tuple[list[tuple[ImageMessage, np.ndarray]], list[ImageFailure]]:
+    """(each image featurized with its features, each image not featurized with why), in the chunk's order."""
+    batch, decode_errors = preprocess_batch([f for f in fetched if isinstance(f, bytes)], limits)
     features, decode_iter = iter(featurizer(batch)), iter(decode_errors)
-    outcomes: list[tuple[np.ndarray | None, str | None, str | None, str | None]] = []
-    for f in fetched:
-        error = None if f.body is None else next(decode_iter)
-        if f.body is None:
-            outcomes.append((None, f.reason, f.detail, f.error_code))
-        elif error is not None:  # whatever raised in the decoder: its type is in the detail and the sidecar
-            outcomes.append((None, Reason.DECODE_FAILED, str(error), error.error_type))
+    ok: list[tuple[ImageMessage, np.ndarray]] = []
+    failures: list[ImageFailure] = []
+    for image, f in zip(chunk, fetched, strict=True):
+        if isinstance(f, ImageFailure):
+            failures.append(f)
+        elif (error := next(decode_iter)) is not None:
+            # Whatever raised in the decoder: its type is in the detail and the sidecar.
+            failures.append(ImageFailure(image, Reason.DECODE_FAILED, str(error), error.error_type))
         else:
-            outcomes.append((next(features), None, None, None))
-    vectors, reasons, details, codes = zip(*outcomes, strict=True) if outcomes else ((), (), (), ())
-    return pd.DataFrame(
-        {
-            **{c: list(chunk[c]) for c in ("sha256", "key", "label", "version_id")},
-            "features": list(vectors),
-            "reason": [None if r is None else str(r) for r in reasons],
-            "detail": list(details),
-            "error_code": list(codes),
-        }
-    )
+            ok.append((image, next(features)))
+    return ok, failures
 
 
 def project_partitions(
@@ -268,12 +214,12 @@ def project_partitions(
             features = pq.read_table(
                 io.BytesIO(s3.get_object(Bucket=settings.bucket, Key=key)["Body"].read())
             )
-            meta = features.select(["sha256", "key", "label", "version_id"]).to_pandas()
+            meta = features.select(list(IDENTITY_COLUMNS)).to_pandas()
             rows = np.stack(features.column("features").to_numpy(zero_copy_only=False))
             projected = list(project(model, rows))
             distance = np.full(len(meta), np.nan) if classifier is None else distances(classifier, rows)
             table = _part_table(
-                meta,
+                {c: meta[c] for c in IDENTITY_COLUMNS},
                 "projection",
                 projected,
                 batch_id=batch_id,
@@ -300,7 +246,7 @@ def file_provenance(lineage: Lineage) -> dict[str, str]:
 
 
 def _part_table(
-    frame: pd.DataFrame,
+    identity: Mapping[str, Sequence[str]],
     name: str,
     vectors: Sequence[np.ndarray],
     *,
@@ -310,10 +256,10 @@ def _part_table(
 ) -> pa.Table:
     """A features or projections part file: the images' identity, the batch id and PCA version on every row, the
     vectors as float32 lists under `name`, and the provenance as file metadata."""
-    n = len(frame)
+    n = len(vectors)
     return pa.table(
         {
-            **{c: pa.array(frame[c], pa.string()) for c in ("sha256", "key", "label", "version_id")},
+            **{c: pa.array(identity[c], pa.string()) for c in IDENTITY_COLUMNS},
             "batch_id": pa.array([batch_id] * n, pa.string()),
             "pca_version": pa.array([pca_version] * n, pa.int32()),
             name: pa.array(vectors, pa.list_(pa.float32())),

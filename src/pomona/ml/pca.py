@@ -207,15 +207,15 @@ _MODEL_ARRAYS = (
     "n_seen",
     "total_variance",
 )
-# Named as in the files that held model and state together (before retention split them): such a file is both.
+# Prefixed, so a state's arrays never share a name with a model's.
 _STATE_ARRAYS = ("state_n", "state_mean", "state_scatter")
 
 
 def model_to_npz(model: PcaModel) -> bytes:
     """The model, as a reader of projections needs it (`model.npz`).
 
-    Uncompressed: float64 statistics barely compress (4 % on the sample's state) and deflating them took 0.45 s
-    of every refit, paid again by each projection task to inflate them.
+    Uncompressed: float64 statistics barely compress, and deflating them would cost every refit, and each
+    projection task again to inflate them.
     """
     return to_npz(
         mean=model.mean,

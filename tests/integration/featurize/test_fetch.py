@@ -13,10 +13,11 @@ from pomona.core.aws import RETRIES
 from pomona.core.contract import Reason
 from pomona.core.settings import Settings
 from pomona.featurize.fetch import ImageStores, fetch_image
+from pomona.featurize.outcome import ImageFailure
 
 
 class Row(NamedTuple):
-    """The fields of a message's row the GET reads (META_COLUMNS)."""
+    """The fields of an `ImageMessage` the GET reads."""
 
     sha256: str
     key: str
@@ -30,10 +31,11 @@ def _put(settings: Settings, key: str, body: bytes) -> Row:
     return Row(hashlib.sha256(body).hexdigest(), key, put["VersionId"], put["ETag"], settings.bucket)
 
 
-def _fetch(settings: Settings, row: Row) -> tuple[bytes | None, str | None]:
+def _fetch(settings: Settings, row: Row) -> tuple[bytes | None, Reason | None]:
+    """The bytes fetched, or the reason to quarantine the image."""
     s3 = boto3.client("s3", endpoint_url=settings.endpoint_url, config=RETRIES)
     fetched = fetch_image(ImageStores(settings), s3, row)
-    return fetched.body, fetched.reason
+    return (None, fetched.reason) if isinstance(fetched, ImageFailure) else (fetched, None)
 
 
 @pytest.mark.parametrize(

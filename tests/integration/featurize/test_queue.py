@@ -155,8 +155,8 @@ def test_hostile_messages_are_never_taken(deployment: Settings, changes: dict[st
     received = drain_queue(sqs, deployment, visibility_timeout_s=60, wait_s=0)
 
     # THEN it takes the real one alone; the hostile one is refused (for the driver to quarantine), saying why
-    assert [m.key for m, _ in received.messages] == ["uploads/Apple Red/a.jpg"]
-    assert [(m.to_json(), detail.split(":")[0]) for m, _, detail in received.refused] == [
+    assert [h.message.key for h in received.messages] == ["uploads/Apple Red/a.jpg"]
+    assert [(r.message.to_json(), r.detail.split(":")[0]) for r in received.refused] == [
         (_message(deployment, **changes), ANY)
     ]
     assert received.malformed == 0
@@ -202,7 +202,7 @@ def test_a_message_whose_text_is_no_unicode_is_malformed_not_refused(
 
     # THEN the valid one is taken; the other is malformed, not refused (a sidecar under its key could not be
     # written), and stays on the queue (in flight) for the DLQ, where `pomona dlq list` shows why
-    assert [m.key for m, _ in received.messages] == ["uploads/Apple Red/a.jpg"]
+    assert [h.message.key for h in received.messages] == ["uploads/Apple Red/a.jpg"]
     assert (received.refused, received.malformed) == ([], 1)
     assert queue_depth(sqs, deployment.images_queue_url) == {"visible": 0, "in_flight": 2}
 
@@ -242,7 +242,7 @@ def test_the_drain_hands_over_refused_messages_but_not_malformed_ones(deployment
     # THEN the refused one is held too, until the driver quarantines and deletes it; the malformed one is left
     # alone, for the DLQ
     assert len(calls) == 1
-    assert sorted(calls[0]) == sorted([*received.receipts, *(r for _, r, _ in received.refused)])
+    assert sorted(calls[0]) == sorted([*received.receipts, *(r.receipt for r in received.refused)])
     assert (len(received.messages), len(received.refused), received.malformed) == (1, 1, 1)
 
 

@@ -258,20 +258,8 @@ def test_npz_round_trip() -> None:
     np.testing.assert_array_equal(loaded_state.scatter, state.scatter)
 
 
-def test_a_file_holding_model_and_state_together_still_reads_as_both() -> None:
-    # GIVEN a model.npz as versions wrote it before the state had a file of its own
-    state = PcaState.from_rows(_data(8, 10, 3))
-    model = fit_pca(state)
-    with np.load(io.BytesIO(model_to_npz(model))) as m, np.load(io.BytesIO(state_to_npz(state))) as s:
-        combined = _npz(**{name: m[name] for name in m.files}, **{name: s[name] for name in s.files})
-
-    # WHEN read as a model and as a state THEN it is both
-    assert load_model(combined).n_seen == 10
-    assert load_state(combined).n == 10
-
-
 def test_npz_written_by_numpy_alone_is_readable() -> None:
-    # The format is plain numpy arrays, so any reader (or an older job) can open it without this module.
+    # The format is plain numpy arrays, so any reader can open it without this module.
     data = state_to_npz(PcaState.from_rows(_data(8, 10, 3)))
 
     with np.load(io.BytesIO(data), allow_pickle=False) as npz:

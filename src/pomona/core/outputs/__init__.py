@@ -51,6 +51,7 @@ from pomona.core.outputs.layout import (
     projections_key,
 )
 from pomona.core.outputs.metadata import Lineage, VersionMetadata, read_version_metadata
+from pomona.core.resources import describe
 from pomona.core.settings import Settings
 
 if TYPE_CHECKING:
@@ -97,7 +98,7 @@ class CommittedOutputs:
 
     files: Files
     prefix: str = ""
-    quarantine_prefix: str = "quarantine/"
+    quarantine_prefix: str = describe().quarantine_prefix
 
     @classmethod
     def in_bucket(cls, s3: S3Client, settings: Settings) -> CommittedOutputs:
