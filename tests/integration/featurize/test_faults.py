@@ -109,13 +109,8 @@ def _expire_lock(settings: Settings, *, leases: bool = True) -> dict[str, Any]:
     assert found is not None, "expected the killed run to still hold the run lock, found none"
     holder, etag = found
     expired = (datetime.now(UTC) - timedelta(seconds=1)).isoformat()
-    put_json(
-        s3,
-        settings.bucket,
-        lock_key(settings.output_prefix),
-        {**holder, "expires_at": expired},
-        if_match=etag,
-    )
+    lock = lock_key(settings.output_prefix)
+    put_json(s3, settings.bucket, lock, {**holder, "expires_at": expired}, if_match=etag)
     if leases:
         _expire_leases(settings)
     return holder
