@@ -8,8 +8,9 @@
   3. `models/pca/LATEST` moved from (N-1, its batch) to (N, this batch) with a conditional write: of two runs
      that got this far, exactly one commits; the other stops, its version uncommitted;
   4. the batch's images recorded in the dedupe index (`pomona.featurize.index`);
-  5. `batches/<id>/manifest.json`;
-  6. the messages deleted (the driver, `pomona.featurize.queue`), the lease deleted, and the merge states of
+  5. the batch's part files registered in the Iceberg tables (`pomona.featurize.tables`), one snapshot each;
+  6. `batches/<id>/manifest.json`;
+  7. the messages deleted (the driver, `pomona.featurize.queue`), the lease deleted, and the merge states of
      versions beyond `keep_full_versions` deleted (retention).
 A crash at any step is finished or cleaned up by the next run's recovery (`pomona.featurize.recovery`). The run
 lock (`pomona.featurize.lock`) keeps two runs from working at once; steps 2 and 3 hold even when it fails to.
@@ -47,6 +48,7 @@ from pomona.core.quarantine import quarantine_object
 from pomona.core.settings import Settings
 from pomona.featurize.index import SeenIndex
 from pomona.featurize.lock import ConcurrentRunError
+from pomona.featurize.tables import BatchTables
 from pomona.ml.classifier import LabelStats, load_label_stats
 from pomona.ml.holdout import Reservoir, load_reservoir
 from pomona.ml.pca import PcaModel, PcaState, load_state, model_to_npz, state_to_npz
@@ -85,6 +87,7 @@ class Committer:
         self.quarantine_prefix = settings.quarantine_prefix
         self.keep_full_versions = settings.keep_full_versions
         self.files = S3Files(s3, settings.bucket)
+        self.tables = BatchTables.for_settings(settings)
 
     # -- reading the committed state
 
@@ -215,8 +218,14 @@ class Committer:
         """Step 4: the batch's images, committed now, in the dedupe index."""
         self.index.record(shas, batch_id=batch_id)
 
+    def register_tables(self, latest: Latest) -> None:
+        """Step 5: the tables brought up to committed version `latest` (this batch's, and any an earlier run's
+        crash left out)."""
+        if self.tables is not None:
+            self.tables.catch_up(latest, self.version_metadata)
+
     def write_manifest(self, manifest: dict[str, Any]) -> None:
-        """Step 5."""
+        """Step 6."""
         key = manifest_key(self.prefix, manifest["batch_id"])
         try:
             put_json(self.s3, self.bucket, key, manifest, if_none_match=True)

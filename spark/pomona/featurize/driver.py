@@ -331,7 +331,7 @@ class Job:
         *,
         images: Iterable[str],
     ) -> None:
-        """Steps 2 to 5 of the commit protocol (`pomona.featurize.commit`), each then its fault point."""
+        """Steps 2 to 6 of the commit protocol (`pomona.featurize.commit`), each then its fault point."""
         version, batch_id = manifest["pca_version"], manifest["batch_id"]
         # Fencing: a run whose lease lapsed and was taken over stops here, before it writes models/; the renewal
         # gives it a full TTL for the few writes left, so no run can take over in between. The lease now names
@@ -344,6 +344,8 @@ class Job:
         self._fault("after_latest")
         self.committer.record(batch_id, images)
         self._fault("after_index")
+        self.committer.register_tables(Latest(version, batch_id))
+        self._fault("after_tables")
         self.committer.write_manifest(manifest)
         self._fault("after_manifest")
 

@@ -2,9 +2,11 @@
 is finished or cleaned up.
 
 A crash before step 3 (LATEST moved) leaves files no reader trusts: `recover` deletes them once their run's lease
-has lapsed (at once if the run ended), and the messages come back. A crash between 3 and 5 is rolled forward: the
-batch's images recorded from its projections, the manifest written from the version's metadata. A crash after 5
-only redelivers messages, which the dedupe index finds committed. Recovery reads only LATEST, its parent, and the
+has lapsed (at once if the run ended), and the messages come back. A crash between 3 and 6 is rolled forward: the
+batch's images recorded from its projections, its part files registered in the tables, the manifest written from
+the version's metadata. A crash after 6 only redelivers messages, which the dedupe index finds committed. The
+tables are brought up to LATEST on every start, whatever a manifest says: a deployment whose tables were off, or
+lost, catches up too. Recovery reads only LATEST, its parent, and the
 leases: its cost follows what can be uncommitted, not history.
 """
 
@@ -38,20 +40,22 @@ class Recovery:
         return latest, metadata
 
     def roll_forward(self, latest: Latest) -> VersionMetadata | None:
-        """Steps 4 and 5 for LATEST's batch and its parent's (on which a second run past the lock may have built
+        """Steps 4 to 6 for LATEST's batch and its parent's (on which a second run past the lock may have built
         before the first finished), where they did not happen; LATEST's version metadata."""
         metadata = self.committer.version_metadata(latest)
         if metadata is None:
             return None
         parent = self.committer.version_metadata(metadata.parent)
-        for committed in (parent, metadata):
-            if committed and not self.committer.has_manifest(committed.batch_id):
-                log.warning(
-                    "Rolling forward a batch committed to LATEST without a manifest",
-                    extra={"batch_id": committed.batch_id},
-                )
-                self.committer.record(committed.batch_id, self._projected(committed.manifest))
-                self.committer.write_manifest(committed.manifest)
+        unfinished = [c for c in (parent, metadata) if c and not self.committer.has_manifest(c.batch_id)]
+        for committed in unfinished:
+            log.warning(
+                "Rolling forward a batch committed to LATEST without a manifest",
+                extra={"batch_id": committed.batch_id},
+            )
+            self.committer.record(committed.batch_id, self._projected(committed.manifest))
+        self.committer.register_tables(latest)
+        for committed in unfinished:
+            self.committer.write_manifest(committed.manifest)
         return metadata
 
     def _projected(self, manifest: dict[str, Any]) -> list[str]:

@@ -31,7 +31,7 @@ from pomona.core.settings import Settings, injected_fault
 from pomona.featurize.fetch import Fetched, ImageStores, fetch_image
 from pomona.featurize.outcome import ImageFailure, PartOutcome, part_statistics
 from pomona.ml.backends import get_backend
-from pomona.ml.classifier import distances, load_classifier
+from pomona.ml.classifier import Classifier, distances, load_classifier, predict_proba
 from pomona.ml.featurizer import get_featurizer
 from pomona.ml.pca import load_model, project
 from pomona.ml.preprocess import DecodeLimits, preprocess_batch
@@ -225,6 +225,7 @@ def project_partitions(
                 batch_id=batch_id,
                 pca_version=pca_version,
                 provenance=provenance,
+                extra=_scored(classifier, rows, distance),
             )
             put_parquet(s3, settings.bucket, projections_key(settings.output_prefix, batch_id, part), table)
             yield pd.DataFrame(
@@ -237,6 +238,25 @@ def project_partitions(
             )
 
     return run
+
+
+def _scored(classifier: Classifier | None, rows: np.ndarray, distance: np.ndarray) -> dict[str, pa.Array]:
+    """The batch's classifier on each image: its most probable label, that label's probability, and the distance
+    to the nearest label (what "not something I know" is judged by); nulls without a classifier."""
+    if classifier is None:
+        n = len(rows)
+        return {
+            "prediction": pa.nulls(n, pa.string()),
+            "confidence": pa.nulls(n, pa.float64()),
+            "distance": pa.nulls(n, pa.float64()),
+        }
+    proba = predict_proba(classifier, rows)
+    best = proba.argmax(axis=1)
+    return {
+        "prediction": pa.array(np.asarray(classifier.labels)[best].tolist(), pa.string()),
+        "confidence": pa.array(proba[np.arange(len(rows)), best], pa.float64()),
+        "distance": pa.array(distance, pa.float64()),
+    }
 
 
 def file_provenance(lineage: Lineage) -> dict[str, str]:
@@ -253,9 +273,11 @@ def _part_table(
     batch_id: str,
     pca_version: int,
     provenance: dict[str, str],
+    extra: Mapping[str, pa.Array] | None = None,
 ) -> pa.Table:
     """A features or projections part file: the images' identity, the batch id and PCA version on every row, the
-    vectors as float32 lists under `name`, and the provenance as file metadata."""
+    vectors as float32 lists under `name`, any `extra` columns after them, and the provenance as file metadata.
+    The columns are the Iceberg tables' (`pomona.featurize.tables.SCHEMAS`)."""
     n = len(vectors)
     return pa.table(
         {
@@ -263,6 +285,7 @@ def _part_table(
             "batch_id": pa.array([batch_id] * n, pa.string()),
             "pca_version": pa.array([pca_version] * n, pa.int32()),
             name: pa.array(vectors, pa.list_(pa.float32())),
+            **(extra or {}),
         },
         metadata=provenance,
     )

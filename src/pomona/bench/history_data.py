@@ -1,8 +1,8 @@
 """A synthetic history for `pomona bench history`: N committed images, written by the job's own commit code.
 
 The images are synthetic (hashes of counters, a random PCA state of their count): what a run pays for history is
-what it reads of it, and that goes through the same dedupe index, PCA versions, LATEST and manifests the job
-writes, by the same `Committer` steps, retention included.
+what it reads of it, and that goes through the same dedupe index, PCA versions, LATEST, table snapshots (of no
+files) and manifests the job writes, by the same `Committer` steps, retention included.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy as np
 
 from pomona.core.aws import RETRIES
 from pomona.core.contract import utc_now
-from pomona.core.outputs import Lineage, new_batch_id
+from pomona.core.outputs import Latest, Lineage, new_batch_id
 from pomona.core.settings import Settings
 from pomona.featurize.commit import Committer
 from pomona.featurize.index import SeenIndex
@@ -78,5 +78,6 @@ def build_history(settings: Settings, *, seen: int, batch_images: int = BATCH_IM
         committer.write_version(latest, batch_id, model, state, manifest, {"skipped": "synthetic history"})
         committer.advance_latest(latest, batch_id=batch_id)
         committer.record(batch_id, synthetic_shas(start, count))
+        committer.register_tables(Latest(version, batch_id))
         committer.write_manifest(manifest)
         committer.retire(version, batch_id)

@@ -48,6 +48,9 @@ class Resources:
     # The dedupe index: the sha256 of every committed image, with its batch (`pomona.featurize.index`). Kept for
     # good: an image's entry is what makes a redelivery of it, years later, a duplicate.
     seen: TableSpec
+    # The Glue database of the committed outputs' Iceberg tables (`pomona.featurize.tables`): Glue and Athena
+    # names allow `_`, not `-`.
+    glue_database: str
     # Quarantined objects become noncurrent this many days after they were written, then are kept
     # `noncurrent_expiry_days` more. Never shorter than `noncurrent_expiry_days`: a quarantined copy's sidecar says
     # why an upload was refused and which version it was, so it outlives those bytes. On AWS both are the stack's
@@ -81,4 +84,5 @@ def describe(name: str = DEFAULT_NAME) -> Resources:
         ),
         idempotency=TableSpec(name=f"{name}-idempotency"),
         seen=TableSpec(name=f"{name}-seen", hash_key="sha256", ttl_attribute=None),
+        glue_database=name.replace("-", "_"),
     )

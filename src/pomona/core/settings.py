@@ -29,6 +29,8 @@ ENV_VARS: dict[str, str] = {
     "POMONA_IMAGES_DLQ_URL": "images_dlq_url",
     "POMONA_IDEMPOTENCY_TABLE": "idempotency_table",
     "POMONA_SEEN_TABLE": "seen_table",
+    "POMONA_TABLES": "tables",
+    "POMONA_GLUE_DATABASE": "glue_database",
     "AWS_ENDPOINT_URL": "endpoint_url",
     "AWS_DEFAULT_REGION": "region",
     "POMONA_MAX_BYTES": "max_bytes",
@@ -59,6 +61,8 @@ FAULT_ENV = "POMONA_FAULT"
 # The arithmetic a backend runs the model in (POMONA_PRECISION). Features of two precisions differ (bf16's keep ~8
 # significant bits), so a lineage never mixes them; which backends run which precision is `pomona.ml.backends`'.
 PRECISIONS = ("f32", "bf16")
+# Where the committed outputs' Iceberg tables are cataloged (POMONA_TABLES): the Glue Data Catalog, or nowhere.
+TABLE_CATALOGS = ("glue", "off")
 # POMONA_BACKEND and POMONA_PRECISION's default: the committed lineage's model, or for a new lineage the fastest one
 # whose quality is shown equal on this CPU (`pomona.ml.backends.choose_model`).
 AUTO = "auto"
@@ -81,6 +85,9 @@ class Settings:
     images_dlq_url: str = ""
     idempotency_table: str = _DEPLOYMENT.idempotency.name
     seen_table: str = _DEPLOYMENT.seen.name
+    # The committed outputs as Iceberg tables in the Glue Data Catalog ("glue"), or none ("off").
+    tables: str = "glue"
+    glue_database: str = _DEPLOYMENT.glue_database
     endpoint_url: str | None = None
     region: str = "us-east-1"
     # -- ingestion limits
@@ -127,6 +134,8 @@ class Settings:
                 f"POMONA_KEEP_FULL_VERSIONS: expected at least 1 (the latest state is the next run's start), "
                 f"got {self.keep_full_versions}"
             )
+        if self.tables not in TABLE_CATALOGS:
+            raise SettingsError(f"POMONA_TABLES: expected one of {list(TABLE_CATALOGS)}, got {self.tables!r}")
         if self.precision not in (*PRECISIONS, AUTO):
             raise SettingsError(
                 f"POMONA_PRECISION: expected one of {[*PRECISIONS, AUTO]}, got {self.precision!r}"

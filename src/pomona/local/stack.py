@@ -125,7 +125,8 @@ def exported(env: Mapping[str, str]) -> Iterator[None]:
 def provision(
     resources: Resources, *, session: boto3.session.Session, endpoint_url: str, base: Settings
 ) -> Settings:
-    """Create the bucket, queues, notification, idempotency table and dedupe index; return settings pointing at them."""
+    """Create the bucket, queues, notification, idempotency table, dedupe index and the tables' Glue database;
+    return settings pointing at them."""
     s3 = session.client("s3", endpoint_url=endpoint_url)
     sqs = session.client("sqs", endpoint_url=endpoint_url)
     dynamodb = session.client("dynamodb", endpoint_url=endpoint_url)
@@ -162,6 +163,9 @@ def provision(
                 TableName=table.name,
                 TimeToLiveSpecification={"Enabled": True, "AttributeName": table.ttl_attribute},
             )
+    session.client("glue", endpoint_url=endpoint_url).create_database(
+        DatabaseInput={"Name": resources.glue_database}
+    )
     return base.replace(
         bucket=resources.bucket,
         uploads_prefix=resources.uploads_prefix,
@@ -171,6 +175,7 @@ def provision(
         images_dlq_url=images_dlq_url,
         idempotency_table=resources.idempotency.name,
         seen_table=resources.seen.name,
+        glue_database=resources.glue_database,
         endpoint_url=endpoint_url,
         region=session.region_name or LOCAL_ENV["AWS_DEFAULT_REGION"],
     )
