@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 from rich.console import Console
@@ -108,3 +113,50 @@ def test_quarantine_is_mirrored_with_sidecars(demo_run: tuple[Path, dict[str, An
     reasons = {json.loads(p.read_text())["reason"] for p in sidecars}
     assert reasons == {reason.value for _, _, reason in bad_uploads()}
     assert Reason.TRUNCATED.value in reasons
+
+
+# A reader that knows only the catalog: pyiceberg and DuckDB, the README's snippet, no project code.
+TABLE_READER = """
+import json, sys
+from pyiceberg.catalog import load_catalog
+
+found = {}
+for name in ("features", "projections"):
+    table = load_catalog("pomona").load_table(f"pomona.{name}")
+    con = table.scan(selected_fields=("sha256", "label", "batch_id")).to_duckdb(name)
+    found[name] = {
+        "shas": [row[0] for row in con.sql(f"SELECT sha256 FROM {name}").fetchall()],
+        "labels": dict(con.sql(f"SELECT label, count(*) FROM {name} GROUP BY label").fetchall()),
+        "batches": [s.summary["pomona.batch_id"] for s in table.snapshots()],
+    }
+found["project_code"] = sorted(m for m in sys.modules if m == "pomona" or m.startswith("pomona."))
+print(json.dumps(found))
+"""
+
+
+def test_the_tables_left_in_out_hold_every_committed_image_once_for_a_reader_of_the_catalog_alone(
+    demo_run: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    out, summary = demo_run
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "POMONA_"))}
+    done = subprocess.run(
+        [sys.executable, "-c", TABLE_READER],
+        env={**env, "PYICEBERG_HOME": str(out / "iceberg")},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = json.loads(done.stdout)
+    assert found.pop("project_code") == []
+    # What the manifests say is committed (the demo's output prefix is the bucket root, mirrored into `out`)
+    manifests = [json.loads(p.read_text()) for p in out.glob("batches/*/manifest.json")]
+    parts = [out / key for m in manifests for key in m["files"]["features"]]
+    committed = Counter(sha for path in parts for sha in pq.read_table(path).column("sha256").to_pylist())
+    assert sum(committed.values()) == len(committed) == summary["featurized"]
+    for table in found.values():
+        # Every committed image exactly once, one snapshot per committed batch in commit order
+        assert Counter(table["shas"]) == committed
+        assert table["batches"] == summary["batches"]
+        assert sum(table["labels"].values()) == summary["featurized"]

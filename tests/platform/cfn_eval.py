@@ -1,7 +1,7 @@
 """A small CloudFormation evaluator: a decoded template's intrinsic functions resolved for given parameters.
 
 Enough to read a template as data, as CloudFormation would create it: `Ref`, `Fn::GetAtt`, `Fn::Sub`,
-`Fn::Split`, `Fn::Select`, `Fn::If`, and conditions made of `Fn::Equals` and `Fn::Not`. Resources and outputs
+`Fn::Join`, `Fn::Split`, `Fn::Select`, `Fn::If`, and conditions made of `Fn::Equals` and `Fn::Not`. Resources and outputs
 whose Condition does not hold are left out. A resource's `Ref` becomes `<Logical>` and an attribute
 `<Logical>.<Attr>`, so tests compare logical ids rather than names CloudFormation would make up. Any other
 function is refused, so a template it cannot read is never taken as meaning something else. (cfn-lint resolves
@@ -63,6 +63,9 @@ def resolve(node: Any, template: Template, names: Mapping[str, str]) -> Any:
         text, extra = (args, {}) if isinstance(args, str) else args
         scope = {**names, **{k: resolve(v, template, names) for k, v in extra.items()}}
         return re.sub(r"\$\{([^}]+)\}", lambda m: scope.get(m[1], f"<{m[1]}>"), text)
+    if function == "Fn::Join":
+        separator, values = args
+        return separator.join(resolve(values, template, names))
     if function == "Fn::Split":
         separator, value = args
         return resolve(value, template, names).split(separator)

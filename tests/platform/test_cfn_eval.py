@@ -26,6 +26,7 @@ TEMPLATE: dict[str, Any] = {
                 "AlarmActions": [{"Ref": "Topic"}],
                 "Dimensions": [{"Value": {"Fn::GetAtt": ["Queue", "QueueName"]}}],
                 "Region": {"Fn::Select": [3, {"Fn::Split": [":", {"Ref": "Topic"}]}]},
+                "Namespace": {"Fn::Join": ["_", {"Fn::Split": ["-", {"Ref": "Name"}]}]},
             },
         },
     },
@@ -44,16 +45,17 @@ def test_parameters_take_their_defaults_unless_given() -> None:
 
 
 def test_a_condition_that_holds_keeps_its_resource_and_chooses_its_branch() -> None:
-    stack = _stack(Name="pomona", Topic=TOPIC)
+    stack = _stack(Name="my-pomona", Topic=TOPIC)
 
     assert stack["Resources"]["Queue"]["Properties"] == {
-        "QueueName": "pomona-images",
+        "QueueName": "my-pomona-images",
         "Tags": [{"Key": "topic"}],
     }
     assert stack["Resources"]["Alarm"]["Properties"] == {
         "AlarmActions": [TOPIC],
         "Dimensions": [{"Value": "<Queue.QueueName>"}],
         "Region": "eu-west-1",
+        "Namespace": "my_pomona",
     }
 
 
@@ -69,8 +71,8 @@ def test_references_to_resources_name_their_logical_id() -> None:
 
 
 def test_unknown_functions_are_refused_not_passed_through() -> None:
-    with pytest.raises(UnsupportedFunctionError, match="got Fn::Join"):
-        resolve({"Fn::Join": ["", ["a", "b"]]}, TEMPLATE, {})
+    with pytest.raises(UnsupportedFunctionError, match="got Fn::FindInMap"):
+        resolve({"Fn::FindInMap": ["Map", "a", "b"]}, TEMPLATE, {})
 
 
 def test_unknown_conditions_are_refused() -> None:

@@ -29,6 +29,7 @@ SAMPLE = {
     "POMONA_IMAGES_QUEUE_URL": "https://sqs.eu-west-1.amazonaws.com/123456789012/pomona-123456789012-images",
     "POMONA_IMAGES_DLQ_URL": "https://sqs.eu-west-1.amazonaws.com/123456789012/pomona-123456789012-images-dlq",
     "POMONA_SEEN_TABLE": "pomona-123456789012-seen",
+    "POMONA_GLUE_DATABASE": "pomona_123456789012",
 }
 OUTPUTS = {
     "JobRoleArn": "arn:aws:iam::123456789012:role/pomona-JobRole-1",

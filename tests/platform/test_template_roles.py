@@ -95,10 +95,11 @@ def test_job_role_reads_uploads_and_writes_only_outputs_and_quarantine(output_pr
     grants = allowed(stack(OutputPrefix=output_prefix), "JobRole")
 
     assert grants["s3:GetObjectVersion"] == {UPLOADS}
-    # The run lock lives under the output prefix with the outputs it guards (pomona.core.outputs.lock_key).
+    # The run lock lives under the output prefix with the outputs it guards (pomona.core.outputs.lock_key), and so
+    # does the tables' metadata (pomona.featurize.tables).
     assert grants["s3:PutObject"] == {
         f"{BUCKET_ARN}/{output_prefix}{name}/*"
-        for name in ("features", "projections", "models", "batches", "locks")
+        for name in ("features", "projections", "models", "batches", "locks", "iceberg")
     } | {QUARANTINE}
     assert UPLOADS not in grants["s3:DeleteObject"]
     drain = {

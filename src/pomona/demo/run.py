@@ -25,6 +25,7 @@ from pomona.core.aws import RETRIES
 from pomona.core.errors import PomonaError
 from pomona.core.outputs import CommittedOutputs
 from pomona.core.settings import AUTO, Settings, configured
+from pomona.demo.tables import localize_tables
 from pomona.local.poller import EventSourcePoller
 from pomona.local.stack import embedded_stack
 from pomona.local.upload import labelled_files, upload_files, upload_key
@@ -176,13 +177,21 @@ def run_demo(
                     console.print(f"wave {number}: nothing committed ({result.skipped})")
         finally:
             spark.stop()
-        with console.status(f"downloading the outputs to {out}…"):
-            download_outputs(settings, out)
+        leave_outputs(settings, out, console)
         summary = summarize(settings, files=files, manifests=manifests, timings=timings)
     summary |= {"weights_id": weights_id, "weights_note": choice.note, "backend": backend,
                 "precision": precision, "variance_target": settings.variance_target}  # fmt: skip
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def leave_outputs(settings: Settings, out: Path, console: Console) -> None:
+    """The committed outputs in `out`: the bucket's folders, and the tables over them for offline readers."""
+    with console.status(f"downloading the outputs to {out}…"):
+        download_outputs(settings, out)
+        tables = localize_tables(settings, out)
+    if tables is not None:
+        console.print(f"Iceberg tables for offline readers: PYICEBERG_HOME={tables}")
 
 
 def download_outputs(settings: Settings, out: Path) -> None:

@@ -7,11 +7,18 @@ import os
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
+from pyiceberg.catalog.glue import GlueCatalog
+from pyiceberg.exceptions import NoSuchTableError
+from pyiceberg.table.snapshots import ancestors_of
 
+from pomona.core.aws import get_json, put_json
+from pomona.core.outputs import leases_prefix, lock_key
 from pomona.core.settings import Settings
 from pomona.local.stack import LOCAL_ENV
 
@@ -96,3 +103,59 @@ def list_keys(settings: Settings, prefix: str) -> list[str]:
         boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=settings.bucket, Prefix=prefix)
     )
     return [item["Key"] for page in pages for item in page.get("Contents", [])]
+
+
+def expire_lock(settings: Settings, *, leases: bool = True) -> dict[str, Any]:
+    """Move the dead run's lock (and with `leases`, every run lease) past its TTL, as 30 minutes of waiting would;
+    returns the lock as found.
+
+    This is the production recovery path (the next run takes over an expired lock), with the clock advanced;
+    deleting the lock would skip the takeover code.
+    """
+    s3 = boto3.client("s3")
+    found = get_json(s3, settings.bucket, lock_key(settings.output_prefix))
+    assert found is not None, "expected the killed run to still hold the run lock, found none"
+    holder, etag = found
+    expired = (datetime.now(UTC) - timedelta(seconds=1)).isoformat()
+    lock = lock_key(settings.output_prefix)
+    put_json(s3, settings.bucket, lock, {**holder, "expires_at": expired}, if_match=etag)
+    if leases:
+        expire_leases(settings)
+    return holder
+
+
+def expire_leases(settings: Settings) -> list[str]:
+    """Move every run lease past its TTL, as an hour of waiting would; the batch ids of the leases."""
+    s3 = boto3.client("s3")
+    expired = (datetime.now(UTC) - timedelta(seconds=1)).isoformat()
+    found = list_keys(settings, leases_prefix(settings.output_prefix))
+    for key in found:
+        lease = get_json(s3, settings.bucket, key)
+        assert lease is not None
+        put_json(s3, settings.bucket, key, {**lease[0], "expires_at": expired})
+    return [key.rsplit("/", 1)[-1].removesuffix(".json") for key in found]
+
+
+def table_contents(settings: Settings) -> dict[str, tuple[list[str], list[str]]]:
+    """Each Iceberg table as a reader that knows only the Glue catalog finds it: (the batches of its snapshots,
+    oldest first; the sha256 of its rows); empty when the table does not exist yet."""
+    catalog = GlueCatalog(
+        "reader",
+        **{
+            "client.region": settings.region,
+            "glue.endpoint": settings.endpoint_url,
+            "s3.endpoint": settings.endpoint_url,
+        },
+    )
+    found: dict[str, tuple[list[str], list[str]]] = {}
+    for name in ("features", "projections"):
+        try:
+            table = catalog.load_table((settings.glue_database, name))
+        except NoSuchTableError:
+            found[name] = ([], [])
+            continue
+        history = reversed(list(ancestors_of(table.current_snapshot(), table.metadata)))
+        batches = [s.summary["pomona.batch_id"] for s in history if s.summary is not None]
+        images = table.scan(selected_fields=("sha256",)).to_arrow().column("sha256").to_pylist()
+        found[name] = (batches, images)
+    return found

@@ -14,7 +14,6 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
 from typing import Any
 from unittest.mock import ANY
 
@@ -26,10 +25,13 @@ from job_process import (
     KILLED,
     SHORT_VISIBILITY_S,
     Uploaded,
+    expire_leases,
+    expire_lock,
     finish,
     list_keys,
     queue_depth,
     start_job,
+    table_contents,
     wait_until_visible,
 )
 
@@ -38,7 +40,6 @@ from pomona.core.aws import get_json, put_json
 from pomona.core.outputs import (
     CommittedOutputs,
     Latest,
-    leases_prefix,
     lock_key,
     pca_latest_key,
     pca_prefix,
@@ -56,7 +57,7 @@ from pomona.testing.samples import SYNTHETIC_LABELS
 pytestmark = pytest.mark.slow
 
 # Phases after LATEST moved: the killed run's batch is committed and the next run only finishes it.
-ROLLED_FORWARD = ("after_latest", "after_index", "after_manifest", "mid_delete")
+ROLLED_FORWARD = ("after_latest", "after_index", "after_tables", "after_manifest", "mid_delete")
 PHASES = ("after_receive", "after_features", "after_pca_version", *ROLLED_FORWARD)
 
 
@@ -97,37 +98,6 @@ def _column(settings: Settings, keys: list[str], column: str) -> list[Any]:
     return values
 
 
-def _expire_lock(settings: Settings, *, leases: bool = True) -> dict[str, Any]:
-    """Move the dead run's lock (and with `leases`, every run lease) past its TTL, as 30 minutes of waiting would;
-    returns the lock as found.
-
-    This is the production recovery path (the next run takes over an expired lock), with the clock advanced;
-    deleting the lock would skip the takeover code.
-    """
-    s3 = boto3.client("s3")
-    found = get_json(s3, settings.bucket, lock_key(settings.output_prefix))
-    assert found is not None, "expected the killed run to still hold the run lock, found none"
-    holder, etag = found
-    expired = (datetime.now(UTC) - timedelta(seconds=1)).isoformat()
-    lock = lock_key(settings.output_prefix)
-    put_json(s3, settings.bucket, lock, {**holder, "expires_at": expired}, if_match=etag)
-    if leases:
-        _expire_leases(settings)
-    return holder
-
-
-def _expire_leases(settings: Settings) -> list[str]:
-    """Move every run lease past its TTL, as an hour of waiting would; the batch ids of the leases."""
-    s3 = boto3.client("s3")
-    expired = (datetime.now(UTC) - timedelta(seconds=1)).isoformat()
-    found = list_keys(settings, leases_prefix(settings.output_prefix))
-    for key in found:
-        lease = get_json(s3, settings.bucket, key)
-        assert lease is not None
-        put_json(s3, settings.bucket, key, {**lease[0], "expires_at": expired})
-    return [key.rsplit("/", 1)[-1].removesuffix(".json") for key in found]
-
-
 def _assert_committed_exactly_once(settings: Settings, shas: frozenset[str]) -> list[dict[str, Any]]:
     """The end-to-end guarantee; returns the committed manifests."""
     s3 = boto3.client("s3")
@@ -157,6 +127,10 @@ def _assert_committed_exactly_once(settings: Settings, shas: frozenset[str]) -> 
     versions = {k.split("/")[2] for k in list_keys(settings, "models/pca/v")}
     assert versions == {f"v{m['pca_version']}-{m['batch_id']}" for m in manifests}
     assert list_keys(settings, "locks/") == []  # the run lock and every run's lease released
+    # The tables, read through the catalog alone: each committed batch once, in commit order, each image once.
+    in_order = [m["batch_id"] for m in sorted(manifests, key=lambda m: int(m["pca_version"]))]
+    for batches, images in table_contents(settings).values():
+        assert (batches, Counter(images)) == (in_order, Counter(shas))
     return manifests
 
 
@@ -176,7 +150,7 @@ def test_a_run_killed_at_any_phase_loses_and_doubles_nothing(
     killed_batches = _batch_ids(settings)
 
     # WHEN the dead run's lock expires and clean runs follow until the queue is empty
-    _expire_lock(settings)
+    expire_lock(settings)
     results = _run_until_drained(spark, settings, job_options)
 
     # THEN every image is committed exactly once, in one batch: the killed run's if it moved LATEST
@@ -205,7 +179,7 @@ def test_a_killed_runs_files_are_spared_while_its_lease_lives_and_deleted_once_i
 
     # WHEN, as in production, its lock lapses first (30 min) while its lease still lives (60 min), and the next
     # runs work the queue
-    _expire_lock(settings, leases=False)
+    expire_lock(settings, leases=False)
     results = _run_until_drained(spark, settings, job_options)
 
     # THEN the images are committed (by the killed run's own batch if it had moved LATEST), and the killed run's
@@ -218,7 +192,7 @@ def test_a_killed_runs_files_are_spared_while_its_lease_lives_and_deleted_once_i
         assert [r.manifest for r in results] == [None] * len(results)
     else:
         assert killed <= _batch_ids(settings) - committed  # still there, uncommitted
-    assert set(_expire_leases(settings)) == killed  # only the killed run's lease is left
+    assert set(expire_leases(settings)) == killed  # only the killed run's lease is left
 
     # AND once its lease lapses too, the next run's recovery deletes what it left: nothing lost, nothing twice,
     # no orphan, no lease
@@ -236,7 +210,7 @@ def test_recovery_never_deletes_files_once_another_run_moved_latest(
     code, output = finish(start_job(settings, fault="after_features"))
     assert code == KILLED, output[-3000:]
     (orphaned,) = _batch_ids(settings)
-    _expire_lock(settings)
+    expire_lock(settings)
 
     # WHEN a recovery reads LATEST, and another run moves LATEST before the recovery fences it
     class Overtaken(Recovery):
@@ -305,7 +279,7 @@ def test_a_run_whose_lock_was_taken_over_commits_nothing(
         time.sleep(0.2)
 
     # WHEN its lease lapses (as if its heartbeat had failed for the whole TTL) and another run takes over
-    _expire_lock(settings)
+    expire_lock(settings)
     other = RunLock(s3, settings.bucket, lock_key(settings.output_prefix))
     other.acquire()
     code, output = finish(process)
@@ -355,7 +329,7 @@ def test_two_runs_past_the_lock_commit_once_and_recovery_spares_the_live_ones_fi
 
     # WHEN the lock fails to exclude (its lease is made to look lapsed, A's own run lease is live), and run B
     # takes it over, recovers, and commits the rest of the queue
-    _expire_lock(settings, leases=False)
+    expire_lock(settings, leases=False)
     b = run_job(spark, settings, job_options)
     assert b.manifest is not None
     assert a.batch_id in _batch_ids(settings), (

@@ -106,7 +106,9 @@ def test_recovery_and_lookups_cost_the_same_whatever_the_history(ingest: Setting
     requests = []
     for batches in (2, 6):
         # Each output prefix has tables of its own, so a Glue database of its own.
-        settings = ingest.replace(output_prefix=f"h{batches}/", glue_database=f"{ingest.glue_database}_h{batches}")
+        settings = ingest.replace(
+            output_prefix=f"h{batches}/", glue_database=f"{ingest.glue_database}_h{batches}"
+        )
         boto3.client("glue").create_database(DatabaseInput={"Name": settings.glue_database})
         build_history(settings, seen=batches * 10, batch_images=10)
         recovery, counted = _counted_recovery(settings)
