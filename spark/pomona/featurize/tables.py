@@ -48,9 +48,15 @@ log = logging.getLogger(__name__)
 # The snapshot summary's key naming the batch a snapshot registered: what makes a table commit idempotent.
 BATCH_PROPERTY = "pomona.batch_id"
 COMMIT_ATTEMPTS = 6
+# Snapshots a table keeps: each commit rewrites the table's metadata with every snapshot's summary (~1 KB each),
+# so older ones are expired (from the metadata only: their files stay, and the rows stay in the table). Time travel
+# reaches this many batches back; the catch-up walk needs only the newest registered batch, always kept.
+KEEP_SNAPSHOTS = 500
 TABLE_PROPERTIES = {
     "format-version": "2",  # what Athena reads
-    "commit.manifest-merge.enabled": "true",  # few manifests: the duplicate-file check scans them all
+    # Few manifests: each commit's duplicate-file check reads them all, so at most 10 are kept apart.
+    "commit.manifest-merge.enabled": "true",
+    "commit.manifest.min-count-to-merge": "10",
     # pyiceberg's own retry re-applies an append on the reloaded table without asking whether the batch landed
     # meanwhile (a rival run's commit, or ours whose response was lost): `_register` retries instead, by batch id.
     "commit.retry.num-retries": "0",
@@ -124,6 +130,7 @@ class BatchTables:
     database: str
     bucket: str
     prefix: str
+    keep_snapshots: int = KEEP_SNAPSHOTS
 
     @classmethod
     def for_settings(cls, settings: Settings) -> BatchTables | None:
@@ -160,6 +167,8 @@ class BatchTables:
                     registered.append(f"{name}:{metadata.batch_id}")
         if registered:
             log.info("Tables caught up", extra={"registered": registered})
+            for table in tables.values():
+                self._expire(table)
         return registered
 
     def table(self, name: str) -> Table:
@@ -213,3 +222,16 @@ class BatchTables:
             f"expected to register batch {metadata.batch_id} in {self.database}.{name}, "
             f"lost {COMMIT_ATTEMPTS} commit races"
         )
+
+    def _expire(self, table: Table) -> None:
+        """Drop the oldest snapshots beyond `keep_snapshots` from the table's metadata, best-effort: a commit that
+        loses a race leaves them for the next run's."""
+        history = list(ancestors_of(table.current_snapshot(), table.metadata))
+        if len(history) <= self.keep_snapshots:
+            return
+        try:
+            table.maintenance.expire_snapshots().by_ids(
+                [s.snapshot_id for s in history[self.keep_snapshots :]]
+            ).commit()
+        except CommitFailedException as err:
+            log.warning("Snapshot expiry lost a race; the next run retries", extra={"error": str(err)})

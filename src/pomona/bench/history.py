@@ -3,8 +3,9 @@
 For each N, in one run of the bench:
 - a fresh embedded stack in a process of its own, so the emulator's CPU and memory (a million index items) are
   not the job's;
-- a history of N synthetic committed images, written by the job's own commit code (`history_data`): the dedupe
-  index, PCA versions with retention, LATEST and manifests, as N images of real runs would leave them;
+- a history of N synthetic committed images in batches of `batch_images`, written by the job's own commit code
+  (`history_data`): the dedupe index, PCA versions with retention, LATEST, table snapshots and manifests, as N
+  images of real runs would leave them;
 - the same batch of `images` synthetic fruit photos, uploaded and ingested by the Lambda handler;
 - one run of the job in a fresh driver process (`local[2]`, random weights): `run_s` is the run alone (Spark's
   start-up and the model's preparation are outside it), `driver_peak_rss_mb` the driver's Python process's peak
@@ -31,7 +32,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from rich.console import Console
 
-from pomona.bench.history_data import build_history
+from pomona.bench.history_data import BATCH_IMAGES, build_history
 from pomona.bench.ingest import bench_files
 from pomona.core.settings import Settings
 from pomona.local.poller import EventSourcePoller
@@ -43,8 +44,10 @@ STACK_READY_TIMEOUT_S = 120
 RESULT = "pomona-bench-history: "
 
 
-def run(*, seen: Sequence[int] = DEFAULT_SEEN, images: int = 256) -> dict[str, Any]:
-    runs = [_level(n, images=images) for n in seen]
+def run(
+    *, seen: Sequence[int] = DEFAULT_SEEN, images: int = 256, batch_images: int = BATCH_IMAGES
+) -> dict[str, Any]:
+    runs = [_level(n, images=images, batch_images=batch_images) for n in seen]
     first = runs[0]
     ratios = [
         {
@@ -54,15 +57,15 @@ def run(*, seen: Sequence[int] = DEFAULT_SEEN, images: int = 256) -> dict[str, A
         }
         for level in runs[1:]
     ]
-    return {"images": images, "runs": runs, "ratios_to_first": ratios}
+    return {"images": images, "batch_images": batch_images, "runs": runs, "ratios_to_first": ratios}
 
 
-def _level(seen: int, *, images: int) -> dict[str, Any]:
+def _level(seen: int, *, images: int, batch_images: int) -> dict[str, Any]:
     # The stack's environment (endpoint, region, credentials) is the whole level's, as `local up` would give it.
     with stack_process() as (env, recording), _environment(env):
         settings = Settings.from_env(env).replace(weights="random")
         clock = time.monotonic()
-        build_history(settings, seen=seen)
+        build_history(settings, seen=seen, batch_images=batch_images)
         build_s = time.monotonic() - clock
         queued = _ingest(settings, images)
         endpoint = settings.endpoint_url

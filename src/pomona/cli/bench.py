@@ -158,6 +158,12 @@ def bench_history(
         typer.Option(help="Committed images of history before the run; repeat for each level.", min=0),
     ] = None,
     images: Annotated[int, typer.Option(help="The batch each level's run featurizes.", min=1)] = 256,
+    batch_images: Annotated[
+        int,
+        typer.Option(
+            help="Images per batch of the history: smaller makes more batches (table snapshots).", min=1
+        ),
+    ] = 25_000,
     as_json: Annotated[
         bool, typer.Option("--json/--pretty", help="One line of JSON (default), or indented for reading.")
     ] = True,
@@ -167,5 +173,5 @@ def bench_history(
     from pomona.bench import history as bench
 
     with one_line_errors():
-        result = bench.run(seen=tuple(seen or bench.DEFAULT_SEEN), images=images)
+        result = bench.run(seen=tuple(seen or bench.DEFAULT_SEEN), images=images, batch_images=batch_images)
     sys.stdout.write(json.dumps(result, indent=None if as_json else 2) + "\n")

@@ -3,6 +3,7 @@ registered once per batch, oldest first, never a batch LATEST lacks, and commits
 
 from __future__ import annotations
 
+import dataclasses
 import io
 
 import boto3
@@ -220,3 +221,26 @@ def test_with_tables_off_the_committer_registers_nothing(deployment: Settings) -
     assert committer.tables is None
     committer.register_tables(Latest(1, "20261207T000001Z-00000001"))  # no table, no Glue call
     assert boto3.client("glue").get_tables(DatabaseName=deployment.glue_database)["TableList"] == []
+
+
+def test_old_snapshots_are_expired_from_the_metadata_and_their_rows_stay(deployment: Settings) -> None:
+    # GIVEN tables that keep 2 snapshots, and 4 committed batches
+    history = _history(deployment, 4)
+    tables = BatchTables.for_settings(deployment)
+    assert tables is not None
+    tables = dataclasses.replace(tables, keep_snapshots=2)
+    *_, third, fourth = history
+
+    # WHEN they catch up with LATEST, then again
+    tables.catch_up(fourth, history.get)
+    again = tables.catch_up(fourth, history.get)
+
+    # THEN each table's metadata keeps the 2 newest snapshots, every batch's rows are still there once, and the
+    # catch-up registered nothing twice
+    assert again == []
+    for name in SCHEMAS:
+        table = _reader(deployment).load_table((deployment.glue_database, name))
+        assert [s.summary[BATCH_PROPERTY] for s in table.snapshots()] == [third.batch_id, fourth.batch_id]
+        assert sorted(table.scan().to_arrow().column("sha256").to_pylist()) == sorted(
+            f"{m.batch_id}-sha256-{i}" for m in history.values() for i in range(m.n_seen)
+        )
