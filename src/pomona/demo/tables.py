@@ -28,10 +28,10 @@ CATALOG = "pomona"
 def localize_tables(settings: Settings, out: Path) -> Path | None:
     """Rebuild the deployment's tables in `out/iceberg` (replacing an earlier demo's), over the part files
     `download_outputs` mirrored into `out`; that folder, or None when the deployment has no tables."""
-    if settings.tables == "off":
-        return None
     root = out.resolve() / "iceberg"
     shutil.rmtree(root, ignore_errors=True)
+    if settings.tables == "off":
+        return None
     root.mkdir(parents=True)
     uri = f"sqlite:///{root}/catalog.db"
     local = SqlCatalog(CATALOG, uri=uri, warehouse=f"file://{root}")
@@ -72,7 +72,8 @@ def _added_files(table: Table, snapshot: Snapshot) -> list[str]:
 def _downloaded(path: str, settings: Settings, out: Path) -> str:
     """Where `download_outputs` put the object `s3://<bucket>/<output prefix><folder>…`: `out/<folder>…`."""
     where = f"s3://{settings.bucket}/{settings.output_prefix}"
-    if not path.startswith(where):
+    target = out.resolve() / path.removeprefix(where)
+    if not path.startswith(where) or not target.resolve().is_relative_to(out.resolve()):
         raise ValueError(f"expected a table file under {where}, found {path}")
     # `file://` and the path as it is: Path.as_uri would percent-encode the `=` of `batch_id=`.
-    return f"file://{out.resolve() / path.removeprefix(where)}"
+    return f"file://{target}"
