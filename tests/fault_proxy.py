@@ -38,7 +38,7 @@ class Call:
     number: int
     method: str
     path: str
-    service: str  # "s3" or "sqs"
+    service: str  # "s3", "sqs" or "glue"
 
 
 Plan = Callable[[Call], Fault | None]
@@ -47,8 +47,9 @@ Plan = Callable[[Call], Fault | None]
 class FlakyProxy:
     """An HTTP proxy in front of the moto server that fails the requests `plan` picks; one per test.
 
-    A client reaches AWS through it when its endpoint names `url`: the job's S3 and SQS clients, in the driver and
-    the Spark workers alike, with `settings.endpoint_url`; the Lambda's S3 client with `AWS_ENDPOINT_URL_S3`.
+    A client reaches AWS through it when its endpoint names `url`: the job's S3, SQS and Glue clients (pyiceberg's
+    and pyarrow's too), in the driver and the Spark workers alike, with `settings.endpoint_url`; the Lambda's S3
+    client with `AWS_ENDPOINT_URL_S3`.
     """
 
     def __init__(self, upstream: str, plan: Plan) -> None:
@@ -110,8 +111,11 @@ def _handler_for(proxy: FlakyProxy) -> type[BaseHTTPRequestHandler]:
         do_PUT = do_POST = do_HEAD = do_DELETE = do_GET
 
         def _relay(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            service = "sqs" if self.headers.get("X-Amz-Target", "").startswith("AmazonSQS") else "s3"
+            body = self._body()
+            target = self.headers.get("X-Amz-Target", "")
+            service = (
+                "sqs" if target.startswith("AmazonSQS") else "glue" if target.startswith("AWSGlue") else "s3"
+            )
             fault, _ = proxy.decide(self.command, self.path, service)
             if fault is Fault.RESET:
                 self._reset()
@@ -141,6 +145,18 @@ def _handler_for(proxy: FlakyProxy) -> type[BaseHTTPRequestHandler]:
             if self.command != "HEAD":
                 self.wfile.write(data)
 
+        def _body(self) -> bytes:
+            """The request's body: by its Content-Length, or chunk by chunk (pyarrow's S3 client streams PUTs)."""
+            if "chunked" not in self.headers.get("Transfer-Encoding", "").lower():
+                return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            chunks = []
+            while size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16):
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()  # the chunk's CRLF
+            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                pass  # trailers, up to the empty line
+            return b"".join(chunks)
+
         def _error(self, fault: Fault, service: str) -> None:
             status, code = _ERRORS[fault]
             if service == "sqs":
@@ -148,6 +164,14 @@ def _handler_for(proxy: FlakyProxy) -> type[BaseHTTPRequestHandler]:
                     status, code = 400, "RequestThrottled"
                 body = f'{{"__type": "com.amazonaws.sqs#{code}", "message": "injected"}}'.encode()
                 content_type = "application/x-amz-json-1.0"
+            elif service == "glue":
+                status, code = (
+                    (400, "ThrottlingException")
+                    if fault is Fault.THROTTLE
+                    else (500, "InternalServiceException")
+                )
+                body = f'{{"__type": "{code}", "message": "injected"}}'.encode()
+                content_type = "application/x-amz-json-1.1"
             else:
                 body = f"<Error><Code>{code}</Code><Message>injected</Message></Error>".encode()
                 content_type = "application/xml"

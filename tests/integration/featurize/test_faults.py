@@ -395,8 +395,9 @@ def test_transient_errors_are_retried_and_commit_every_image_once(
 ) -> None:
     settings = uploaded.settings
 
-    # GIVEN a network where every 5th S3 and every 3rd SQS request fails: throttled, 500, reset, response lost
-    with FlakyProxy(settings.endpoint_url or "", every_kth({"s3": 5, "sqs": 3})) as proxy:
+    # GIVEN a network where every 5th S3 and every 3rd SQS and Glue request fails: throttled, 500, reset, response
+    # lost (S3 requests include pyarrow's, which reads and writes the tables' files)
+    with FlakyProxy(settings.endpoint_url or "", every_kth({"s3": 5, "sqs": 3, "glue": 3})) as proxy:
         flaky = settings.replace(endpoint_url=proxy.url)
 
         # WHEN the job runs through it until the queue is empty
@@ -405,7 +406,7 @@ def test_transient_errors_are_retried_and_commit_every_image_once(
     # THEN faults of every kind hit both driver and executors, and still every image is committed once
     kinds = Counter(fault for fault, _ in proxy.injected)
     assert set(kinds) == set(TRANSIENT), kinds
-    assert {call.service for _, call in proxy.injected} == {"s3", "sqs"}
+    assert {call.service for _, call in proxy.injected} == {"s3", "sqs", "glue"}
     executors = [c for _, c in proxy.injected if "versionId=" in c.path or "/part-" in c.path]
     assert executors, "expected faults in the Spark workers' requests too"
     assert results[0].manifest is not None
