@@ -6,8 +6,8 @@ has lapsed (at once if the run ended), and the messages come back. A crash betwe
 batch's images recorded from its projections, its part files registered in the tables, the manifest written from
 the version's metadata. A crash after 6 only redelivers messages, which the dedupe index finds committed. The
 tables are brought up to LATEST on every start, whatever a manifest says: a deployment whose tables were off, or
-lost, catches up too. Recovery reads only LATEST, its parent, and the
-leases: its cost follows what can be uncommitted, not history.
+lost, catches up too. Recovery reads only LATEST, its parent, the leases and each table's current metadata: its
+cost follows what can be uncommitted, not history.
 """
 
 from __future__ import annotations

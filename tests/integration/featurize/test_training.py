@@ -7,11 +7,15 @@ Against the moto server's S3 and DynamoDB; the job's runs on local[2] Spark, ran
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from collections.abc import Callable
 from pathlib import Path
 
 import boto3
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from pomona.core.outputs import CLASSIFIER_FILE, EVALUATION_FILE, HOLDOUT_FILE, TRAINING_FILE, pca_prefix
@@ -21,7 +25,7 @@ from pomona.featurize.driver import JobOptions, run_job
 from pomona.ingest import handler
 from pomona.local.poller import EventSourcePoller
 from pomona.ml.calibration import break_even
-from pomona.ml.classifier import load_classifier, load_label_stats
+from pomona.ml.classifier import distances, load_classifier, load_label_stats, predict, predict_proba
 from pomona.ml.familiarity import leave_labels_out
 from pomona.ml.holdout import evaluate, is_holdout, load_reservoir
 from pomona.ops.status import collect_status
@@ -86,6 +90,23 @@ def test_each_batch_retrains_on_every_training_image_and_none_held_out(
     assert facts["threshold"] == classifier.threshold
     assert quality["n"] == len(held)
     assert quality["best_threshold"] == classifier.threshold
+    # AND each projected image carries what that classifier makes of it: its label, that label's probability,
+    # and its distance to the nearest label (the tables' `projections` columns)
+    features = _parts(ingest, second["files"]["features"]).sort_by("sha256")  # type: ignore[index]
+    projections = _parts(ingest, second["files"]["projections"]).sort_by("sha256")  # type: ignore[index]
+    rows = np.stack(features.column("features").to_numpy(zero_copy_only=False))
+    assert projections.column("sha256").to_pylist() == features.column("sha256").to_pylist()
+    assert projections.column("prediction").to_pylist() == predict(classifier, rows).tolist()
+    np.testing.assert_allclose(projections.column("confidence"), predict_proba(classifier, rows).max(axis=1))
+    np.testing.assert_allclose(projections.column("distance"), distances(classifier, rows))
+
+
+def _parts(settings: Settings, keys: list[str]) -> pa.Table:
+    s3 = boto3.client("s3")
+    return pa.concat_tables(
+        pq.read_table(io.BytesIO(s3.get_object(Bucket=settings.bucket, Key=key)["Body"].read()))
+        for key in keys
+    )
 
 
 def _upload_photos(settings: Settings, photos: list[Path]) -> list[str]:
