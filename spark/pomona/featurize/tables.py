@@ -49,9 +49,10 @@ log = logging.getLogger(__name__)
 BATCH_PROPERTY = "pomona.batch_id"
 COMMIT_ATTEMPTS = 6
 # Snapshots a table keeps: each commit rewrites the table's metadata with every snapshot's summary (~1 KB each),
-# so older ones are expired (from the metadata only: their files stay, and the rows stay in the table). Time travel
-# reaches this many batches back; the catch-up walk needs only the newest registered batch, always kept.
-KEEP_SNAPSHOTS = 500
+# so older ones are expired (from the metadata only: their files stay, and the rows stay in the table), a tenth
+# more at a time so that one run in ten pays the expiry's commit. Time travel reaches this many batches back; the
+# catch-up walk needs only the newest registered batch, always kept.
+KEEP_SNAPSHOTS = 100
 TABLE_PROPERTIES = {
     "format-version": "2",  # what Athena reads
     # Few manifests: each commit's duplicate-file check reads them all, so at most 10 are kept apart.
@@ -224,10 +225,10 @@ class BatchTables:
         )
 
     def _expire(self, table: Table) -> None:
-        """Drop the oldest snapshots beyond `keep_snapshots` from the table's metadata, best-effort: a commit that
-        loses a race leaves them for the next run's."""
+        """Drop the oldest snapshots beyond `keep_snapshots` from the table's metadata once there are a tenth
+        more, best-effort: a commit that loses a race leaves them for the next run's."""
         history = list(ancestors_of(table.current_snapshot(), table.metadata))
-        if len(history) <= self.keep_snapshots:
+        if len(history) <= self.keep_snapshots + self.keep_snapshots // 10:
             return
         try:
             table.maintenance.expire_snapshots().by_ids(

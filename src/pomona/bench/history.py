@@ -163,11 +163,17 @@ def recorder(endpoint: str | None, action: str) -> None:
 
 
 def recorded(recording: Path) -> Iterator[dict[str, Any]]:
+    """The recorded requests. moto's recorder writes each entry and its newline in two appends, so entries from
+    concurrent requests can share a line: each line is read as a run of JSON documents."""
     if not recording.exists():
         return
+    decoder = json.JSONDecoder()
     with recording.open() as lines:
         for line in lines:
-            yield json.loads(line)
+            at = 0
+            while (at := len(line) - len(line[at:].lstrip())) < len(line):
+                entry, at = decoder.raw_decode(line, at)
+                yield entry
 
 
 _SERVICE = re.compile(r"Credential=[^/]+/[^/]+/[^/]+/([^/]+)/")
