@@ -179,6 +179,16 @@ def recorded(recording: Path) -> Iterator[dict[str, Any]]:
 _SERVICE = re.compile(r"Credential=[^/]+/[^/]+/[^/]+/([^/]+)/")
 
 
+# Where the tables' metadata lives in the bench's deployments, whose outputs are at the bucket root.
+TABLES_PREFIX = "iceberg/"
+
+
+def _in_tables(path: str, prefixes: list[str]) -> bool:
+    """Whether an S3 request's key (`/<bucket>/<key>`) or listed prefix is the tables' metadata."""
+    key = path.lstrip("/").partition("/")[2]
+    return any(name.startswith(TABLES_PREFIX) for name in (key, *prefixes))
+
+
 def count_requests(entries: Iterable[Mapping[str, Any]]) -> dict[str, int]:
     """Recorded requests by `service:Operation`, with their `total`."""
     counts = Counter(request_name(e["headers"], e["method"], e["url"]) for e in entries)
@@ -186,7 +196,8 @@ def count_requests(entries: Iterable[Mapping[str, Any]]) -> dict[str, int]:
 
 
 def request_name(headers: Mapping[str, str], method: str, url: str) -> str:
-    """`service:Operation` of a signed AWS request: JSON protocols name it in X-Amz-Target, S3 by its shape."""
+    """`service:Operation` of a signed AWS request: JSON protocols name it in X-Amz-Target, S3 by its shape (and
+    `s3-tables:` for the Iceberg tables' files)."""
     lowered = {k.lower(): v for k, v in headers.items()}
     found = _SERVICE.search(lowered.get("authorization", ""))
     service = found.group(1) if found else "unsigned"
@@ -197,14 +208,16 @@ def request_name(headers: Mapping[str, str], method: str, url: str) -> str:
         return f"{service}:{query['Action'][0]}"
     if service != "s3":
         return f"{service}:{method}"
+    if _in_tables(urlsplit(url).path, query.get("prefix", [])):
+        service = "s3-tables"  # the Iceberg tables' metadata and manifests, apart from the outputs
     if method == "GET" and ("list-type" in query or "prefix" in query):
-        return "s3:ListObjectsV2"
+        return f"{service}:ListObjectsV2"
     if method == "POST" and "delete" in query:
-        return "s3:DeleteObjects"
+        return f"{service}:DeleteObjects"
     if method == "PUT" and "x-amz-copy-source" in lowered:
-        return "s3:CopyObject"
+        return f"{service}:CopyObject"
     verbs = {"GET": "GetObject", "HEAD": "HeadObject", "PUT": "PutObject", "DELETE": "DeleteObject"}
-    return f"s3:{verbs.get(method, method)}"
+    return f"{service}:{verbs.get(method, method)}"
 
 
 # -- the child processes ---------------------------------------------------------------------------------------

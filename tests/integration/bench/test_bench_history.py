@@ -35,20 +35,22 @@ def test_requests_are_named_by_service_and_operation() -> None:
         s3.head_object(Bucket=settings.bucket, Key="a/b")
         s3.list_objects_v2(Bucket=settings.bucket, Prefix="a/")
         s3.delete_objects(Bucket=settings.bucket, Delete={"Objects": [{"Key": "a/b"}]})
+        s3.put_object(Bucket=settings.bucket, Key="iceberg/features/metadata/v1.metadata.json", Body=b"{}")
         dynamodb.batch_get_item(RequestItems={settings.seen_table: {"Keys": [{"sha256": {"S": "a"}}]}})
         sqs.receive_message(QueueUrl=settings.images_queue_url, WaitTimeSeconds=0)
         recorder(settings.endpoint_url, "stop-recording")
         counts = count_requests(recorded(recording))
 
-    # THEN each is counted once under its service and operation
+    # THEN each is counted once under its service and operation, the Iceberg tables' files apart
     assert counts == {
-        "total": 7,
+        "total": 8,
         "dynamodb:BatchGetItem": 1,
         "s3:DeleteObjects": 1,
         "s3:GetObject": 1,
         "s3:HeadObject": 1,
         "s3:ListObjectsV2": 1,
         "s3:PutObject": 1,
+        "s3-tables:PutObject": 1,
         "sqs:ReceiveMessage": 1,
     }
 
@@ -80,6 +82,12 @@ def test_bench_history_runs_the_same_batch_after_each_history(tmp_path: Path) ->
     assert full["requests"]["dynamodb:BatchGetItem"] == empty["requests"]["dynamodb:BatchGetItem"]
     # AND after history the run reads what an empty deployment lacks (LATEST, the version's metadata, its merge
     # state and the classifier's training statistics and holdout), but lists and reads nothing that grows with it
+    # (the tables' own files are counted apart, as s3-tables)
     assert full["requests"]["s3:ListObjectsV2"] == empty["requests"]["s3:ListObjectsV2"]
     assert 0 < full["requests"]["s3:GetObject"] - empty["requests"]["s3:GetObject"] <= 6
+    # AND each table is committed once per run, and created only by the first (`bench history --batch-images`
+    # shows the tables' requests flat from 100 to 300 batches: README, "Tables" under Benchmarks)
+    assert full["requests"]["glue:UpdateTable"] == empty["requests"]["glue:UpdateTable"] == 2
+    assert empty["requests"]["glue:CreateTable"] == 2
+    assert "glue:CreateTable" not in full["requests"]
     assert result["ratios_to_first"][0]["seen"] == 3000
