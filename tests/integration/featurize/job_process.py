@@ -136,10 +136,9 @@ def expire_leases(settings: Settings) -> list[str]:
     return [key.rsplit("/", 1)[-1].removesuffix(".json") for key in found]
 
 
-def table_contents(settings: Settings) -> dict[str, tuple[list[str], list[str]]]:
-    """Each Iceberg table as a reader that knows only the Glue catalog finds it: (the batches of its snapshots,
-    oldest first; the sha256 of its rows); empty when the table does not exist yet."""
-    catalog = GlueCatalog(
+def catalog_reader(settings: Settings) -> GlueCatalog:
+    """A reader that knows only the catalog: pyiceberg's Glue catalog on the deployment's endpoint, no project code."""
+    return GlueCatalog(
         "reader",
         **{
             "client.region": settings.region,
@@ -147,6 +146,12 @@ def table_contents(settings: Settings) -> dict[str, tuple[list[str], list[str]]]
             "s3.endpoint": settings.endpoint_url,
         },
     )
+
+
+def table_contents(settings: Settings) -> dict[str, tuple[list[str], list[str]]]:
+    """Each Iceberg table as a reader that knows only the Glue catalog finds it: (the batches of its snapshots,
+    oldest first; the sha256 of its rows); empty when the table does not exist yet."""
+    catalog = catalog_reader(settings)
     found: dict[str, tuple[list[str], list[str]]] = {}
     for name in ("features", "projections"):
         try:

@@ -10,7 +10,7 @@ import boto3
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from pyiceberg.catalog.glue import GlueCatalog
+from job_process import catalog_reader
 
 from pomona.core.outputs import (
     NOTHING_COMMITTED,
@@ -76,18 +76,6 @@ def _history(settings: Settings, batches: int) -> dict[Latest, VersionMetadata]:
     return history
 
 
-def _reader(settings: Settings) -> GlueCatalog:
-    """A reader that knows only the catalog: pyiceberg's Glue catalog, no project code."""
-    return GlueCatalog(
-        "reader",
-        **{
-            "client.region": settings.region,
-            "glue.endpoint": settings.endpoint_url,
-            "s3.endpoint": settings.endpoint_url,
-        },
-    )
-
-
 def test_catch_up_registers_each_batch_latest_has_once_and_oldest_first(deployment: Settings) -> None:
     # GIVEN three committed versions whose batches no table has yet
     history = _history(deployment, 3)
@@ -104,7 +92,7 @@ def test_catch_up_registers_each_batch_latest_has_once_and_oldest_first(deployme
     # and every image exactly once; the repeat registered nothing
     assert again == []
     for name in SCHEMAS:
-        table = _reader(deployment).load_table((deployment.glue_database, name))
+        table = catalog_reader(deployment).load_table((deployment.glue_database, name))
         summaries = [s.summary for s in table.snapshots()]
         assert [s[BATCH_PROPERTY] for s in summaries] == [first.batch_id, second.batch_id, third.batch_id]
         assert [s["pomona.pca_version"] for s in summaries] == ["1", "2", "3"]
@@ -239,7 +227,7 @@ def test_old_snapshots_are_expired_from_the_metadata_and_their_rows_stay(deploym
     # catch-up registered nothing twice
     assert again == []
     for name in SCHEMAS:
-        table = _reader(deployment).load_table((deployment.glue_database, name))
+        table = catalog_reader(deployment).load_table((deployment.glue_database, name))
         assert [s.summary[BATCH_PROPERTY] for s in table.snapshots()] == [third.batch_id, fourth.batch_id]
         assert sorted(table.scan().to_arrow().column("sha256").to_pylist()) == sorted(
             f"{m.batch_id}-sha256-{i}" for m in history.values() for i in range(m.n_seen)
